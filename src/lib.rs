@@ -1,0 +1,2 @@
+//! precond: a reverse proxy that enforces HTTP conditional requests (RFC 9110 §13) at the edge.
+pub mod precondition;
