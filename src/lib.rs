@@ -1,2 +1,4 @@
 //! precond: a reverse proxy that enforces HTTP conditional requests (RFC 9110 §13) at the edge.
 pub mod precondition;
+pub mod store;
+pub mod config;

@@ -1,0 +1,511 @@
+//! The validator store: what precond has learned about each resource, bounded by moka.
+//!
+//! Owns: [`Entry`] (one resource's learned state), the learning rules of design §3
+//! ([`Store::learn`] applied to an [`Observation`] of an upstream exchange), and the race rule that
+//! keeps an in-flight read from rolling the store back.
+//!
+//! Invariants:
+//! - Entries are immutable snapshots behind `Arc`; a reader never sees a half-applied update, and
+//!   updates to one key are applied atomically (moka `and_compute_with`).
+//! - A tag is never both current and replaced.
+//! - `replaced` holds at most [`MAX_REPLACED`] tags (oldest dropped first: a dropped tag becomes
+//!   unknown, so requests carrying it are forwarded); `current` at most [`MAX_CURRENT`].
+//! - Race rule: every request takes a [`Ticket`] when it starts. A write outcome stamps the entry
+//!   with a new sequence number; a read whose ticket predates that stamp teaches nothing (its
+//!   response may show the representation the write replaced).
+//! - `last_modified` only moves forward and is never later than the response's `Date`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::ops::compute::Op;
+
+use crate::precondition::date::{parse_http_date, Timestamp};
+use crate::precondition::{EntityTag, Existence, Knowledge, Method};
+
+/// Most tags remembered as replaced per resource.
+pub const MAX_REPLACED: usize = 8;
+/// Most tags held as current at once (several only with `Vary`).
+pub const MAX_CURRENT: usize = 4;
+
+/// An owned entity-tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tag {
+    weak: bool,
+    opaque: Box<[u8]>,
+}
+
+impl Tag {
+    /// Copies a borrowed tag.
+    pub fn from_ref(t: &EntityTag<'_>) -> Tag {
+        Tag {
+            weak: t.is_weak(),
+            opaque: t.opaque().into(),
+        }
+    }
+
+    /// Borrows it back.
+    pub fn as_ref(&self) -> EntityTag<'_> {
+        EntityTag::new(self.weak, &self.opaque).expect("Tag holds only etagc bytes")
+    }
+}
+
+/// One resource's learned state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Whether the resource exists.
+    pub existence: Existence,
+    /// Current tags; `None` when unknown, empty when known to have no ETag.
+    pub current: Option<Vec<Tag>>,
+    /// Tags seen replaced, oldest first.
+    pub replaced: Vec<Tag>,
+    /// Latest `Last-Modified` seen.
+    pub last_modified: Option<Timestamp>,
+    /// Store sequence number of the last write outcome applied.
+    pub changed_at: u64,
+}
+
+impl Entry {
+    fn blank() -> Entry {
+        Entry {
+            existence: Existence::Unknown,
+            current: None,
+            replaced: Vec::new(),
+            last_modified: None,
+            changed_at: 0,
+        }
+    }
+
+    fn unreplace(&mut self, tag: &Tag) {
+        self.replaced.retain(|r| r != tag);
+    }
+
+    fn push_replaced(&mut self, tag: Tag) {
+        if self.replaced.contains(&tag) {
+            return;
+        }
+        if self.replaced.len() == MAX_REPLACED {
+            self.replaced.remove(0);
+        }
+        self.replaced.push(tag);
+    }
+
+    /// Moves every current tag to `replaced`, except `keep`.
+    fn supersede_current(&mut self, keep: Option<&Tag>) {
+        for t in self.current.take().unwrap_or_default() {
+            if Some(&t) != keep {
+                self.push_replaced(t);
+            }
+        }
+    }
+
+    fn note_last_modified(&mut self, lm: Option<Timestamp>) {
+        if let Some(lm) = lm {
+            self.last_modified = Some(self.last_modified.map_or(lm, |old| old.max(lm)));
+        }
+    }
+
+    /// The current tags, when known.
+    pub fn current_tags(&self) -> impl Iterator<Item = EntityTag<'_>> {
+        self.current.iter().flatten().map(Tag::as_ref)
+    }
+}
+
+impl Knowledge for Entry {
+    fn existence(&self) -> Existence {
+        self.existence
+    }
+    fn current_known(&self) -> bool {
+        self.current.is_some()
+    }
+    fn is_current_strong(&self, tag: &EntityTag<'_>) -> bool {
+        self.current_tags().any(|c| c.strong_eq(tag))
+    }
+    fn is_current_weak(&self, tag: &EntityTag<'_>) -> bool {
+        self.current_tags().any(|c| c.weak_eq(tag))
+    }
+    fn was_replaced(&self, tag: &EntityTag<'_>) -> bool {
+        self.replaced.iter().any(|r| r.as_ref() == *tag)
+    }
+    fn last_modified(&self) -> Option<Timestamp> {
+        self.last_modified
+    }
+}
+
+/// How an upstream exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The origin answered with this final status.
+    Status(u16),
+    /// The exchange broke (connect, write or read failure, timeout): the outcome is unknown.
+    Broken,
+}
+
+/// What one upstream exchange showed about its target resource.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation<'a> {
+    /// The request method.
+    pub method: Method,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The response's first `ETag` field value.
+    pub etag: Option<&'a [u8]>,
+    /// The response's `Last-Modified` field value.
+    pub last_modified: Option<&'a [u8]>,
+    /// The response's `Date` field value.
+    pub date: Option<&'a [u8]>,
+    /// Whether the response carries `Vary` (several current representations may coexist).
+    pub vary: bool,
+}
+
+impl Observation<'_> {
+    /// `Last-Modified`, ignored when invalid and clamped to `Date` when later (RFC 9110 §8.8.2.1).
+    fn last_modified(&self) -> Option<Timestamp> {
+        let lm = parse_http_date(self.last_modified?)?;
+        match self.date.and_then(parse_http_date) {
+            Some(date) if lm > date => Some(date),
+            _ => Some(lm),
+        }
+    }
+
+    fn etag(&self) -> Option<Tag> {
+        EntityTag::parse(self.etag?).as_ref().map(Tag::from_ref)
+    }
+}
+
+/// A request's place in the store's history, taken when the request starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+/// Applies one observation to a resource's state. Returns `None` when nothing is to change.
+pub fn apply(old: Option<&Entry>, obs: &Observation<'_>, ticket: Ticket, stamp: u64) -> Option<Entry> {
+    let mut e = old.cloned().unwrap_or_else(Entry::blank);
+    let Outcome::Status(status) = obs.outcome else {
+        if !obs.method.is_write() {
+            return None;
+        }
+        // A write that broke may or may not have been applied: forget what we believed.
+        e.existence = Existence::Unknown;
+        e.current = None;
+        e.changed_at = stamp;
+        return Some(e);
+    };
+    if obs.method.is_get_or_head() {
+        if e.changed_at > ticket.0 {
+            return None; // a write completed while this read was in flight
+        }
+        match status {
+            200 | 203 | 206 => {
+                e.existence = Existence::Exists;
+                match obs.etag() {
+                    Some(tag) => {
+                        e.unreplace(&tag);
+                        if obs.vary {
+                            let cur = e.current.get_or_insert_with(Vec::new);
+                            if !cur.contains(&tag) {
+                                if cur.len() == MAX_CURRENT {
+                                    cur.remove(0);
+                                }
+                                cur.push(tag);
+                            }
+                        } else {
+                            e.supersede_current(Some(&tag));
+                            e.current = Some(vec![tag]);
+                        }
+                    }
+                    None if obs.vary => e.current = None,
+                    None => {
+                        e.supersede_current(None);
+                        e.current = Some(Vec::new());
+                    }
+                }
+                e.note_last_modified(obs.last_modified());
+            }
+            304 => {
+                let tag = obs.etag()?;
+                e.existence = Existence::Exists;
+                e.unreplace(&tag);
+                let cur = e.current.get_or_insert_with(Vec::new);
+                if !cur.contains(&tag) {
+                    if cur.len() == MAX_CURRENT {
+                        cur.remove(0);
+                    }
+                    cur.push(tag);
+                }
+            }
+            404 | 410 => {
+                e.supersede_current(None);
+                e.existence = Existence::Absent;
+                e.current = Some(Vec::new());
+            }
+            _ => return None,
+        }
+        return (old != Some(&e)).then_some(e);
+    }
+    if !obs.method.is_write() {
+        return None;
+    }
+    let concurrent = e.changed_at > ticket.0;
+    match status {
+        200..=299 => {
+            let new_tag = obs.etag().filter(|_| obs.method != Method::Post);
+            if concurrent {
+                // Another write finished while this one was in flight: their order at the
+                // origin is unknown, so neither result is trusted as current.
+                e.current = None;
+            } else {
+                e.supersede_current(new_tag.as_ref());
+                e.current = new_tag.clone().map(|t| vec![t]);
+            }
+            if let Some(t) = &new_tag {
+                e.unreplace(t);
+            }
+            match obs.method {
+                Method::Delete => {
+                    e.existence = Existence::Absent;
+                    e.current = Some(Vec::new());
+                }
+                Method::Put | Method::Patch => e.existence = Existence::Exists,
+                _ => {}
+            }
+            if obs.method != Method::Post {
+                e.note_last_modified(obs.last_modified());
+            }
+        }
+        300..=399 | 412 | 500..=599 => {
+            // Invalidate (RFC 9111 §4.4); a 412 carries no representation's validators
+            // (RFC 9110 §15.5.13); a 5xx leaves the outcome unknown.
+            e.current = None;
+            if status >= 500 {
+                e.existence = Existence::Unknown;
+            }
+        }
+        _ => return None,
+    }
+    e.changed_at = stamp;
+    Some(e)
+}
+
+/// The bounded, concurrent map of resource key to learned state.
+pub struct Store {
+    cache: moka::sync::Cache<String, Arc<Entry>>,
+    seq: AtomicU64,
+}
+
+impl Store {
+    /// A store holding at most `capacity` resources, each forgotten `ttl` after it was last
+    /// learned.
+    pub fn new(capacity: u64, ttl: Duration) -> Store {
+        Store {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            seq: AtomicU64::new(1),
+        }
+    }
+
+    /// Takes a ticket for a request that is starting.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.seq.load(Ordering::Acquire))
+    }
+
+    /// The learned state of a resource, if any.
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache.get(key)
+    }
+
+    /// Learns from one upstream exchange of a request that took `ticket` when it started.
+    pub fn learn(&self, key: &str, ticket: Ticket, obs: &Observation<'_>) {
+        let stamp = if obs.method.is_write() {
+            self.seq.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            0
+        };
+        self.cache
+            .entry_by_ref(key)
+            .and_compute_with(|old| {
+                let old = old.map(|e| e.into_value());
+                match apply(old.as_deref(), obs, ticket, stamp) {
+                    Some(e) => Op::Put(Arc::new(e)),
+                    None => Op::Nop,
+                }
+            });
+    }
+
+    /// Number of resources held (approximate, for metrics).
+    pub fn len(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Whether the store holds nothing (approximate).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(method: Method, status: u16, etag: Option<&'static str>) -> Observation<'static> {
+        Observation {
+            method,
+            outcome: Outcome::Status(status),
+            etag: etag.map(str::as_bytes),
+            last_modified: None,
+            date: None,
+            vary: false,
+        }
+    }
+
+    fn store() -> Store {
+        Store::new(100, Duration::from_secs(60))
+    }
+
+    fn tag(s: &str) -> EntityTag<'_> {
+        EntityTag::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn get_learns_current_and_a_new_tag_supersedes_it() {
+        let s = store();
+        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        let e = s.get("/a").unwrap();
+        assert!(e.is_current_strong(&tag("\"v1\"")));
+        assert_eq!(e.existence, Existence::Exists);
+        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
+        let e = s.get("/a").unwrap();
+        assert!(e.was_replaced(&tag("\"v1\"")));
+        assert!(e.is_current_strong(&tag("\"v2\"")));
+    }
+
+    #[test]
+    fn vary_keeps_several_current_tags() {
+        let s = store();
+        let mut o = obs(Method::Get, 200, Some("\"gz\""));
+        o.vary = true;
+        s.learn("/a", s.ticket(), &o);
+        o.etag = Some(b"\"id\"");
+        s.learn("/a", s.ticket(), &o);
+        let e = s.get("/a").unwrap();
+        assert!(e.is_current_strong(&tag("\"gz\"")) && e.is_current_strong(&tag("\"id\"")));
+        assert!(e.replaced.is_empty());
+    }
+
+    #[test]
+    fn revert_leaves_the_replaced_set() {
+        let s = store();
+        for t in ["\"v1\"", "\"v2\"", "\"v1\""] {
+            s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some(t)));
+        }
+        let e = s.get("/a").unwrap();
+        assert!(!e.was_replaced(&tag("\"v1\"")));
+        assert!(e.was_replaced(&tag("\"v2\"")));
+    }
+
+    #[test]
+    fn successful_write_supersedes_and_unknown_without_etag() {
+        let s = store();
+        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn("/a", s.ticket(), &obs(Method::Put, 204, None));
+        let e = s.get("/a").unwrap();
+        assert!(e.was_replaced(&tag("\"v1\"")));
+        assert!(!e.current_known());
+        s.learn("/a", s.ticket(), &obs(Method::Put, 200, Some("\"v3\"")));
+        let e = s.get("/a").unwrap();
+        assert!(e.is_current_strong(&tag("\"v3\"")));
+    }
+
+    #[test]
+    fn delete_and_404_mean_absent() {
+        let s = store();
+        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn("/a", s.ticket(), &obs(Method::Delete, 204, None));
+        let e = s.get("/a").unwrap();
+        assert_eq!(e.existence, Existence::Absent);
+        assert!(e.was_replaced(&tag("\"v1\"")));
+        s.learn("/b", s.ticket(), &obs(Method::Get, 404, None));
+        assert_eq!(s.get("/b").unwrap().existence, Existence::Absent);
+    }
+
+    #[test]
+    fn broken_or_5xx_write_forgets_current() {
+        let s = store();
+        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn("/a", s.ticket(), &obs(Method::Put, 503, None));
+        let e = s.get("/a").unwrap();
+        assert!(!e.current_known());
+        assert_eq!(e.existence, Existence::Unknown);
+        assert!(!e.was_replaced(&tag("\"v1\""))); // not proven replaced
+        let mut broken = obs(Method::Delete, 0, None);
+        broken.outcome = Outcome::Broken;
+        s.learn("/b", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn("/b", s.ticket(), &broken);
+        assert!(!s.get("/b").unwrap().current_known());
+    }
+
+    #[test]
+    fn in_flight_get_does_not_roll_back_a_completed_write() {
+        let s = store();
+        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        let get_ticket = s.ticket(); // a GET starts...
+        s.learn("/a", s.ticket(), &obs(Method::Put, 200, Some("\"v2\""))); // a write completes
+        s.learn("/a", get_ticket, &obs(Method::Get, 200, Some("\"v1\""))); // ...the GET answers
+        let e = s.get("/a").unwrap();
+        assert!(e.is_current_strong(&tag("\"v2\"")));
+        assert!(e.was_replaced(&tag("\"v1\"")));
+        // A GET that started after the write may show a genuine revert.
+        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        assert!(s.get("/a").unwrap().is_current_strong(&tag("\"v1\"")));
+    }
+
+    #[test]
+    fn concurrent_writes_leave_current_unknown() {
+        let s = store();
+        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        let t1 = s.ticket();
+        let t2 = s.ticket();
+        s.learn("/a", t1, &obs(Method::Put, 200, Some("\"v2\"")));
+        s.learn("/a", t2, &obs(Method::Put, 200, Some("\"v3\"")));
+        let e = s.get("/a").unwrap();
+        assert!(!e.current_known());
+        assert!(!e.was_replaced(&tag("\"v2\"")));
+        assert!(e.was_replaced(&tag("\"v1\"")));
+    }
+
+    #[test]
+    fn last_modified_is_clamped_to_date_and_only_moves_forward() {
+        let s = store();
+        let mut o = obs(Method::Get, 200, None);
+        o.last_modified = Some(b"Sun, 06 Nov 1994 08:49:40 GMT");
+        o.date = Some(b"Sun, 06 Nov 1994 08:49:37 GMT");
+        s.learn("/a", s.ticket(), &o);
+        assert_eq!(s.get("/a").unwrap().last_modified, Some(784_111_777));
+        o.last_modified = Some(b"Sun, 06 Nov 1994 08:00:00 GMT");
+        o.date = None;
+        s.learn("/a", s.ticket(), &o);
+        assert_eq!(s.get("/a").unwrap().last_modified, Some(784_111_777));
+    }
+
+    #[test]
+    fn replaced_set_is_bounded() {
+        let s = store();
+        for i in 0..(MAX_REPLACED + 3) {
+            let t: &'static str = Box::leak(format!("\"v{i}\"").into_boxed_str());
+            s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some(t)));
+        }
+        let e = s.get("/a").unwrap();
+        assert_eq!(e.replaced.len(), MAX_REPLACED);
+        assert!(!e.was_replaced(&tag("\"v0\""))); // fell out: unknown again
+    }
+
+    #[test]
+    fn invalid_etag_is_not_learned() {
+        let s = store();
+        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("unquoted")));
+        let e = s.get("/a").unwrap();
+        assert_eq!(e.current, Some(Vec::new()));
+    }
+}
