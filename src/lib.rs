@@ -2,3 +2,8 @@
 pub mod precondition;
 pub mod store;
 pub mod config;
+pub mod metrics;
+pub mod problem;
+pub mod proxy;
+pub mod server;
+pub mod demo;

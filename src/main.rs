@@ -1,1 +1,111 @@
-fn main(){}
+//! The `precond` command: `run`, `check` and `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use precond::config;
+use precond::demo::DemoOrigin;
+
+/// A reverse proxy that answers stale writes with 412 at the edge (RFC 9110 §13).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration file.
+    Run {
+        /// Path to the TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit (non-zero, with the line, on error).
+    Check {
+        /// Path to the TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the proxy on 127.0.0.1:8080 in front of the bundled demo origin on 127.0.0.1:9000.
+    Demo {
+        /// Where the demo origin listens.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        origin: SocketAddr,
+    },
+}
+
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn run(config: config::Config) -> ExitCode {
+    match precond::server::build(config) {
+        Ok((server, _state)) => server.run_forever(),
+        Err(e) => {
+            eprintln!("precond: cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} upstream(s), {} route(s), listening on {:?})",
+                    config.display(),
+                    c.upstreams.len(),
+                    c.routes.len(),
+                    c.server.listen
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            init_logging();
+            match config::load(&config) {
+                Ok(c) => run(c),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { origin } => {
+            init_logging();
+            let text = DEMO_CONFIG.replace("127.0.0.1:9000", &origin.to_string());
+            let c = config::parse(&text).expect("the bundled demo config is valid");
+            let demo = match DemoOrigin::start(origin, true) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("precond: cannot start the demo origin on {origin}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!(
+                "demo origin on http://{} (sends ETags, never checks If-Match)\n\
+                 precond on http://{} (guard mode, superseded policy)\n\
+                 metrics on http://127.0.0.1:9091/metrics\n\
+                 try: curl -i http://{}/items/1",
+                demo.addr, c.server.listen[0], c.server.listen[0]
+            );
+            let code = run(c);
+            drop(demo);
+            code
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! RFC 9457 problem details for the answers precond makes itself.
+//!
+//! Owns: the JSON bodies of edge 412s (and of the 404/502/503/504 precond makes when it cannot
+//! forward), with the extension members clients use to recover. Pure: builds bytes, writes nothing.
+//!
+//! Every body has `type` `about:blank`, a `title` equal to the status's reason phrase, the numeric
+//! `status`, a `detail` for humans, and `decided_by: "precond"`. Extension member names follow
+//! RFC 9457 §3.2 (letters, digits, `_`, at least three characters).
+
+use serde_json::{json, Map, Value};
+
+use crate::precondition::{Field, Reason};
+
+/// Media type of every body built here.
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// What a client needs to recover from an edge 412.
+#[derive(Debug)]
+pub struct PreconditionFailed<'a> {
+    /// Request method.
+    pub method: &'a str,
+    /// Request path (and query).
+    pub path: &'a str,
+    /// The precondition that failed.
+    pub field: Field,
+    /// Why.
+    pub reason: Reason,
+    /// The failing field's value(s) as the client sent them.
+    pub sent: Vec<String>,
+    /// Current entity-tags, when known and disclosed.
+    pub current_etags: Option<Vec<String>>,
+    /// Latest `Last-Modified`, when known and disclosed.
+    pub current_last_modified: Option<String>,
+}
+
+/// Short machine-readable name of a reason (also used in logs, metrics and the edge header).
+pub fn reason_code(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Malformed => "malformed",
+        Reason::NoMatch => "no_match",
+        Reason::WeakOnly => "weak_only",
+        Reason::Superseded => "superseded",
+        Reason::ResourceAbsent => "resource_absent",
+        Reason::ResourceExists => "resource_exists",
+        Reason::TagMatches => "tag_matches",
+        Reason::ModifiedSince => "modified_since",
+        Reason::NotModifiedSince => "not_modified_since",
+    }
+}
+
+fn explain(p: &PreconditionFailed<'_>) -> String {
+    let sent = p.sent.join(", ");
+    match p.reason {
+        Reason::Superseded => format!(
+            "{} {}: the entity-tag(s) in If-Match ({sent}) identify representations that have \
+             since been replaced; the write would overwrite changes you have not seen.",
+            p.method, p.path
+        ),
+        Reason::NoMatch => format!(
+            "{} {}: no entity-tag in If-Match ({sent}) matches the current representation.",
+            p.method, p.path
+        ),
+        Reason::WeakOnly => format!(
+            "{} {}: If-Match lists only weak entity-tags ({sent}); If-Match uses strong \
+             comparison, so a weak tag never matches.",
+            p.method, p.path
+        ),
+        Reason::ResourceAbsent => format!(
+            "{} {}: If-Match ({sent}) requires a current representation, and the resource does \
+             not exist.",
+            p.method, p.path
+        ),
+        Reason::ResourceExists => format!(
+            "{} {}: If-None-Match: * asks to create the resource only if it does not exist, and \
+             it exists.",
+            p.method, p.path
+        ),
+        Reason::TagMatches => format!(
+            "{} {}: If-None-Match ({sent}) matches the current representation.",
+            p.method, p.path
+        ),
+        Reason::ModifiedSince => format!(
+            "{} {}: the resource was modified after the If-Unmodified-Since date ({sent}).",
+            p.method, p.path
+        ),
+        Reason::Malformed | Reason::NotModifiedSince => format!(
+            "{} {}: the {} precondition ({sent}) evaluated to false.",
+            p.method,
+            p.path,
+            p.field.header_name()
+        ),
+    }
+}
+
+fn next_step(p: &PreconditionFailed<'_>) -> String {
+    match p.field {
+        Field::IfNoneMatch => format!(
+            "The resource already exists: GET {} to see it, or send If-Match with its ETag to \
+             replace it.",
+            p.path
+        ),
+        _ => format!(
+            "GET {} to fetch the current representation and its ETag, merge your change into it, \
+             and retry with If-Match set to that ETag.",
+            p.path
+        ),
+    }
+}
+
+/// The body of an edge 412.
+pub fn precondition_failed(p: &PreconditionFailed<'_>) -> Vec<u8> {
+    let mut body = Map::new();
+    body.insert("type".into(), "about:blank".into());
+    body.insert("title".into(), "Precondition Failed".into());
+    body.insert("status".into(), 412.into());
+    body.insert("detail".into(), explain(p).into());
+    body.insert("precondition".into(), p.field.header_name().into());
+    body.insert("reason".into(), reason_code(p.reason).into());
+    body.insert("sent".into(), json!(p.sent));
+    if let Some(tags) = &p.current_etags {
+        let current = match tags.as_slice() {
+            [one] => Value::from(one.as_str()),
+            [] => Value::Null,
+            many => json!(many),
+        };
+        body.insert("current_etag".into(), current);
+    }
+    if let Some(lm) = &p.current_last_modified {
+        body.insert("current_last_modified".into(), lm.as_str().into());
+    }
+    body.insert("next_step".into(), next_step(p).into());
+    body.insert("decided_by".into(), "precond".into());
+    serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serialises")
+}
+
+/// A body for any other status precond answers itself (no route, no upstream, upstream failure).
+pub fn simple(status: u16, title: &str, detail: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "decided_by": "precond",
+    }))
+    .expect("a JSON object always serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r5_4_412_body_has_standard_and_recovery_members() {
+        let p = PreconditionFailed {
+            method: "PUT",
+            path: "/items/1",
+            field: Field::IfMatch,
+            reason: Reason::Superseded,
+            sent: vec!["\"r1\"".into()],
+            current_etags: Some(vec!["\"r2\"".into()]),
+            current_last_modified: None,
+        };
+        let v: Value = serde_json::from_slice(&precondition_failed(&p)).unwrap();
+        assert_eq!(v["type"], "about:blank");
+        assert_eq!(v["title"], "Precondition Failed");
+        assert_eq!(v["status"], 412);
+        assert_eq!(v["precondition"], "If-Match");
+        assert_eq!(v["reason"], "superseded");
+        assert_eq!(v["sent"][0], "\"r1\"");
+        assert_eq!(v["current_etag"], "\"r2\"");
+        assert!(v["detail"].as_str().unwrap().contains("/items/1"));
+        assert!(v["next_step"].as_str().unwrap().contains("If-Match"));
+        assert!(v.get("current_last_modified").is_none());
+    }
+
+    #[test]
+    fn undisclosed_validators_are_left_out() {
+        let p = PreconditionFailed {
+            method: "PUT",
+            path: "/x",
+            field: Field::IfUnmodifiedSince,
+            reason: Reason::ModifiedSince,
+            sent: vec!["Sun, 06 Nov 1994 08:49:37 GMT".into()],
+            current_etags: None,
+            current_last_modified: None,
+        };
+        let v: Value = serde_json::from_slice(&precondition_failed(&p)).unwrap();
+        assert!(v.get("current_etag").is_none());
+        assert_eq!(v["precondition"], "If-Unmodified-Since");
+    }
+}
