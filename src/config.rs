@@ -391,7 +391,10 @@ impl Validator<'_> {
         let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
             self.err(
                 v.span(),
-                format!("{what}: {:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"10m\"", v.get_ref()),
+                format!(
+                    "{what}: {:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"10m\"",
+                    v.get_ref()
+                ),
             )
         })?;
         Ok(d)
@@ -400,7 +403,10 @@ impl Validator<'_> {
     fn positive(&self, v: &Spanned<i64>, what: &str, max: i64) -> Result<u64, ConfigError> {
         let n = *v.get_ref();
         if n < 1 || n > max {
-            return Err(self.err(v.span(), format!("{what} must be between 1 and {max}, not {n}")));
+            return Err(self.err(
+                v.span(),
+                format!("{what} must be between 1 and {max}, not {n}"),
+            ));
         }
         Ok(n as u64)
     }
@@ -408,7 +414,10 @@ impl Validator<'_> {
     fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
         let s = v.get_ref().trim();
         let mut addrs = s.to_socket_addrs().map_err(|e| {
-            self.err(v.span(), format!("{what}: {s:?} is not a host:port address ({e})"))
+            self.err(
+                v.span(),
+                format!("{what}: {s:?} is not a host:port address ({e})"),
+            )
         })?;
         addrs
             .next()
@@ -428,8 +437,10 @@ impl Validator<'_> {
                 .collect::<Result<_, _>>()?,
             threads: self.positive(&s.threads, "server.threads", 256)? as usize,
             grace_period: self.duration(&s.grace_period, "server.grace_period")?,
-            graceful_shutdown_timeout: self
-                .duration(&s.graceful_shutdown_timeout, "server.graceful_shutdown_timeout")?,
+            graceful_shutdown_timeout: self.duration(
+                &s.graceful_shutdown_timeout,
+                "server.graceful_shutdown_timeout",
+            )?,
             metrics_listen: s
                 .metrics_listen
                 .as_ref()
@@ -483,7 +494,10 @@ impl Validator<'_> {
         }
 
         if raw.routes.is_empty() {
-            return Err(self.err(0..0, "no [[route]]: add at least one, e.g. path_prefix = \"/\""));
+            return Err(self.err(
+                0..0,
+                "no [[route]]: add at least one, e.g. path_prefix = \"/\"",
+            ));
         }
         let mut routes = Vec::new();
         for r in &raw.routes {
@@ -493,7 +507,9 @@ impl Validator<'_> {
                 let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
                 self.err(
                     r.upstream.span(),
-                    format!("route names upstream {up:?}, which is not defined (defined: {known:?})"),
+                    format!(
+                        "route names upstream {up:?}, which is not defined (defined: {known:?})"
+                    ),
                 )
             })?;
             let prefix = r.path_prefix.get_ref().clone();
@@ -520,7 +536,10 @@ impl Validator<'_> {
             };
             let host = match &r.host {
                 Some(h) if h.get_ref().trim().is_empty() || h.get_ref().contains('/') => {
-                    return Err(self.err(h.span(), "host must be a host name such as \"api.example.com\""))
+                    return Err(self.err(
+                        h.span(),
+                        "host must be a host name such as \"api.example.com\"",
+                    ))
                 }
                 Some(h) => Some(strip_port(h.get_ref().trim()).to_ascii_lowercase()),
                 None => None,
@@ -583,7 +602,10 @@ upstream = "api"
 
     #[test]
     fn bad_duration_and_bad_address_are_located() {
-        let text = MINIMAL.replace("servers = [\"127.0.0.1:9000\"]", "servers = [\"127.0.0.1:9000\"]\nread_timeout = \"soon\"");
+        let text = MINIMAL.replace(
+            "servers = [\"127.0.0.1:9000\"]",
+            "servers = [\"127.0.0.1:9000\"]\nread_timeout = \"soon\"",
+        );
         let e = parse(&text).unwrap_err();
         assert!(e.message.contains("read_timeout"), "{e}");
         assert_eq!(e.position.map(|p| p.0), Some(5));
@@ -618,7 +640,10 @@ upstream = "a"
         let c = parse(text).unwrap();
         assert_eq!(c.route_for(None, "/api/x").unwrap().0, 1);
         assert_eq!(c.route_for(None, "/apix").unwrap().0, 0);
-        assert_eq!(c.route_for(Some("example.com:8080"), "/api/x").unwrap().0, 2);
+        assert_eq!(
+            c.route_for(Some("example.com:8080"), "/api/x").unwrap().0,
+            2
+        );
         assert_eq!(c.route_for(Some("other"), "/").unwrap().0, 0);
     }
 }

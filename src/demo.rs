@@ -107,7 +107,11 @@ impl DemoOrigin {
                 version: state.next_version(),
                 modified: SystemTime::now(),
             };
-            state.items.lock().expect("fresh lock").insert(path.into(), item);
+            state
+                .items
+                .lock()
+                .expect("fresh lock")
+                .insert(path.into(), item);
         }
         let (stop, mut stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -160,7 +164,11 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, Bytes::from(body))
 }
 
-fn with_validators(state: &State, mut resp: Response<Full<Bytes>>, item: &Item) -> Response<Full<Bytes>> {
+fn with_validators(
+    state: &State,
+    mut resp: Response<Full<Bytes>>,
+    item: &Item,
+) -> Response<Full<Bytes>> {
     if state.etags {
         let h = resp.headers_mut();
         h.insert(
@@ -169,28 +177,45 @@ fn with_validators(state: &State, mut resp: Response<Full<Bytes>>, item: &Item) 
         );
         h.insert(
             header::LAST_MODIFIED,
-            httpdate::fmt_http_date(item.modified).parse().expect("ascii"),
+            httpdate::fmt_http_date(item.modified)
+                .parse()
+                .expect("ascii"),
         );
     }
     resp
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
-    if matches!(method, Method::PUT | Method::PATCH | Method::DELETE | Method::POST) {
+    if matches!(
+        method,
+        Method::PUT | Method::PATCH | Method::DELETE | Method::POST
+    ) {
         state.stats.writes.fetch_add(1, Ordering::Relaxed);
     }
     let path = req.uri().path().to_string();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large or broken")),
+        Err(_) => {
+            return Ok(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large or broken",
+            ))
+        }
     };
     let mut items = state.items.lock().expect("demo lock never poisoned");
     let resp = match method {
         Method::GET | Method::HEAD => match items.get(&path) {
             Some(item) => {
-                let body = if method == Method::HEAD { Bytes::new() } else { item.body.clone() };
+                let body = if method == Method::HEAD {
+                    Bytes::new()
+                } else {
+                    item.body.clone()
+                };
                 let mut r = json_response(StatusCode::OK, body);
                 if method == Method::HEAD {
                     r.headers_mut()
@@ -217,7 +242,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                 with_validators(&state, json_response(status, body), &item)
             }
         }
-        Method::PATCH => match (items.get(&path), serde_json::from_slice::<serde_json::Value>(&body)) {
+        Method::PATCH => match (
+            items.get(&path),
+            serde_json::from_slice::<serde_json::Value>(&body),
+        ) {
             (None, _) => error(StatusCode::NOT_FOUND, "no such resource"),
             (Some(_), Err(_)) => error(StatusCode::BAD_REQUEST, "body must be a JSON object"),
             (Some(old), Ok(patch)) => {
@@ -234,9 +262,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                             modified: SystemTime::now(),
                         };
                         items.insert(path, item.clone());
-                        with_validators(&state, json_response(StatusCode::OK, item.body.clone()), &item)
+                        with_validators(
+                            &state,
+                            json_response(StatusCode::OK, item.body.clone()),
+                            &item,
+                        )
                     }
-                    _ => error(StatusCode::BAD_REQUEST, "PATCH merges a JSON object into a JSON object"),
+                    _ => error(
+                        StatusCode::BAD_REQUEST,
+                        "PATCH merges a JSON object into a JSON object",
+                    ),
                 }
             }
         },
@@ -257,8 +292,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
             };
             items.insert(child.clone(), item);
             let mut r = json_response(StatusCode::CREATED, body);
-            r.headers_mut()
-                .insert(header::LOCATION, child.parse().unwrap_or(header::HeaderValue::from_static("/")));
+            r.headers_mut().insert(
+                header::LOCATION,
+                child
+                    .parse()
+                    .unwrap_or(header::HeaderValue::from_static("/")),
+            );
             r
         }
         _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not supported"),

@@ -1,9 +1,9 @@
 //! precond: a reverse proxy that enforces HTTP conditional requests (RFC 9110 §13) at the edge.
-pub mod precondition;
-pub mod store;
 pub mod config;
+pub mod demo;
 pub mod metrics;
+pub mod precondition;
 pub mod problem;
 pub mod proxy;
 pub mod server;
-pub mod demo;
+pub mod store;

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::apps::http_app::ServeHttp;
 use http::Response;
+use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::precondition::{Field, Reason};
@@ -88,19 +88,31 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         };
-        counter("precond_forwarded_total", "Requests forwarded to an upstream.", &self.forwarded);
+        counter(
+            "precond_forwarded_total",
+            "Requests forwarded to an upstream.",
+            &self.forwarded,
+        );
         counter(
             "precond_forwarded_conditional_writes_total",
             "Forwarded writes whose precondition the edge could not prove false.",
             &self.forwarded_conditional_writes,
         );
-        counter("precond_no_route_total", "Requests that matched no route.", &self.no_route);
+        counter(
+            "precond_no_route_total",
+            "Requests that matched no route.",
+            &self.no_route,
+        );
         counter(
             "precond_upstream_failures_total",
             "Upstream exchanges that failed.",
             &self.upstream_failures,
         );
-        counter("precond_learned_total", "Upstream responses learned from.", &self.learned);
+        counter(
+            "precond_learned_total",
+            "Upstream responses learned from.",
+            &self.learned,
+        );
         let _ = writeln!(
             out,
             "# HELP precond_rejected_total Writes answered 412 at the edge.\n# TYPE precond_rejected_total counter"

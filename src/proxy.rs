@@ -42,12 +42,13 @@ struct HeaderLines<'a> {
 }
 
 impl<'a> FieldLines<'a> for HeaderLines<'a> {
-    type Iter = std::iter::Map<
-        http::header::ValueIter<'a, HeaderValue>,
-        fn(&'a HeaderValue) -> &'a [u8],
-    >;
+    type Iter =
+        std::iter::Map<http::header::ValueIter<'a, HeaderValue>, fn(&'a HeaderValue) -> &'a [u8]>;
     fn lines(self) -> Self::Iter {
-        self.map.get_all(self.name).iter().map(HeaderValue::as_bytes)
+        self.map
+            .get_all(self.name)
+            .iter()
+            .map(HeaderValue::as_bytes)
     }
 }
 
@@ -67,8 +68,12 @@ fn has_no_cache(map: &HeaderMap) -> bool {
     let has = |name, token: &str| {
         map.get_all(name).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|d| d.trim().split('=').next().is_some_and(|d| d.eq_ignore_ascii_case(token)))
+                s.split(',').any(|d| {
+                    d.trim()
+                        .split('=')
+                        .next()
+                        .is_some_and(|d| d.eq_ignore_ascii_case(token))
+                })
             })
         })
     };
@@ -97,7 +102,11 @@ pub struct Precond {
 
 impl Precond {
     /// Builds the proxy for a validated configuration.
-    pub fn new(config: Arc<Config>, store: Arc<Store>, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let balancers = config
             .upstreams
             .iter()
@@ -161,9 +170,13 @@ impl Precond {
             resp.insert_header(name.clone(), value.as_str())?;
         }
         let head_only = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(resp), head_only).await?;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
         if !head_only {
-            session.write_response_body(Some(Bytes::from(body)), true).await?;
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
         }
         Ok(())
     }
@@ -188,12 +201,18 @@ impl Precond {
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
-        let path = req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let path = req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
         let method = req.method.as_str().to_string();
         let disclose = self.config.edge.disclose_validators;
-        let current_etags: Option<Vec<String>> = entry
-            .filter(|_| disclose)
-            .and_then(|e| e.current.as_ref().map(|_| e.current_tags().map(|t| t.to_display()).collect()));
+        let current_etags: Option<Vec<String>> = entry.filter(|_| disclose).and_then(|e| {
+            e.current
+                .as_ref()
+                .map(|_| e.current_tags().map(|t| t.to_display()).collect())
+        });
         let current_lm = entry
             .filter(|_| disclose)
             .and_then(|e| e.last_modified)

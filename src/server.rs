@@ -129,7 +129,9 @@ pub fn spawn(config: Config) -> std::io::Result<Running> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         if Instant::now() > deadline {
-            return Err(std::io::Error::other(format!("proxy did not start listening on {addr}")));
+            return Err(std::io::Error::other(format!(
+                "proxy did not start listening on {addr}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

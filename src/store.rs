@@ -179,7 +179,12 @@ impl Observation<'_> {
 pub struct Ticket(u64);
 
 /// Applies one observation to a resource's state. Returns `None` when nothing is to change.
-pub fn apply(old: Option<&Entry>, obs: &Observation<'_>, ticket: Ticket, stamp: u64) -> Option<Entry> {
+pub fn apply(
+    old: Option<&Entry>,
+    obs: &Observation<'_>,
+    ticket: Ticket,
+    stamp: u64,
+) -> Option<Entry> {
     let mut e = old.cloned().unwrap_or_else(Entry::blank);
     let Outcome::Status(status) = obs.outcome else {
         if !obs.method.is_write() {
@@ -323,15 +328,13 @@ impl Store {
         } else {
             0
         };
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|old| {
-                let old = old.map(|e| e.into_value());
-                match apply(old.as_deref(), obs, ticket, stamp) {
-                    Some(e) => Op::Put(Arc::new(e)),
-                    None => Op::Nop,
-                }
-            });
+        self.cache.entry_by_ref(key).and_compute_with(|old| {
+            let old = old.map(|e| e.into_value());
+            match apply(old.as_deref(), obs, ticket, stamp) {
+                Some(e) => Op::Put(Arc::new(e)),
+                None => Op::Nop,
+            }
+        });
     }
 
     /// Number of resources held (approximate, for metrics).

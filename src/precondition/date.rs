@@ -115,7 +115,9 @@ mod tests {
         assert_eq!(parse_date_field([one]), DateField::Valid(T_1994));
         assert_eq!(parse_date_field([one, one]), DateField::Invalid);
         assert_eq!(
-            parse_date_field([&b"Sun, 06 Nov 1994 08:49:37 GMT, Sun, 06 Nov 1994 08:49:37 GMT"[..]]),
+            parse_date_field([
+                &b"Sun, 06 Nov 1994 08:49:37 GMT, Sun, 06 Nov 1994 08:49:37 GMT"[..]
+            ]),
             DateField::Invalid
         );
         assert_eq!(parse_date_field(std::iter::empty()), DateField::Absent);

@@ -333,11 +333,16 @@ mod tests {
             Req::default().im("W/\"v2\"").eval(Put),
             failed(Field::IfMatch, Reason::WeakOnly)
         );
-        assert_eq!(Req::default().im("\"v1\", \"v2\"").eval(Put), Decision::Proceed);
+        assert_eq!(
+            Req::default().im("\"v1\", \"v2\"").eval(Put),
+            Decision::Proceed
+        );
         // A weak current tag never matches strongly.
         let weak_current = exists("W/\"v2\"");
         assert_eq!(
-            Req::default().im("\"v2\"").eval_with(Put, &weak_current, false),
+            Req::default()
+                .im("\"v2\"")
+                .eval_with(Put, &weak_current, false),
             failed(Field::IfMatch, Reason::NoMatch)
         );
     }
@@ -349,7 +354,10 @@ mod tests {
             etag: None,
             last_modified: None,
         };
-        assert_eq!(Req::default().im("*").eval_with(Put, &no_etag, false), Decision::Proceed);
+        assert_eq!(
+            Req::default().im("*").eval_with(Put, &no_etag, false),
+            Decision::Proceed
+        );
         assert_eq!(
             Req::default().im("*").eval_with(Put, &absent(), false),
             failed(Field::IfMatch, Reason::ResourceAbsent)
@@ -425,7 +433,10 @@ mod tests {
         assert!(matches!(r.eval(Get), Decision::NotModified(_)));
         assert!(matches!(r.eval(Head), Decision::NotModified(_)));
         for m in [Put, Patch, Delete, Post] {
-            assert!(matches!(r.eval(m), Decision::PreconditionFailed(_)), "{m:?}");
+            assert!(
+                matches!(r.eval(m), Decision::PreconditionFailed(_)),
+                "{m:?}"
+            );
         }
     }
 
@@ -438,7 +449,9 @@ mod tests {
         assert_eq!(Req::default().ims(BEFORE).eval(Get), Decision::Proceed);
         // Future date: still 304 (no "future IMS is invalid" rule in RFC 9110).
         assert!(matches!(
-            Req::default().ims(b"Fri, 01 Jan 2100 00:00:00 GMT").eval(Get),
+            Req::default()
+                .ims(b"Fri, 01 Jan 2100 00:00:00 GMT")
+                .eval(Get),
             Decision::NotModified(_)
         ));
     }
@@ -452,7 +465,10 @@ mod tests {
         );
         // Invalid date, two lines, non-GET method, no modification date.
         assert_eq!(Req::default().ims(b"garbage").eval(Get), Decision::Proceed);
-        assert_eq!(Req::default().ims(AFTER).ims(AFTER).eval(Get), Decision::Proceed);
+        assert_eq!(
+            Req::default().ims(AFTER).ims(AFTER).eval(Get),
+            Decision::Proceed
+        );
         assert_eq!(Req::default().ims(AFTER).eval(Put), Decision::Proceed);
         let no_lm = Current {
             existence: Existence::Exists,
@@ -483,14 +499,20 @@ mod tests {
     #[test]
     fn r2_4_2_if_unmodified_since_ignored_cases() {
         // If-Match present (even malformed: If-Match decides).
-        assert_eq!(Req::default().im("\"v2\"").ius(BEFORE).eval(Put), Decision::Proceed);
+        assert_eq!(
+            Req::default().im("\"v2\"").ius(BEFORE).eval(Put),
+            Decision::Proceed
+        );
         assert_eq!(
             Req::default().im("bad").ius(AFTER).eval(Put),
             failed(Field::IfMatch, Reason::Malformed)
         );
         // Invalid date, a list of dates, no modification date.
         assert_eq!(Req::default().ius(b"nope").eval(Put), Decision::Proceed);
-        assert_eq!(Req::default().ius(BEFORE).ius(BEFORE).eval(Put), Decision::Proceed);
+        assert_eq!(
+            Req::default().ius(BEFORE).ius(BEFORE).eval(Put),
+            Decision::Proceed
+        );
         let no_lm = Current {
             existence: Existence::Exists,
             etag: EntityTag::parse(b"\"v2\""),
@@ -555,8 +577,14 @@ mod tests {
 
     #[test]
     fn r0_4_no_cache_request_is_never_answered_304() {
-        assert_eq!(Req::default().inm("\"v2\"").no_cache().eval(Get), Decision::Proceed);
-        assert_eq!(Req::default().ims(AFTER).no_cache().eval(Get), Decision::Proceed);
+        assert_eq!(
+            Req::default().inm("\"v2\"").no_cache().eval(Get),
+            Decision::Proceed
+        );
+        assert_eq!(
+            Req::default().ims(AFTER).no_cache().eval(Get),
+            Decision::Proceed
+        );
         // ... but a 412 is still a 412.
         assert!(matches!(
             Req::default().im("\"v1\"").no_cache().eval(Get),

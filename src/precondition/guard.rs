@@ -201,7 +201,14 @@ mod tests {
         }
     }
 
-    fn decide(m: Method, im: &[&'static str], inm: &[&'static str], ius: &[&'static str], k: &K, p: Policy) -> Decision {
+    fn decide(
+        m: Method,
+        im: &[&'static str],
+        inm: &[&'static str],
+        ius: &[&'static str],
+        k: &K,
+        p: Policy,
+    ) -> Decision {
         let im: Vec<&[u8]> = im.iter().map(|s| s.as_bytes()).collect();
         let inm: Vec<&[u8]> = inm.iter().map(|s| s.as_bytes()).collect();
         let ius: Vec<&[u8]> = ius.iter().map(|s| s.as_bytes()).collect();
@@ -225,19 +232,40 @@ mod tests {
 
     #[test]
     fn superseded_refuses_only_tags_seen_replaced() {
-        assert!(is_412(decide(Put, &["\"v1\""], &[], &[], &k(), S), Field::IfMatch));
-        assert!(is_412(decide(Put, &["\"v1\", \"v2\""], &[], &[], &k(), S), Field::IfMatch));
+        assert!(is_412(
+            decide(Put, &["\"v1\""], &[], &[], &k(), S),
+            Field::IfMatch
+        ));
+        assert!(is_412(
+            decide(Put, &["\"v1\", \"v2\""], &[], &[], &k(), S),
+            Field::IfMatch
+        ));
         // An unknown tag may be newer than what we saw: forward.
-        assert_eq!(decide(Put, &["\"v9\""], &[], &[], &k(), S), Decision::Proceed);
+        assert_eq!(
+            decide(Put, &["\"v9\""], &[], &[], &k(), S),
+            Decision::Proceed
+        );
         // One unknown tag in the list is enough to forward.
-        assert_eq!(decide(Put, &["\"v1\", \"v9\""], &[], &[], &k(), S), Decision::Proceed);
-        assert_eq!(decide(Put, &["\"v3\""], &[], &[], &k(), S), Decision::Proceed);
+        assert_eq!(
+            decide(Put, &["\"v1\", \"v9\""], &[], &[], &k(), S),
+            Decision::Proceed
+        );
+        assert_eq!(
+            decide(Put, &["\"v3\""], &[], &[], &k(), S),
+            Decision::Proceed
+        );
     }
 
     #[test]
     fn superseded_forwards_weak_only_star_and_malformed() {
-        assert_eq!(decide(Put, &["W/\"v1\""], &[], &[], &k(), S), Decision::Proceed);
-        assert_eq!(decide(Put, &["*"], &[], &[], &absent(), S), Decision::Proceed);
+        assert_eq!(
+            decide(Put, &["W/\"v1\""], &[], &[], &k(), S),
+            Decision::Proceed
+        );
+        assert_eq!(
+            decide(Put, &["*"], &[], &[], &absent(), S),
+            Decision::Proceed
+        );
         assert_eq!(decide(Put, &["v1"], &[], &[], &k(), S), Decision::Proceed);
         assert_eq!(decide(Put, &[""], &[], &[], &k(), S), Decision::Proceed);
         assert_eq!(decide(Put, &[], &["*"], &[], &k(), S), Decision::Proceed);
@@ -245,15 +273,39 @@ mod tests {
 
     #[test]
     fn mismatch_trusts_the_current_tag() {
-        assert!(is_412(decide(Put, &["\"v9\""], &[], &[], &k(), M), Field::IfMatch));
-        assert!(is_412(decide(Put, &["W/\"v3\""], &[], &[], &k(), M), Field::IfMatch));
-        assert_eq!(decide(Put, &["\"v9\", \"v3\""], &[], &[], &k(), M), Decision::Proceed);
-        assert!(is_412(decide(Put, &["*"], &[], &[], &absent(), M), Field::IfMatch));
-        assert!(is_412(decide(Put, &[], &["*"], &[], &k(), M), Field::IfNoneMatch));
-        assert!(is_412(decide(Put, &[], &["W/\"v3\""], &[], &k(), M), Field::IfNoneMatch));
+        assert!(is_412(
+            decide(Put, &["\"v9\""], &[], &[], &k(), M),
+            Field::IfMatch
+        ));
+        assert!(is_412(
+            decide(Put, &["W/\"v3\""], &[], &[], &k(), M),
+            Field::IfMatch
+        ));
+        assert_eq!(
+            decide(Put, &["\"v9\", \"v3\""], &[], &[], &k(), M),
+            Decision::Proceed
+        );
+        assert!(is_412(
+            decide(Put, &["*"], &[], &[], &absent(), M),
+            Field::IfMatch
+        ));
+        assert!(is_412(
+            decide(Put, &[], &["*"], &[], &k(), M),
+            Field::IfNoneMatch
+        ));
+        assert!(is_412(
+            decide(Put, &[], &["W/\"v3\""], &[], &k(), M),
+            Field::IfNoneMatch
+        ));
         // Current unknown: nothing to trust.
-        let unknown = K { current: None, ..k() };
-        assert_eq!(decide(Put, &["\"v9\""], &[], &[], &unknown, M), Decision::Proceed);
+        let unknown = K {
+            current: None,
+            ..k()
+        };
+        assert_eq!(
+            decide(Put, &["\"v9\""], &[], &[], &unknown, M),
+            Decision::Proceed
+        );
     }
 
     #[test]
@@ -261,10 +313,16 @@ mod tests {
         let before = "Thu, 01 Jan 1970 00:16:39 GMT"; // t=999
         let at = "Thu, 01 Jan 1970 00:16:40 GMT"; // t=1000
         for p in [S, M] {
-            assert!(is_412(decide(Put, &[], &[], &[before], &k(), p), Field::IfUnmodifiedSince));
+            assert!(is_412(
+                decide(Put, &[], &[], &[before], &k(), p),
+                Field::IfUnmodifiedSince
+            ));
             assert_eq!(decide(Put, &[], &[], &[at], &k(), p), Decision::Proceed);
             // If-Match present: IUS ignored.
-            assert_eq!(decide(Put, &["\"v3\""], &[], &[before], &k(), p), Decision::Proceed);
+            assert_eq!(
+                decide(Put, &["\"v3\""], &[], &[before], &k(), p),
+                Decision::Proceed
+            );
             // Invalid date: ignored.
             assert_eq!(decide(Put, &[], &[], &["soon"], &k(), p), Decision::Proceed);
         }
@@ -272,7 +330,10 @@ mod tests {
 
     #[test]
     fn reads_and_unknown_resources_are_forwarded() {
-        assert_eq!(decide(Get, &["\"v1\""], &[], &[], &k(), S), Decision::Proceed);
+        assert_eq!(
+            decide(Get, &["\"v1\""], &[], &[], &k(), S),
+            Decision::Proceed
+        );
         let req = Conditional {
             method: Put,
             if_match: &[&b"\"v1\""[..]][..],
@@ -287,9 +348,15 @@ mod tests {
     #[test]
     fn r3_2_absent_resource_404_beats_412_for_delete() {
         for p in [S, M] {
-            assert_eq!(decide(Delete, &["\"v3\""], &[], &[], &absent(), p), Decision::Proceed);
+            assert_eq!(
+                decide(Delete, &["\"v3\""], &[], &[], &absent(), p),
+                Decision::Proceed
+            );
         }
         // PUT with a replaced tag on a deleted resource: proven stale.
-        assert!(is_412(decide(Put, &["\"v3\""], &[], &[], &absent(), S), Field::IfMatch));
+        assert!(is_412(
+            decide(Put, &["\"v3\""], &[], &[], &absent(), S),
+            Field::IfMatch
+        ));
     }
 }
