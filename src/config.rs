@@ -97,8 +97,43 @@ pub enum Mode {
     Pass,
     /// Learns validators; refuses writes proven stale; forwards everything else.
     Guard,
-    /// precond is the judge (not available yet).
+    /// precond is the judge: evaluates every precondition itself, synthesises ETags, serialises
+    /// writes per resource, may require preconditions (428).
     Enforce,
+}
+
+/// How an `enforce` route asks the origin for a resource's current validators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    /// GET: the body is read, so an ETag can be synthesised when the origin sends none.
+    Get,
+    /// HEAD: cheaper, but serves only origins that send their own validators.
+    Head,
+}
+
+/// Settings of an `enforce` route (defaults on other routes, where they are unused).
+#[derive(Clone, Debug)]
+pub struct EnforceSettings {
+    /// Probe method on a cache miss.
+    pub probe: Probe,
+    /// Methods that must carry a usable precondition (else 428).
+    pub require: Vec<crate::precondition::Method>,
+    /// Longest wait for another write to the same resource to finish (then 503).
+    pub write_wait: Duration,
+    /// Largest body hashed to synthesise an ETag; larger representations get none.
+    pub synthesize_max_body: usize,
+}
+
+impl Default for EnforceSettings {
+    fn default() -> Self {
+        EnforceSettings {
+            probe: Probe::Get,
+            require: Vec::new(),
+            write_wait: Duration::from_secs(5),
+            synthesize_max_body: 1 << 20,
+        }
+    }
 }
 
 /// One route.
@@ -114,6 +149,8 @@ pub struct Route {
     pub mode: Mode,
     /// Guard policy.
     pub policy: Policy,
+    /// Enforce settings.
+    pub enforce: EnforceSettings,
 }
 
 impl Route {
@@ -356,6 +393,10 @@ struct RawRoute {
     mode: Spanned<Mode>,
     #[serde(default)]
     policy: Option<Spanned<RawPolicy>>,
+    probe: Option<Spanned<Probe>>,
+    require: Option<Spanned<Vec<Spanned<String>>>>,
+    write_wait: Option<Spanned<String>>,
+    synthesize_max_body: Option<Spanned<i64>>,
 }
 fn default_prefix() -> Spanned<String> {
     unspanned("/".into())
@@ -422,6 +463,50 @@ impl Validator<'_> {
         addrs
             .next()
             .ok_or_else(|| self.err(v.span(), format!("{what}: {s:?} resolves to no address")))
+    }
+
+    fn enforce_settings(&self, r: &RawRoute, mode: Mode) -> Result<EnforceSettings, ConfigError> {
+        let mut e = EnforceSettings::default();
+        let only_enforce = |span: Range<usize>, key: &str| {
+            self.err(span, format!("{key} applies only to mode = \"enforce\""))
+        };
+        if let Some(p) = &r.probe {
+            if mode != Mode::Enforce {
+                return Err(only_enforce(p.span(), "probe"));
+            }
+            e.probe = *p.get_ref();
+        }
+        if let Some(req) = &r.require {
+            if mode != Mode::Enforce {
+                return Err(only_enforce(req.span(), "require"));
+            }
+            for m in req.get_ref() {
+                let method = crate::precondition::Method::from_bytes(m.get_ref().as_bytes());
+                if !method.is_write() {
+                    return Err(self.err(
+                        m.span(),
+                        format!("require lists {:?}: only PUT, PATCH, DELETE and POST can be required to be conditional", m.get_ref()),
+                    ));
+                }
+                if !e.require.contains(&method) {
+                    e.require.push(method);
+                }
+            }
+        }
+        if let Some(w) = &r.write_wait {
+            if mode != Mode::Enforce {
+                return Err(only_enforce(w.span(), "write_wait"));
+            }
+            e.write_wait = self.duration(w, "route.write_wait")?;
+        }
+        if let Some(n) = &r.synthesize_max_body {
+            if mode != Mode::Enforce {
+                return Err(only_enforce(n.span(), "synthesize_max_body"));
+            }
+            e.synthesize_max_body =
+                self.positive(n, "route.synthesize_max_body", 64 << 20)? as usize;
+        }
+        Ok(e)
     }
 
     fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
@@ -520,15 +605,10 @@ impl Validator<'_> {
                 ));
             }
             let mode = *r.mode.get_ref();
-            if mode == Mode::Enforce {
-                return Err(self.err(
-                    r.mode.span(),
-                    "mode \"enforce\" is not available in this version; use \"guard\" or \"pass\"",
-                ));
-            }
+            let enforce = self.enforce_settings(r, mode)?;
             let policy = match r.policy.as_ref().map(|p| (*p.get_ref(), p.span())) {
                 None => Policy::Superseded,
-                Some((_, span)) if mode == Mode::Pass => {
+                Some((_, span)) if mode != Mode::Guard => {
                     return Err(self.err(span, "policy applies only to mode = \"guard\""))
                 }
                 Some((RawPolicy::Superseded, _)) => Policy::Superseded,
@@ -550,6 +630,7 @@ impl Validator<'_> {
                 upstream,
                 mode,
                 policy,
+                enforce,
             });
         }
         Ok(Config {
@@ -615,9 +696,19 @@ upstream = "api"
     }
 
     #[test]
-    fn enforce_is_refused_for_now() {
-        let text = format!("{MINIMAL}mode = \"enforce\"\n");
-        assert!(parse(&text).unwrap_err().message.contains("enforce"));
+    fn enforce_settings_are_validated() {
+        let text = format!(
+            "{MINIMAL}mode = \"enforce\"\nrequire = [\"PUT\", \"DELETE\"]\nprobe = \"head\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.routes[0].enforce.probe, Probe::Head);
+        assert_eq!(c.routes[0].enforce.require.len(), 2);
+        let text = format!("{MINIMAL}mode = \"enforce\"\nrequire = [\"GET\"]\n");
+        assert!(parse(&text).unwrap_err().message.contains("GET"));
+        let text = format!("{MINIMAL}require = [\"PUT\"]\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("only to mode = \"enforce\""), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(8));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! Resources: any path. `GET`/`HEAD` read, `PUT` creates or replaces (201/200), `PATCH` merges a
 //! JSON object into the stored one, `DELETE` removes (204), `POST` creates a child `{path}/{n}`
 //! (201 with `Location`). Entity-tags are `"r<n>"` with `n` from one counter, so a tag is never
-//! reused across versions or resources. Seeded with `/items/1` and `/items/2`.
+//! reused across versions or resources. Seeded with `{prefix}/items/1` and `{prefix}/items/2`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -85,8 +85,8 @@ impl Drop for DemoOrigin {
 
 impl DemoOrigin {
     /// Starts the origin on `addr` (port 0 picks a free port). `etags` chooses whether it sends
-    /// `ETag` and `Last-Modified`.
-    pub fn start(addr: SocketAddr, etags: bool) -> std::io::Result<DemoOrigin> {
+    /// `ETag` and `Last-Modified`; the seed resources are `{prefix}/items/1` and `{prefix}/items/2`.
+    pub fn start(addr: SocketAddr, etags: bool, prefix: &str) -> std::io::Result<DemoOrigin> {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
@@ -111,7 +111,7 @@ impl DemoOrigin {
                 .items
                 .lock()
                 .expect("fresh lock")
-                .insert(path.into(), item);
+                .insert(format!("{prefix}{path}"), item);
         }
         let (stop, mut stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()

@@ -32,9 +32,12 @@ enum Command {
     },
     /// Run the proxy on 127.0.0.1:8080 in front of the bundled demo origin on 127.0.0.1:9000.
     Demo {
-        /// Where the demo origin listens.
+        /// Where the demo origin that sends ETags listens (guard route `/`).
         #[arg(long, default_value = "127.0.0.1:9000")]
         origin: SocketAddr,
+        /// Where the legacy demo origin (no validators) listens (enforce route `/legacy`).
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        legacy: SocketAddr,
     },
 }
 
@@ -85,26 +88,33 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { origin } => {
+        Command::Demo { origin, legacy } => {
             init_logging();
-            let text = DEMO_CONFIG.replace("127.0.0.1:9000", &origin.to_string());
+            let text = DEMO_CONFIG
+                .replace("127.0.0.1:9000", &origin.to_string())
+                .replace("127.0.0.1:9001", &legacy.to_string());
             let c = config::parse(&text).expect("the bundled demo config is valid");
-            let demo = match DemoOrigin::start(origin, true) {
+            let started = DemoOrigin::start(origin, true, "")
+                .and_then(|d| Ok((d, DemoOrigin::start(legacy, false, "/legacy")?)));
+            let (demo, legacy_demo) = match started {
                 Ok(d) => d,
                 Err(e) => {
-                    eprintln!("precond: cannot start the demo origin on {origin}: {e}");
+                    eprintln!(
+                        "precond: cannot start the demo origins on {origin} and {legacy}: {e}"
+                    );
                     return ExitCode::FAILURE;
                 }
             };
+            let listen = c.server.listen[0];
             println!(
-                "demo origin on http://{} (sends ETags, never checks If-Match)\n\
-                 precond on http://{} (guard mode, superseded policy)\n\
-                 metrics on http://127.0.0.1:9091/metrics\n\
-                 try: curl -i http://{}/items/1",
-                demo.addr, c.server.listen[0], c.server.listen[0]
+                "demo origin on http://{} (sends ETags, never checks If-Match): guard route /\n\
+                 legacy origin on http://{} (no validators at all): enforce route /legacy\n\
+                 precond on http://{listen}, metrics on http://127.0.0.1:9091/metrics\n\
+                 try: curl -i http://{listen}/items/1   and   curl -i http://{listen}/legacy/items/1",
+                demo.addr, legacy_demo.addr
             );
             let code = run(c);
-            drop(demo);
+            drop((demo, legacy_demo));
             code
         }
     }

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub upstream_failures: AtomicU64,
     /// Upstream responses the store learned from.
     pub learned: AtomicU64,
+    /// 428 answers (enforce routes).
+    pub required: AtomicU64,
+    not_modified: [AtomicU64; FIELDS.len()],
     rejected: [AtomicU64; FIELDS.len() * REASONS.len()],
 }
 
@@ -65,6 +68,8 @@ impl Default for Metrics {
             no_route: AtomicU64::new(0),
             upstream_failures: AtomicU64::new(0),
             learned: AtomicU64::new(0),
+            required: AtomicU64::new(0),
+            not_modified: std::array::from_fn(|_| AtomicU64::new(0)),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -74,6 +79,12 @@ impl Metrics {
     /// Counts an edge 412.
     pub fn reject(&self, field: Field, reason: Reason) {
         self.rejected[index(field, reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an edge 304.
+    pub fn not_modified(&self, field: Field) {
+        let i = FIELDS.iter().position(|x| *x == field).unwrap_or(0);
+        self.not_modified[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Edge 412s counted for one field and reason.

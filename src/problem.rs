@@ -133,6 +133,28 @@ pub fn precondition_failed(p: &PreconditionFailed<'_>) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(body)).expect("a JSON map always serialises")
 }
 
+/// The body of a 428 (RFC 6585 §3: it "SHOULD explain how to resubmit the request").
+pub fn precondition_required(method: &str, path: &str) -> Vec<u8> {
+    let mut accepted = vec!["If-Match", "If-Unmodified-Since"];
+    if method == "PUT" {
+        accepted.push("If-None-Match: *");
+    }
+    serde_json::to_vec(&json!({
+        "type": "about:blank",
+        "title": "Precondition Required",
+        "status": 428,
+        "detail": format!(
+            "{method} {path} must be conditional: GET {path} first, then send If-Match with the \
+             ETag it returned (or If-Unmodified-Since with its Last-Modified{}). This prevents \
+             overwriting changes made since you read it.",
+            if method == "PUT" { "; to create a new resource, If-None-Match: *" } else { "" }
+        ),
+        "required_preconditions": accepted,
+        "decided_by": "precond",
+    }))
+    .expect("a JSON object always serialises")
+}
+
 /// A body for any other status precond answers itself (no route, no upstream, upstream failure).
 pub fn simple(status: u16, title: &str, detail: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -171,6 +193,15 @@ mod tests {
         assert!(v["detail"].as_str().unwrap().contains("/items/1"));
         assert!(v["next_step"].as_str().unwrap().contains("If-Match"));
         assert!(v.get("current_last_modified").is_none());
+    }
+
+    #[test]
+    fn r5_3_428_body_says_how_to_resubmit() {
+        let v: Value = serde_json::from_slice(&precondition_required("PUT", "/o/1")).unwrap();
+        assert_eq!(v["status"], 428);
+        assert_eq!(v["title"], "Precondition Required");
+        assert!(v["detail"].as_str().unwrap().contains("If-Match"));
+        assert_eq!(v["required_preconditions"][0], "If-Match");
     }
 
     #[test]

@@ -25,18 +25,20 @@ use pingora::ErrorSource;
 use tracing::{info, warn};
 
 use crate::config::{Config, Mode};
+use crate::locks::{KeyGuard, KeyedLocks};
 use crate::metrics::Metrics;
 use crate::precondition::date::format_http_date;
 use crate::precondition::{guard, Conditional, Decision, Failure, Field, FieldLines, Method};
 use crate::problem::{self, reason_code, PreconditionFailed};
 use crate::store::{Entry, Observation, Outcome, Store, Ticket};
+use pingora::connectors::http::Connector;
 
 /// Header on every answer precond makes itself, saying what it decided.
 pub const DECISION_HEADER: &str = "Precond-Decision";
 
 /// The field lines of one header in a Pingora/`http` header map.
 #[derive(Clone, Copy)]
-struct HeaderLines<'a> {
+pub(crate) struct HeaderLines<'a> {
     map: &'a HeaderMap,
     name: &'a HeaderName,
 }
@@ -52,7 +54,7 @@ impl<'a> FieldLines<'a> for HeaderLines<'a> {
     }
 }
 
-fn conditional<'a>(map: &'a HeaderMap, method: Method) -> Conditional<HeaderLines<'a>> {
+pub(crate) fn conditional<'a>(map: &'a HeaderMap, method: Method) -> Conditional<HeaderLines<'a>> {
     let lines = |name| HeaderLines { map, name };
     Conditional {
         method,
@@ -83,21 +85,29 @@ fn has_no_cache(map: &HeaderMap) -> bool {
 /// Per-request state.
 #[derive(Debug)]
 pub struct Ctx {
-    route: Option<usize>,
-    method: Method,
-    /// Resource key, set on `guard` routes only (the store learns only there).
-    key: Option<String>,
-    ticket: Option<Ticket>,
-    forwarded: bool,
-    learned: bool,
+    pub(crate) route: Option<usize>,
+    pub(crate) method: Method,
+    /// Resource key, set on `guard` and `enforce` routes (the store learns only there).
+    pub(crate) key: Option<String>,
+    pub(crate) ticket: Option<Ticket>,
+    pub(crate) forwarded: bool,
+    pub(crate) learned: bool,
+    /// `enforce`: the per-resource write lock, held until the origin's answer is learned.
+    pub(crate) write_lock: Option<KeyGuard>,
+    /// `enforce`: the preconditions were evaluated against synthesised tags; remove
+    /// `If-Match`/`If-None-Match` before forwarding (the origin never issued those tags).
+    pub(crate) strip_tags: bool,
 }
 
 /// The precond proxy.
 pub struct Precond {
-    config: Arc<Config>,
-    store: Arc<Store>,
-    metrics: Arc<Metrics>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) metrics: Arc<Metrics>,
     balancers: Vec<LoadBalancer<RoundRobin>>,
+    /// Upstream connections for requests precond sends itself (`enforce` probes and reads).
+    pub(crate) connector: Connector,
+    pub(crate) locks: Arc<KeyedLocks>,
 }
 
 impl Precond {
@@ -117,7 +127,26 @@ impl Precond {
             store,
             metrics,
             balancers,
+            connector: Connector::new(None),
+            locks: Arc::new(KeyedLocks::default()),
         })
+    }
+
+    /// A peer of upstream `index`, chosen round-robin, with the upstream's timeouts.
+    pub(crate) fn peer_for(&self, index: usize) -> Result<HttpPeer> {
+        let up = &self.config.upstreams[index];
+        let backend = self.balancers[index].select(b"", 256).ok_or_else(|| {
+            Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("upstream {:?} has no server available", up.name),
+            )
+        })?;
+        let mut peer = HttpPeer::new(backend, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        peer.options.idle_timeout = Some(up.idle_timeout);
+        Ok(peer)
     }
 
     /// Reads and discards a small declared request body so that the connection can stay open
@@ -148,7 +177,7 @@ impl Precond {
     }
 
     /// Writes an answer made at the edge.
-    async fn respond(
+    pub(crate) async fn respond(
         &self,
         session: &mut Session,
         status: u16,
@@ -182,7 +211,7 @@ impl Precond {
     }
 
     /// Builds and writes the edge 412 for a failed precondition.
-    async fn reject(
+    pub(crate) async fn reject(
         &self,
         session: &mut Session,
         failure: Failure,
@@ -284,6 +313,8 @@ impl ProxyHttp for Precond {
             ticket: None,
             forwarded: false,
             learned: false,
+            write_lock: None,
+            strip_tags: false,
         }
     }
 
@@ -315,6 +346,9 @@ impl ProxyHttp for Precond {
             req.uri.path_and_query().map_or("/", |p| p.as_str()),
         );
         ctx.ticket = Some(self.store.ticket());
+        if route.mode == Mode::Enforce {
+            return self.enforce(session, ctx, route, key).await;
+        }
         let cond = conditional(&req.headers, ctx.method);
         if ctx.method.is_write() && cond.has_any() {
             let entry = self.store.get(&key);
@@ -346,25 +380,25 @@ impl ProxyHttp for Precond {
             .route
             .map(|i| &self.config.routes[i])
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let up = &self.config.upstreams[route.upstream];
-        let backend = self.balancers[route.upstream]
-            .select(b"", 256)
-            .ok_or_else(|| {
-                Error::explain(
-                    ErrorType::HTTPStatus(503),
-                    format!("upstream {:?} has no server available", up.name),
-                )
-            })?;
-        let mut peer = HttpPeer::new(backend, false, String::new());
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.write_timeout = Some(up.write_timeout);
-        peer.options.idle_timeout = Some(up.idle_timeout);
+        let peer = self.peer_for(route.upstream)?;
         ctx.forwarded = true;
         self.metrics
             .forwarded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.strip_tags {
+            upstream_request.remove_header(&header::IF_MATCH);
+            upstream_request.remove_header(&header::IF_NONE_MATCH);
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -387,9 +421,13 @@ impl ProxyHttp for Precond {
             last_modified: h.get(header::LAST_MODIFIED).map(HeaderValue::as_bytes),
             date: h.get(header::DATE).map(HeaderValue::as_bytes),
             vary: h.contains_key(header::VARY),
+            synthetic: false,
+            meta: None,
         };
         self.store.learn(key, ticket, &obs);
         ctx.learned = true;
+        // The origin's answer is in the store: the next write to this resource may go.
+        ctx.write_lock = None;
         self.metrics
             .learned
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -476,6 +514,8 @@ impl ProxyHttp for Precond {
                     last_modified: None,
                     date: None,
                     vary: false,
+                    synthetic: false,
+                    meta: None,
                 };
                 self.store.learn(key, ticket, &obs);
                 warn!(key, error = ?e.map(|e| e.to_string()), "write outcome unknown: validators forgotten");

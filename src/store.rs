@@ -51,6 +51,12 @@ impl Tag {
     }
 }
 
+/// Response header fields a 304 must repeat (RFC 9110 §15.4.5), kept for `enforce` routes.
+pub const META_HEADERS: [&str; 4] = ["cache-control", "expires", "vary", "content-location"];
+
+/// Values of [`META_HEADERS`], in that order.
+pub type Meta = [Option<Box<[u8]>>; 4];
+
 /// One resource's learned state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -64,6 +70,10 @@ pub struct Entry {
     pub last_modified: Option<Timestamp>,
     /// Store sequence number of the last write outcome applied.
     pub changed_at: u64,
+    /// The current tag was synthesised by precond (the origin never issued it).
+    pub synthetic: bool,
+    /// Header fields of the last 200, for building 304s.
+    pub meta: Option<Box<Meta>>,
 }
 
 impl Entry {
@@ -74,6 +84,8 @@ impl Entry {
             replaced: Vec::new(),
             last_modified: None,
             changed_at: 0,
+            synthetic: false,
+            meta: None,
         }
     }
 
@@ -157,6 +169,10 @@ pub struct Observation<'a> {
     pub date: Option<&'a [u8]>,
     /// Whether the response carries `Vary` (several current representations may coexist).
     pub vary: bool,
+    /// `etag` was synthesised by precond from the representation.
+    pub synthetic: bool,
+    /// Values of [`META_HEADERS`] in a 200, when they are to be kept.
+    pub meta: Option<[Option<&'a [u8]>; 4]>,
 }
 
 impl Observation<'_> {
@@ -225,6 +241,13 @@ pub fn apply(
                         e.current = Some(Vec::new());
                     }
                 }
+                e.synthetic = obs.synthetic;
+                if let Some(meta) = obs.meta {
+                    e.meta = meta
+                        .iter()
+                        .any(Option::is_some)
+                        .then(|| Box::new(meta.map(|v| v.map(Box::from))));
+                }
                 e.note_last_modified(obs.last_modified());
             }
             304 => {
@@ -255,6 +278,7 @@ pub fn apply(
     match status {
         200..=299 => {
             let new_tag = obs.etag().filter(|_| obs.method != Method::Post);
+            e.synthetic = false;
             if concurrent {
                 // Another write finished while this one was in flight: their order at the
                 // origin is unknown, so neither result is trusted as current.
@@ -360,6 +384,8 @@ mod tests {
             last_modified: None,
             date: None,
             vary: false,
+            synthetic: false,
+            meta: None,
         }
     }
 
