@@ -136,13 +136,15 @@ impl Precond {
     async fn fetch_and_learn(
         &self,
         session: &Session,
-        ctx: &Ctx,
         route: &Route,
         key: &str,
         head: bool,
     ) -> Result<(Fetched, HttpPeer, Option<String>, bool)> {
         let peer = self.peer_for(route.upstream)?;
         let req = Self::probe_request(session, head)?;
+        // The ticket is taken when the fetch starts: a write that completes while the fetch is in
+        // flight makes its answer unteachable (store race rule).
+        let ticket = self.store.ticket();
         let fetched = fetch(
             &self.connector,
             &peer,
@@ -166,9 +168,7 @@ impl Precond {
             synthetic,
             meta: Some(meta),
         };
-        if let Some(ticket) = ctx.ticket {
-            self.store.learn(key, ticket, &obs);
-        }
+        self.store.learn(key, ticket, &obs);
         Ok((fetched, peer, tag, synthetic))
     }
 
@@ -201,7 +201,7 @@ impl Precond {
         }
         // 2. Fetch the representation; learn (and synthesise) its validators.
         let (fetched, peer, tag, synthetic) =
-            match self.fetch_and_learn(session, ctx, route, &key, false).await {
+            match self.fetch_and_learn(session, route, &key, false).await {
                 Ok(f) => f,
                 Err(e) => return self.upstream_failed(session, &e).await,
             };
@@ -262,13 +262,16 @@ impl Precond {
             return Ok(true);
         };
         ctx.write_lock = Some(lock);
+        // Writes before this one (through this instance) have completed and been learned: this
+        // write's place in the store's history starts now, not when it began waiting.
+        ctx.ticket = Some(self.store.ticket());
         let required = settings.require.contains(&ctx.method);
         let has_any = conditional(&session.req_header().headers, ctx.method).has_any();
         if has_any || required {
             let mut entry = self.store.get(&key).filter(|e| decidable(e));
             if entry.is_none() {
                 let head = settings.probe == Probe::Head;
-                match self.fetch_and_learn(session, ctx, route, &key, head).await {
+                match self.fetch_and_learn(session, route, &key, head).await {
                     Ok((fetched, peer, _, _)) => {
                         let status = fetched.header.status.as_u16();
                         fetched.finish(&self.connector, &peer).await;
@@ -276,6 +279,11 @@ impl Precond {
                             return self.unknown_state(session, status).await;
                         }
                         entry = self.store.get(&key).filter(|e| decidable(e));
+                        if entry.is_none() && matches!(status, 200..=299 | 404 | 410) {
+                            // The origin showed the state but it could not be recorded: never
+                            // forward the write unprotected.
+                            return self.unknown_state(session, status).await;
+                        }
                     }
                     Err(e) => {
                         warn!(key = %key, error = %e, "probe failed");
