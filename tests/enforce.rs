@@ -416,3 +416,33 @@ fn missing_resource_404_beats_412() {
     assert_eq!(r.status, 412);
     assert_eq!(r.json()["reason"], "resource_absent");
 }
+
+#[test]
+fn representations_above_the_synthesis_limit_are_streamed_without_a_tag() {
+    let big: String = "x".repeat(200_000);
+    let o = ScriptedOrigin::start(move |_req| {
+        let big = big.clone();
+        async move { (200, vec![("content-type", "text/plain".to_string())], big) }
+    });
+    let p = proxy(&enforce_config("synthesize_max_body = 1024"), o.addr);
+    let mut c = Conn::open(p.addr);
+    let r = c.request("GET", "/big", &[], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 200_000, "the whole body is relayed");
+    assert!(
+        r.header("etag").is_none(),
+        "too large to hash: no tag is invented"
+    );
+    assert_eq!(
+        c.request("GET", "/big", &[], "").body.len(),
+        200_000,
+        "connection reusable"
+    );
+    // Without a current tag, If-Match cannot match (RFC 9110 §13.1.1).
+    let r = request(p.addr, "PUT", "/big", &[("If-Match", "\"anything\"")], "{}");
+    assert_eq!(r.status, 412);
+    assert_eq!(
+        request(p.addr, "PUT", "/big", &[("If-Match", "*")], "{}").status,
+        200
+    );
+}
