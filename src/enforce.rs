@@ -225,7 +225,8 @@ impl Precond {
                 }
                 Decision::PreconditionFailed(f) => {
                     let entry = self.store.get(&key);
-                    self.reject(session, f, entry.as_deref()).await?;
+                    self.reject(session, f, entry.as_deref().map(|r| &r.entry))
+                        .await?;
                     fetched.finish(&self.connector, &peer).await;
                     return Ok(true);
                 }

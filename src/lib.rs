@@ -2,6 +2,7 @@
 pub mod config;
 pub mod demo;
 pub mod enforce;
+pub mod fastpath;
 pub mod fetch;
 pub mod locks;
 pub mod metrics;

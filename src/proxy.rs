@@ -25,12 +25,13 @@ use pingora::ErrorSource;
 use tracing::{info, warn};
 
 use crate::config::{Config, Mode};
+use crate::fastpath::guard_decision;
 use crate::locks::{KeyGuard, KeyedLocks};
 use crate::metrics::Metrics;
 use crate::precondition::date::format_http_date;
-use crate::precondition::{guard, Conditional, Decision, Failure, Field, FieldLines, Method};
+use crate::precondition::{Conditional, Decision, Failure, Field, FieldLines, Method};
 use crate::problem::{self, reason_code, PreconditionFailed};
-use crate::store::{Entry, Observation, Outcome, Store, Ticket};
+use crate::store::{Entry, Observation, Outcome, ResourceKey, Store, Ticket};
 use pingora::connectors::http::Connector;
 
 /// Header on every answer precond makes itself, saying what it decided.
@@ -282,18 +283,6 @@ impl Precond {
     }
 }
 
-/// The store key of a request: route, host (lower case) and path with query.
-fn resource_key(route: usize, host: Option<&str>, path_and_query: &str) -> String {
-    let host = host.unwrap_or("");
-    let mut key = String::with_capacity(host.len() + path_and_query.len() + 8);
-    key.push_str(&route.to_string());
-    key.push('\u{1f}');
-    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
-    key.push('\u{1f}');
-    key.push_str(path_and_query);
-    key
-}
-
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
         .get(header::HOST)
@@ -340,21 +329,24 @@ impl ProxyHttp for Precond {
         if route.mode == Mode::Pass {
             return Ok(false);
         }
-        let key = resource_key(
-            idx,
-            host,
-            req.uri.path_and_query().map_or("/", |p| p.as_str()),
-        );
+        let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let rkey = ResourceKey {
+            route: idx as u32,
+            host: host.unwrap_or(""),
+            path: path_and_query,
+        };
+        let key = rkey.to_key_string();
         ctx.ticket = Some(self.store.ticket());
         if route.mode == Mode::Enforce {
             return self.enforce(session, ctx, route, key).await;
         }
         let cond = conditional(&req.headers, ctx.method);
         if ctx.method.is_write() && cond.has_any() {
-            let entry = self.store.get(&key);
-            match guard(&cond, entry.as_deref(), route.policy) {
+            match guard_decision(&self.store, &rkey, &cond, route.policy) {
                 Decision::PreconditionFailed(failure) => {
-                    self.reject(session, failure, entry.as_deref()).await?;
+                    let record = self.store.get(&key);
+                    self.reject(session, failure, record.as_deref().map(|r| &r.entry))
+                        .await?;
                     return Ok(true);
                 }
                 _ => {
@@ -365,7 +357,6 @@ impl ProxyHttp for Precond {
                         decision = "forward",
                         method = %req.method,
                         path = %path,
-                        known = entry.is_some(),
                         "conditional write forwarded: not proven stale"
                     );
                 }

@@ -316,9 +316,127 @@ pub fn apply(
     Some(e)
 }
 
-/// The bounded, concurrent map of resource key to learned state.
+/// Identifies a resource without allocating: route index, host (compared case-insensitively)
+/// and path with query. Its owned form is the key string `"{route}\u{1f}{host}\u{1f}{path}"`
+/// with the host in lower case.
+#[derive(Clone, Copy, Debug)]
+pub struct ResourceKey<'a> {
+    /// Route index in the configuration.
+    pub route: u32,
+    /// Host, as received.
+    pub host: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+}
+
+impl<'a> ResourceKey<'a> {
+    /// The owned key string.
+    pub fn to_key_string(&self) -> String {
+        let mut key = String::with_capacity(self.host.len() + self.path.len() + 12);
+        key.push_str(&self.route.to_string());
+        key.push('\u{1f}');
+        key.extend(self.host.chars().map(|c| c.to_ascii_lowercase()));
+        key.push('\u{1f}');
+        key.push_str(self.path);
+        key
+    }
+
+    /// Reads a key string back into its parts.
+    pub fn parse(key: &'a str) -> Option<ResourceKey<'a>> {
+        let mut it = key.splitn(3, '\u{1f}');
+        let route = it.next()?.parse().ok()?;
+        Some(ResourceKey {
+            route,
+            host: it.next()?,
+            path: it.next()?,
+        })
+    }
+
+    /// Whether `key` (an owned key string) names this resource.
+    pub fn matches(&self, key: &str) -> bool {
+        match ResourceKey::parse(key) {
+            Some(k) => {
+                k.route == self.route
+                    && k.path == self.path
+                    && k.host.eq_ignore_ascii_case(self.host)
+            }
+            None => false,
+        }
+    }
+
+    fn hash_with(&self, state: &foldhash::fast::FixedState) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = state.build_hasher();
+        h.write_u32(self.route);
+        let host = self.host.as_bytes();
+        if host.iter().any(u8::is_ascii_uppercase) {
+            for chunk in host.chunks(64) {
+                let mut buf = [0u8; 64];
+                for (d, s) in buf.iter_mut().zip(chunk) {
+                    *d = s.to_ascii_lowercase();
+                }
+                h.write(&buf[..chunk.len()]);
+            }
+        } else {
+            for chunk in host.chunks(64) {
+                h.write(chunk);
+            }
+        }
+        h.write_u8(0x1f);
+        h.write(self.path.as_bytes());
+        h.finish()
+    }
+}
+
+/// What the store holds per resource: its key (to verify a hash match), its learned state, and
+/// when it was learned (the fast path checks the TTL itself: moka expires entries lazily).
+#[derive(Debug)]
+pub struct Record {
+    key: Box<str>,
+    learned_at: std::time::Instant,
+    /// The learned state.
+    pub entry: Entry,
+}
+
+impl std::ops::Deref for Record {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+/// A hasher for keys that are already 64-bit hashes.
+#[derive(Default, Clone, Copy)]
+pub struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Index = papaya::HashMap<u64, Arc<Record>, std::hash::BuildHasherDefault<PassThrough>>;
+
+/// The bounded, concurrent map of resource to learned state.
+///
+/// Reads go through a lock-free index (`papaya`, keyed by a 64-bit hash of the resource key,
+/// verified against the stored key); moka bounds it (capacity, TTL) and its eviction listener
+/// removes evicted records from the index. Writes to one key are serialised by moka's
+/// `and_compute_with`, and the index is updated inside that critical section, so the index
+/// never holds an older record than moka.
 pub struct Store {
-    cache: moka::sync::Cache<String, Arc<Entry>>,
+    index: Arc<Index>,
+    cache: moka::sync::Cache<u64, Arc<Record>>,
+    hash_state: foldhash::fast::FixedState,
+    ttl: Duration,
     seq: AtomicU64,
 }
 
@@ -326,11 +444,28 @@ impl Store {
     /// A store holding at most `capacity` resources, each forgotten `ttl` after it was last
     /// learned.
     pub fn new(capacity: u64, ttl: Duration) -> Store {
-        Store {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
+        let index: Arc<Index> = Arc::new(
+            papaya::HashMap::builder()
+                .hasher(std::hash::BuildHasherDefault::default())
                 .build(),
+        );
+        let evict_from = index.clone();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .eviction_listener(move |hash: Arc<u64>, record: Arc<Record>, cause| {
+                if cause != moka::notification::RemovalCause::Replaced {
+                    let _ = evict_from
+                        .pin()
+                        .remove_if(&*hash, |_, current| Arc::ptr_eq(current, &record));
+                }
+            })
+            .build();
+        Store {
+            index,
+            cache,
+            hash_state: foldhash::fast::FixedState::with_seed(rand_seed()),
+            ttl,
             seq: AtomicU64::new(1),
         }
     }
@@ -340,36 +475,84 @@ impl Store {
         Ticket(self.seq.load(Ordering::Acquire))
     }
 
-    /// The learned state of a resource, if any.
-    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        self.cache.get(key)
+    /// Whether a record is younger than the store's TTL.
+    pub fn is_fresh(&self, record: &Record) -> bool {
+        record.learned_at.elapsed() < self.ttl
+    }
+
+    /// The fast path: calls `f` with the resource's record, without locking and without
+    /// allocating. The record may be past its TTL (moka evicts lazily): check
+    /// [`Store::is_fresh`] before refusing anything on its account.
+    #[inline]
+    pub fn with<R>(&self, key: &ResourceKey<'_>, f: impl FnOnce(Option<&Record>) -> R) -> R {
+        let hash = key.hash_with(&self.hash_state);
+        let index = self.index.pin();
+        let record = index
+            .get(&hash)
+            .map(|r| &**r)
+            .filter(|r| key.matches(&r.key));
+        f(record)
+    }
+
+    /// The fresh record of a resource, if any (clones an `Arc`: for slower paths).
+    pub fn get(&self, key: &str) -> Option<Arc<Record>> {
+        let k = ResourceKey::parse(key)?;
+        let hash = k.hash_with(&self.hash_state);
+        self.index
+            .pin()
+            .get(&hash)
+            .filter(|r| *r.key == *key && self.is_fresh(r))
+            .cloned()
     }
 
     /// Learns from one upstream exchange of a request that took `ticket` when it started.
     pub fn learn(&self, key: &str, ticket: Ticket, obs: &Observation<'_>) {
+        let Some(k) = ResourceKey::parse(key) else {
+            return;
+        };
+        let hash = k.hash_with(&self.hash_state);
         let stamp = if obs.method.is_write() {
             self.seq.fetch_add(1, Ordering::AcqRel) + 1
         } else {
             0
         };
-        self.cache.entry_by_ref(key).and_compute_with(|old| {
+        self.cache.entry(hash).and_compute_with(|old| {
             let old = old.map(|e| e.into_value());
-            match apply(old.as_deref(), obs, ticket, stamp) {
-                Some(e) => Op::Put(Arc::new(e)),
+            // A record of another key under the same hash, or past its TTL, is not this one's.
+            let old = old.filter(|r| *r.key == *key && self.is_fresh(r));
+            match apply(old.as_deref().map(|r| &r.entry), obs, ticket, stamp) {
+                Some(entry) => {
+                    let record = Arc::new(Record {
+                        key: key.into(),
+                        learned_at: std::time::Instant::now(),
+                        entry,
+                    });
+                    self.index.pin().insert(hash, record.clone());
+                    Op::Put(record)
+                }
                 None => Op::Nop,
             }
         });
     }
 
-    /// Number of resources held (approximate, for metrics).
+    /// Number of resources held (after pending evictions are applied; for metrics).
     pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 
-    /// Whether the store holds nothing (approximate).
+    /// Whether the store holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A per-process random seed, so that key hashes cannot be precomputed by clients.
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
 }
 
 #[cfg(test)]
@@ -393,6 +576,16 @@ mod tests {
         Store::new(100, Duration::from_secs(60))
     }
 
+    /// Tests name resources by path on route 0, host "h".
+    fn k(path: &str) -> String {
+        ResourceKey {
+            route: 0,
+            host: "h",
+            path,
+        }
+        .to_key_string()
+    }
+
     fn tag(s: &str) -> EntityTag<'_> {
         EntityTag::parse(s.as_bytes()).unwrap()
     }
@@ -400,12 +593,12 @@ mod tests {
     #[test]
     fn get_learns_current_and_a_new_tag_supersedes_it() {
         let s = store();
-        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
-        let e = s.get("/a").unwrap();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        let e = s.get(&k("/a")).unwrap();
         assert!(e.is_current_strong(&tag("\"v1\"")));
         assert_eq!(e.existence, Existence::Exists);
-        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
-        let e = s.get("/a").unwrap();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
+        let e = s.get(&k("/a")).unwrap();
         assert!(e.was_replaced(&tag("\"v1\"")));
         assert!(e.is_current_strong(&tag("\"v2\"")));
     }
@@ -415,10 +608,10 @@ mod tests {
         let s = store();
         let mut o = obs(Method::Get, 200, Some("\"gz\""));
         o.vary = true;
-        s.learn("/a", s.ticket(), &o);
+        s.learn(&k("/a"), s.ticket(), &o);
         o.etag = Some(b"\"id\"");
-        s.learn("/a", s.ticket(), &o);
-        let e = s.get("/a").unwrap();
+        s.learn(&k("/a"), s.ticket(), &o);
+        let e = s.get(&k("/a")).unwrap();
         assert!(e.is_current_strong(&tag("\"gz\"")) && e.is_current_strong(&tag("\"id\"")));
         assert!(e.replaced.is_empty());
     }
@@ -427,9 +620,9 @@ mod tests {
     fn revert_leaves_the_replaced_set() {
         let s = store();
         for t in ["\"v1\"", "\"v2\"", "\"v1\""] {
-            s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some(t)));
+            s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some(t)));
         }
-        let e = s.get("/a").unwrap();
+        let e = s.get(&k("/a")).unwrap();
         assert!(!e.was_replaced(&tag("\"v1\"")));
         assert!(e.was_replaced(&tag("\"v2\"")));
     }
@@ -437,68 +630,68 @@ mod tests {
     #[test]
     fn successful_write_supersedes_and_unknown_without_etag() {
         let s = store();
-        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
-        s.learn("/a", s.ticket(), &obs(Method::Put, 204, None));
-        let e = s.get("/a").unwrap();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Put, 204, None));
+        let e = s.get(&k("/a")).unwrap();
         assert!(e.was_replaced(&tag("\"v1\"")));
         assert!(!e.current_known());
-        s.learn("/a", s.ticket(), &obs(Method::Put, 200, Some("\"v3\"")));
-        let e = s.get("/a").unwrap();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Put, 200, Some("\"v3\"")));
+        let e = s.get(&k("/a")).unwrap();
         assert!(e.is_current_strong(&tag("\"v3\"")));
     }
 
     #[test]
     fn delete_and_404_mean_absent() {
         let s = store();
-        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
-        s.learn("/a", s.ticket(), &obs(Method::Delete, 204, None));
-        let e = s.get("/a").unwrap();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Delete, 204, None));
+        let e = s.get(&k("/a")).unwrap();
         assert_eq!(e.existence, Existence::Absent);
         assert!(e.was_replaced(&tag("\"v1\"")));
-        s.learn("/b", s.ticket(), &obs(Method::Get, 404, None));
-        assert_eq!(s.get("/b").unwrap().existence, Existence::Absent);
+        s.learn(&k("/b"), s.ticket(), &obs(Method::Get, 404, None));
+        assert_eq!(s.get(&k("/b")).unwrap().existence, Existence::Absent);
     }
 
     #[test]
     fn broken_or_5xx_write_forgets_current() {
         let s = store();
-        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
-        s.learn("/a", s.ticket(), &obs(Method::Put, 503, None));
-        let e = s.get("/a").unwrap();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Put, 503, None));
+        let e = s.get(&k("/a")).unwrap();
         assert!(!e.current_known());
         assert_eq!(e.existence, Existence::Unknown);
         assert!(!e.was_replaced(&tag("\"v1\""))); // not proven replaced
         let mut broken = obs(Method::Delete, 0, None);
         broken.outcome = Outcome::Broken;
-        s.learn("/b", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
-        s.learn("/b", s.ticket(), &broken);
-        assert!(!s.get("/b").unwrap().current_known());
+        s.learn(&k("/b"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn(&k("/b"), s.ticket(), &broken);
+        assert!(!s.get(&k("/b")).unwrap().current_known());
     }
 
     #[test]
     fn in_flight_get_does_not_roll_back_a_completed_write() {
         let s = store();
-        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
         let get_ticket = s.ticket(); // a GET starts...
-        s.learn("/a", s.ticket(), &obs(Method::Put, 200, Some("\"v2\""))); // a write completes
-        s.learn("/a", get_ticket, &obs(Method::Get, 200, Some("\"v1\""))); // ...the GET answers
-        let e = s.get("/a").unwrap();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Put, 200, Some("\"v2\""))); // a write completes
+        s.learn(&k("/a"), get_ticket, &obs(Method::Get, 200, Some("\"v1\""))); // ...the GET answers
+        let e = s.get(&k("/a")).unwrap();
         assert!(e.is_current_strong(&tag("\"v2\"")));
         assert!(e.was_replaced(&tag("\"v1\"")));
         // A GET that started after the write may show a genuine revert.
-        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
-        assert!(s.get("/a").unwrap().is_current_strong(&tag("\"v1\"")));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        assert!(s.get(&k("/a")).unwrap().is_current_strong(&tag("\"v1\"")));
     }
 
     #[test]
     fn concurrent_writes_leave_current_unknown() {
         let s = store();
-        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
         let t1 = s.ticket();
         let t2 = s.ticket();
-        s.learn("/a", t1, &obs(Method::Put, 200, Some("\"v2\"")));
-        s.learn("/a", t2, &obs(Method::Put, 200, Some("\"v3\"")));
-        let e = s.get("/a").unwrap();
+        s.learn(&k("/a"), t1, &obs(Method::Put, 200, Some("\"v2\"")));
+        s.learn(&k("/a"), t2, &obs(Method::Put, 200, Some("\"v3\"")));
+        let e = s.get(&k("/a")).unwrap();
         assert!(!e.current_known());
         assert!(!e.was_replaced(&tag("\"v2\"")));
         assert!(e.was_replaced(&tag("\"v1\"")));
@@ -510,12 +703,12 @@ mod tests {
         let mut o = obs(Method::Get, 200, None);
         o.last_modified = Some(b"Sun, 06 Nov 1994 08:49:40 GMT");
         o.date = Some(b"Sun, 06 Nov 1994 08:49:37 GMT");
-        s.learn("/a", s.ticket(), &o);
-        assert_eq!(s.get("/a").unwrap().last_modified, Some(784_111_777));
+        s.learn(&k("/a"), s.ticket(), &o);
+        assert_eq!(s.get(&k("/a")).unwrap().last_modified, Some(784_111_777));
         o.last_modified = Some(b"Sun, 06 Nov 1994 08:00:00 GMT");
         o.date = None;
-        s.learn("/a", s.ticket(), &o);
-        assert_eq!(s.get("/a").unwrap().last_modified, Some(784_111_777));
+        s.learn(&k("/a"), s.ticket(), &o);
+        assert_eq!(s.get(&k("/a")).unwrap().last_modified, Some(784_111_777));
     }
 
     #[test]
@@ -523,18 +716,85 @@ mod tests {
         let s = store();
         for i in 0..(MAX_REPLACED + 3) {
             let t: &'static str = Box::leak(format!("\"v{i}\"").into_boxed_str());
-            s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some(t)));
+            s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some(t)));
         }
-        let e = s.get("/a").unwrap();
+        let e = s.get(&k("/a")).unwrap();
         assert_eq!(e.replaced.len(), MAX_REPLACED);
         assert!(!e.was_replaced(&tag("\"v0\""))); // fell out: unknown again
     }
 
     #[test]
+    fn evicted_records_leave_the_lock_free_index() {
+        let s = Store::new(10, Duration::from_secs(60));
+        for i in 0..200 {
+            s.learn(
+                &k(&format!("/r{i}")),
+                s.ticket(),
+                &obs(Method::Get, 200, Some("\"v\"")),
+            );
+        }
+        s.len(); // runs moka's pending maintenance, which notifies evictions
+        let indexed = (0..200)
+            .filter(|i| s.get(&k(&format!("/r{i}"))).is_some())
+            .count();
+        assert!(
+            indexed <= 10,
+            "index holds {indexed} records for a capacity of 10"
+        );
+    }
+
+    #[test]
+    fn records_past_their_ttl_are_not_used() {
+        let s = Store::new(10, Duration::from_millis(30));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v\"")));
+        assert!(s.get(&k("/a")).is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(s.get(&k("/a")).is_none());
+        let key = ResourceKey {
+            route: 0,
+            host: "h",
+            path: "/a",
+        };
+        assert!(s.with(&key, |r| r.is_none_or(|r| !s.is_fresh(r))));
+    }
+
+    #[test]
+    fn resource_keys_compare_hosts_case_insensitively() {
+        let a = ResourceKey {
+            route: 1,
+            host: "API.example.com",
+            path: "/x?y=1",
+        };
+        let owned = a.to_key_string();
+        assert_eq!(owned, "1\u{1f}api.example.com\u{1f}/x?y=1");
+        assert!(a.matches(&owned));
+        assert!(!ResourceKey {
+            path: "/x?y=2",
+            ..a
+        }
+        .matches(&owned));
+        assert!(!ResourceKey { route: 2, ..a }.matches(&owned));
+        let s = store();
+        s.learn(&owned, s.ticket(), &obs(Method::Get, 200, Some("\"v\"")));
+        let lower = ResourceKey {
+            host: "api.example.com",
+            ..a
+        };
+        assert!(
+            s.with(&lower, |r| r.is_some()),
+            "same resource whatever the host's case"
+        );
+    }
+
+    #[test]
     fn invalid_etag_is_not_learned() {
         let s = store();
-        s.learn("/a", s.ticket(), &obs(Method::Get, 200, Some("unquoted")));
-        let e = s.get("/a").unwrap();
+        s.learn(
+            &k("/a"),
+            s.ticket(),
+            &obs(Method::Get, 200, Some("unquoted")),
+        );
+        let e = s.get(&k("/a")).unwrap();
         assert_eq!(e.current, Some(Vec::new()));
     }
 }
