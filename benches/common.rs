@@ -1,0 +1,115 @@
+//! Shared set-up of the decision benches: a store of N resources, each with a current tag and
+//! one replaced tag, and the naive baselines holding the same data.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use precond::precondition::Method;
+use precond::store::{Observation, Outcome, ResourceKey, Store};
+
+pub const HOST: &str = "api.example.com";
+
+pub fn path(i: usize) -> String {
+    format!("/api/v1/orders/{i}")
+}
+
+pub fn key(i: usize) -> String {
+    ResourceKey {
+        route: 0,
+        host: HOST,
+        path: &path(i),
+    }
+    .to_key_string()
+}
+
+pub fn current_tag(i: usize) -> String {
+    format!("\"v{i}-2\"")
+}
+
+pub fn replaced_tag(i: usize) -> String {
+    format!("\"v{i}-1\"")
+}
+
+pub fn learn_get(store: &Store, key: &str, tag: &str) {
+    store.learn(
+        key,
+        store.ticket(),
+        &Observation {
+            method: Method::Get,
+            outcome: Outcome::Status(200),
+            etag: Some(tag.as_bytes()),
+            last_modified: None,
+            date: None,
+            vary: false,
+            synthetic: false,
+            meta: None,
+        },
+    );
+}
+
+/// precond's store with `n` resources: tag `-1` seen replaced by tag `-2`.
+pub fn precond_store(n: usize) -> Store {
+    let store = Store::new(n as u64 * 2, Duration::from_secs(3600));
+    for i in 0..n {
+        let k = key(i);
+        learn_get(&store, &k, &replaced_tag(i));
+        learn_get(&store, &k, &current_tag(i));
+    }
+    store.len();
+    store
+}
+
+/// Baseline: plain moka `get` on String keys, holding the same records as precond.
+pub fn moka_baseline(
+    store: &Store,
+    n: usize,
+) -> moka::sync::Cache<String, Arc<precond::store::Record>> {
+    let cache = moka::sync::Cache::builder()
+        .max_capacity(n as u64 * 2)
+        .build();
+    for i in 0..n {
+        let k = key(i);
+        if let Some(r) = store.get(&k) {
+            cache.insert(k, r);
+        }
+    }
+    cache.run_pending_tasks();
+    cache
+}
+
+/// Baseline: current tag as a String in a `Mutex<HashMap<String, String>>`.
+pub fn mutex_baseline(n: usize) -> Mutex<HashMap<String, String>> {
+    Mutex::new((0..n).map(|i| (key(i), current_tag(i))).collect())
+}
+
+/// Baseline: the same under an `RwLock`.
+pub fn rwlock_baseline(n: usize) -> RwLock<HashMap<String, String>> {
+    RwLock::new((0..n).map(|i| (key(i), current_tag(i))).collect())
+}
+
+/// The naive decision: split the header on commas and compare strings (what many
+/// implementations do; wrong for commas inside tags, but a fair speed baseline).
+pub fn naive_is_stale(current: Option<&String>, if_match: &str) -> bool {
+    match current {
+        None => false,
+        Some(c) => {
+            let v = if_match.trim();
+            v != "*" && !v.split(',').map(str::trim).any(|t| t == c)
+        }
+    }
+}
+
+/// A cheap deterministic sequence of indexes for random access.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next_below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n
+    }
+}

@@ -1,0 +1,253 @@
+//! One whole guard decision (parse the header, find the resource, compare), precond's fast path
+//! beside naive baselines measured in the same run.
+//!
+//! `cargo bench --bench decision` (add `-- --quick` for a shorter run).
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use precond::fastpath::guard_decision;
+use precond::precondition::{guard, Conditional, Decision, Method, Policy};
+use precond::store::ResourceKey;
+
+const SAMPLE: usize = 4096;
+
+/// A request sample: paths and If-Match values for random resources.
+struct Sample {
+    paths: Vec<String>,
+    keys: Vec<String>,
+    headers: Vec<String>,
+}
+
+fn sample(n: usize, case: &str) -> Sample {
+    let mut lcg = Lcg(42);
+    let mut s = Sample {
+        paths: vec![],
+        keys: vec![],
+        headers: vec![],
+    };
+    for _ in 0..SAMPLE {
+        let i = lcg.next_below(n);
+        let (p, h) = match case {
+            "match" => (path(i), current_tag(i)),
+            "stale" => (path(i), replaced_tag(i)),
+            "list8" => (
+                path(i),
+                (0..7)
+                    .map(|j| format!("\"other-{j}\", "))
+                    .collect::<String>()
+                    + &current_tag(i),
+            ),
+            "weak" => (path(i), format!("W/{}", current_tag(i))),
+            "star" => (path(i), "*".to_string()),
+            "unknown" => (path(n + i), current_tag(i)),
+            _ => unreachable!(),
+        };
+        s.keys.push(
+            ResourceKey {
+                route: 0,
+                host: HOST,
+                path: &p,
+            }
+            .to_key_string(),
+        );
+        s.paths.push(p);
+        s.headers.push(h);
+    }
+    s
+}
+
+fn cond<'a>(h: &'a [&'a [u8]]) -> Conditional<&'a [&'a [u8]]> {
+    Conditional {
+        method: Method::Put,
+        if_match: h,
+        if_none_match: &[],
+        if_modified_since: &[],
+        if_unmodified_since: &[],
+        no_cache: false,
+    }
+}
+
+/// Resource counts: the full sizes under `cargo bench`, a small one under `cargo test`.
+fn sizes() -> Vec<usize> {
+    if std::env::args().any(|a| a == "--bench") {
+        vec![1_000, 1_000_000]
+    } else {
+        vec![1_000]
+    }
+}
+
+fn decisions(c: &mut Criterion) {
+    for n in sizes() {
+        let store = precond_store(n);
+        let moka = moka_baseline(&store, n);
+        let mutex = mutex_baseline(n);
+        let rwlock = rwlock_baseline(n);
+        let mut g = c.benchmark_group(format!("decision/{n}"));
+        g.measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_secs(1));
+        for case in ["match", "stale", "list8", "weak", "star", "unknown"] {
+            let s = sample(n, case);
+            // Sanity: the fast path decides what the case says.
+            let expect_412 = case == "stale";
+            {
+                let h = [s.headers[0].as_bytes()];
+                let key = ResourceKey {
+                    route: 0,
+                    host: HOST,
+                    path: &s.paths[0],
+                };
+                let d = guard_decision(&store, &key, &cond(&h), Policy::Superseded);
+                assert_eq!(
+                    matches!(d, Decision::PreconditionFailed(_)),
+                    expect_412,
+                    "{case}"
+                );
+            }
+            g.bench_function(BenchmarkId::new("precond", case), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % SAMPLE;
+                    let h = [s.headers[i].as_bytes()];
+                    let key = ResourceKey {
+                        route: 0,
+                        host: HOST,
+                        path: &s.paths[i],
+                    };
+                    black_box(guard_decision(&store, &key, &cond(&h), Policy::Superseded))
+                })
+            });
+            g.bench_function(BenchmarkId::new("moka_get", case), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % SAMPLE;
+                    let h = [s.headers[i].as_bytes()];
+                    let r = moka.get(&s.keys[i]);
+                    black_box(guard(
+                        &cond(&h),
+                        r.as_deref().map(|r| &r.entry),
+                        Policy::Superseded,
+                    ))
+                })
+            });
+            g.bench_function(BenchmarkId::new("mutex_hashmap_split", case), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % SAMPLE;
+                    let m = mutex.lock().unwrap();
+                    black_box(naive_is_stale(m.get(&s.keys[i]), &s.headers[i]))
+                })
+            });
+            g.bench_function(BenchmarkId::new("rwlock_hashmap_split", case), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % SAMPLE;
+                    let m = rwlock.read().unwrap();
+                    black_box(naive_is_stale(m.get(&s.keys[i]), &s.headers[i]))
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+/// Readers while `writers` threads churn the store (learning new tags for random resources).
+fn churn(c: &mut Criterion) {
+    let n = if sizes().len() > 1 { 100_000 } else { 1_000 };
+    let store = Arc::new(precond_store(n));
+    let mutex = Arc::new(mutex_baseline(n));
+    let s = Arc::new(sample(n, "match"));
+    let mut g = c.benchmark_group(format!("churn/{n}"));
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    for writers in [0usize, 1, 2] {
+        g.bench_with_input(
+            BenchmarkId::new("precond", writers),
+            &writers,
+            |b, &writers| {
+                b.iter_custom(|iters| {
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let handles: Vec<_> = (0..writers)
+                        .map(|w| {
+                            let (store, stop) = (store.clone(), stop.clone());
+                            std::thread::spawn(move || {
+                                let mut lcg = Lcg(7 + w as u64);
+                                let mut v = 0u64;
+                                while !stop.load(Ordering::Relaxed) {
+                                    let i = lcg.next_below(n);
+                                    v += 1;
+                                    learn_get(&store, &key(i), &format!("\"w{v}\""));
+                                }
+                            })
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    let mut i = 0;
+                    for _ in 0..iters {
+                        i = (i + 1) % SAMPLE;
+                        let h = [s.headers[i].as_bytes()];
+                        let key = ResourceKey {
+                            route: 0,
+                            host: HOST,
+                            path: &s.paths[i],
+                        };
+                        black_box(guard_decision(&store, &key, &cond(&h), Policy::Superseded));
+                    }
+                    let elapsed = start.elapsed();
+                    stop.store(true, Ordering::Relaxed);
+                    for h in handles {
+                        h.join().unwrap();
+                    }
+                    elapsed
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("mutex_hashmap_split", writers),
+            &writers,
+            |b, &writers| {
+                b.iter_custom(|iters| {
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let handles: Vec<_> = (0..writers)
+                        .map(|w| {
+                            let (mutex, stop) = (mutex.clone(), stop.clone());
+                            std::thread::spawn(move || {
+                                let mut lcg = Lcg(7 + w as u64);
+                                let mut v = 0u64;
+                                while !stop.load(Ordering::Relaxed) {
+                                    let i = lcg.next_below(n);
+                                    v += 1;
+                                    let (k, t) = (key(i), format!("\"w{v}\""));
+                                    mutex.lock().unwrap().insert(k, t);
+                                }
+                            })
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    let mut i = 0;
+                    for _ in 0..iters {
+                        i = (i + 1) % SAMPLE;
+                        let m = mutex.lock().unwrap();
+                        black_box(naive_is_stale(m.get(&s.keys[i]), &s.headers[i]));
+                    }
+                    let elapsed = start.elapsed();
+                    stop.store(true, Ordering::Relaxed);
+                    for h in handles {
+                        h.join().unwrap();
+                    }
+                    elapsed
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decisions, churn);
+criterion_main!(benches);
