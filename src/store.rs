@@ -46,8 +46,10 @@ impl Tag {
     }
 
     /// Borrows it back.
+    #[inline]
     pub fn as_ref(&self) -> EntityTag<'_> {
-        EntityTag::new(self.weak, &self.opaque).expect("Tag holds only etagc bytes")
+        // `opaque` came from a parsed `EntityTag` (the only constructor is `from_ref`).
+        EntityTag::from_trusted(self.weak, &self.opaque)
     }
 }
 
@@ -364,6 +366,17 @@ impl<'a> ResourceKey<'a> {
         }
     }
 
+    /// Whether `record` is this resource's (no parsing, no allocation).
+    #[inline]
+    fn matches_record(&self, r: &Record) -> bool {
+        let (h, p) = (r.host_at as usize, r.path_at as usize);
+        r.route == self.route
+            && r.key.get(p..) == Some(self.path)
+            && r.key
+                .get(h..p.saturating_sub(1))
+                .is_some_and(|host| host.eq_ignore_ascii_case(self.host))
+    }
+
     fn hash_with(&self, state: &foldhash::fast::FixedState) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut h = state.build_hasher();
@@ -393,6 +406,10 @@ impl<'a> ResourceKey<'a> {
 #[derive(Debug)]
 pub struct Record {
     key: Box<str>,
+    route: u32,
+    /// Byte offsets of the host and of the path in `key`.
+    host_at: u32,
+    path_at: u32,
     learned_at: std::time::Instant,
     /// The learned state.
     pub entry: Entry,
@@ -490,7 +507,7 @@ impl Store {
         let record = index
             .get(&hash)
             .map(|r| &**r)
-            .filter(|r| key.matches(&r.key));
+            .filter(|r| key.matches_record(r));
         f(record)
     }
 
@@ -522,7 +539,11 @@ impl Store {
             let old = old.filter(|r| *r.key == *key && self.is_fresh(r));
             match apply(old.as_deref().map(|r| &r.entry), obs, ticket, stamp) {
                 Some(entry) => {
+                    let host_at = key.find('\u{1f}').map_or(0, |i| i + 1);
                     let record = Arc::new(Record {
+                        route: k.route,
+                        host_at: host_at as u32,
+                        path_at: (host_at + k.host.len() + 1) as u32,
                         key: key.into(),
                         learned_at: std::time::Instant::now(),
                         entry,

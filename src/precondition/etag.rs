@@ -55,6 +55,15 @@ impl<'a> EntityTag<'a> {
             .then_some(EntityTag { weak, opaque })
     }
 
+    /// Builds a tag from parts already known to be valid (for example, bytes that went through
+    /// [`EntityTag::new`] or [`EntityTag::parse`] when they were stored). Skips the byte check:
+    /// the caller upholds the `etagc` invariant (checked in debug builds).
+    #[inline]
+    pub fn from_trusted(weak: bool, opaque: &'a [u8]) -> Self {
+        debug_assert!(opaque.iter().all(|&b| is_etagc(b)));
+        EntityTag { weak, opaque }
+    }
+
     /// Parses a whole field value that must be exactly one entity-tag (surrounding OWS allowed),
     /// as in an `ETag` response header.
     pub fn parse(value: &'a [u8]) -> Option<Self> {
