@@ -43,14 +43,22 @@ const HOP_BY_HOP: [&str; 7] = [
     "proxy-authenticate",
 ];
 
-/// Whether an entry knows enough to decide: existence known, and the current tags known when
-/// the resource exists.
-fn decidable(e: &Entry) -> bool {
+/// Whether an entry knows enough to decide: existence known, the current tags known when the
+/// resource exists, and (when the request carries a date precondition) a modification date that
+/// is the current representation's (a write answered without `Last-Modified` leaves an older
+/// date on record).
+fn decidable(e: &Entry, needs_date: bool) -> bool {
     match e.existence {
         Existence::Unknown => false,
         Existence::Absent => true,
-        Existence::Exists => e.current.is_some(),
+        Existence::Exists => e.current.is_some() && !(needs_date && e.lm_stale),
     }
+}
+
+/// Whether the request carries `If-Unmodified-Since` or `If-Modified-Since`.
+fn has_date_precondition(session: &Session) -> bool {
+    let h = &session.req_header().headers;
+    h.contains_key(header::IF_UNMODIFIED_SINCE) || h.contains_key(header::IF_MODIFIED_SINCE)
 }
 
 /// The state `evaluate` needs. With several current tags (`Vary`), the latest one is used.
@@ -58,7 +66,7 @@ fn current_of(e: &Entry) -> Current<'_> {
     Current {
         existence: e.existence,
         etag: e.current_tags().last(),
-        last_modified: e.last_modified,
+        last_modified: e.current_lm,
     }
 }
 
@@ -66,22 +74,38 @@ fn header_bytes<'a>(h: &'a ResponseHeader, name: &str) -> Option<&'a [u8]> {
     h.headers.get(name).map(HeaderValue::as_bytes)
 }
 
-/// Validators of a fetched response: the origin's strong ETag if it sent one, else a synthesised
-/// tag when the response is a 200 whose whole body was read.
-fn validators_of(f: &Fetched) -> (Option<String>, bool) {
-    let origin = header_bytes(&f.header, "etag").and_then(EntityTag::parse);
+/// Validators of a fetched response, as raw `ETag` bytes: the origin's strong ETag if it sent
+/// one, else a synthesised tag when the response is a 200 to a GET whose whole body was read (a
+/// HEAD has no body to hash: a tag synthesised from it would never change). Second value: whether
+/// the tag was synthesised.
+fn validators_of(f: &Fetched, was_get: bool) -> (Option<Vec<u8>>, bool) {
+    let raw = header_bytes(&f.header, "etag");
+    let origin = raw.and_then(EntityTag::parse);
     match origin {
-        Some(t) if !t.is_weak() => (Some(t.to_display()), false),
-        _ if f.header.status == 200 && f.complete => {
+        Some(t) if !t.is_weak() => (raw.map(|r| etag_trim(r).to_vec()), false),
+        _ if was_get && f.header.status == 200 && f.complete => {
             let ct = header_bytes(&f.header, "content-type").unwrap_or_default();
             let ce = header_bytes(&f.header, "content-encoding").unwrap_or_default();
-            (Some(synthesize_etag(ct, ce, &f.body)), true)
+            (Some(synthesize_etag(ct, ce, &f.body).into_bytes()), true)
         }
-        // A weak origin tag on a body too large to hash: keep it (it still serves
-        // If-None-Match); it can never satisfy If-Match.
-        Some(t) => (Some(t.to_display()), false),
+        // A weak origin tag that cannot be replaced: keep it (it still serves If-None-Match);
+        // it can never satisfy If-Match.
+        Some(_) => (raw.map(|r| etag_trim(r).to_vec()), false),
         None => (None, false),
     }
+}
+
+/// An `ETag` field value without surrounding whitespace (bytes kept as sent: obs-text allowed).
+fn etag_trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
 }
 
 impl Precond {
@@ -93,14 +117,16 @@ impl Precond {
         route: &Route,
         key: String,
     ) -> Result<bool> {
-        let has_range = session.req_header().headers.contains_key(header::RANGE);
-        if ctx.method.is_get_or_head() && !has_range {
+        // Reads, ranged or not: `Range` is ignored on enforce routes (a full 200), because the
+        // origin cannot evaluate `If-Range` against tags precond synthesised (RFC 9110 §14.2 lets
+        // a server ignore Range).
+        if ctx.method.is_get_or_head() {
             return self.enforce_read(session, ctx, route, key).await;
         }
         if ctx.method.is_write() {
             return self.enforce_write(session, ctx, route, key).await;
         }
-        // Ranges, OPTIONS and extension methods: forwarded, and learned from like in guard.
+        // OPTIONS and extension methods: forwarded, and learned from like in guard.
         ctx.key = Some(key);
         Ok(false)
     }
@@ -139,7 +165,7 @@ impl Precond {
         route: &Route,
         key: &str,
         head: bool,
-    ) -> Result<(Fetched, HttpPeer, Option<String>, bool)> {
+    ) -> Result<(Fetched, HttpPeer, Option<Vec<u8>>, bool)> {
         let peer = self.peer_for(route.upstream)?;
         let req = Self::probe_request(session, head)?;
         // The ticket is taken when the fetch starts: a write that completes while the fetch is in
@@ -155,13 +181,13 @@ impl Precond {
         self.metrics
             .forwarded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tag, synthetic) = validators_of(&fetched);
+        let (tag, synthetic) = validators_of(&fetched, !head);
         let h = &fetched.header;
         let meta = META_HEADERS.map(|n| header_bytes(h, n));
         let obs = Observation {
             method: crate::precondition::Method::Get,
             outcome: Outcome::Status(h.status.as_u16()),
-            etag: tag.as_deref().map(str::as_bytes),
+            etag: tag.as_deref(),
             last_modified: header_bytes(h, "last-modified"),
             date: header_bytes(h, "date"),
             vary: h.headers.contains_key(header::VARY),
@@ -179,15 +205,16 @@ impl Precond {
         route: &Route,
         key: String,
     ) -> Result<bool> {
+        let needs_date = has_date_precondition(session);
         // 1. Known validators: answer 304/412 without the origin.
-        if let Some(entry) = self.store.get(&key).filter(|e| decidable(e)) {
+        if let Some(entry) = self.store.get(&key).filter(|e| decidable(e, needs_date)) {
             let cond = conditional(&session.req_header().headers, ctx.method);
             if cond.has_any() {
                 match evaluate(&cond, &current_of(&entry), false) {
                     Decision::NotModified(f) => {
                         let meta = entry.meta.as_deref().cloned().unwrap_or_default();
-                        let tag = current_of(&entry).etag.map(|t| t.to_display());
-                        self.not_modified(session, f, tag, entry.last_modified, &meta)
+                        let tag = current_of(&entry).etag.map(|t| t.to_wire());
+                        self.not_modified(session, f, tag, entry.current_lm, &meta)
                             .await?;
                         return Ok(true);
                     }
@@ -210,7 +237,7 @@ impl Precond {
             let lm = header_bytes(&fetched.header, "last-modified").and_then(parse_http_date);
             let current = Current {
                 existence: Existence::Exists,
-                etag: tag.as_deref().and_then(|t| EntityTag::parse(t.as_bytes())),
+                etag: tag.as_deref().and_then(EntityTag::parse),
                 last_modified: lm,
             };
             let mut cond = conditional(&session.req_header().headers, ctx.method);
@@ -263,13 +290,14 @@ impl Precond {
             return Ok(true);
         };
         ctx.write_lock = Some(lock);
+        let needs_date = has_date_precondition(session);
         // Writes before this one (through this instance) have completed and been learned: this
         // write's place in the store's history starts now, not when it began waiting.
         ctx.ticket = Some(self.store.ticket());
         let required = settings.require.contains(&ctx.method);
         let has_any = conditional(&session.req_header().headers, ctx.method).has_any();
         if has_any || required {
-            let mut entry = self.store.get(&key).filter(|e| decidable(e));
+            let mut entry = self.store.get(&key).filter(|e| decidable(e, needs_date));
             if entry.is_none() {
                 let head = settings.probe == Probe::Head;
                 match self.fetch_and_learn(session, route, &key, head).await {
@@ -279,7 +307,7 @@ impl Precond {
                         if status >= 500 {
                             return self.unknown_state(session, status).await;
                         }
-                        entry = self.store.get(&key).filter(|e| decidable(e));
+                        entry = self.store.get(&key).filter(|e| decidable(e, needs_date));
                         if entry.is_none() && matches!(status, 200..=299 | 404 | 410) {
                             // The origin showed the state but it could not be recorded: never
                             // forward the write unprotected.
@@ -311,10 +339,10 @@ impl Precond {
                     // The probe showed neither a representation nor its absence (401, 403,
                     // 3xx, ...): the origin's answer takes precedence (RFC 9110 §13.2.1).
                     if required
-                        && !has_usable_precondition(&conditional(
-                            &session.req_header().headers,
-                            ctx.method,
-                        ))
+                        && !has_usable_precondition(
+                            &conditional(&session.req_header().headers, ctx.method),
+                            None,
+                        )
                     {
                         self.require(session).await?;
                         return Ok(true);
@@ -367,7 +395,7 @@ impl Precond {
         &self,
         session: &mut Session,
         failure: Failure,
-        etag: Option<String>,
+        etag: Option<Vec<u8>>,
         last_modified: Option<u64>,
         meta: &crate::store::Meta,
     ) -> Result<()> {
@@ -378,7 +406,11 @@ impl Precond {
             httpdate::fmt_http_date(std::time::SystemTime::now()),
         )?;
         match etag {
-            Some(t) => resp.insert_header(header::ETAG, t)?,
+            Some(t) => resp.insert_header(
+                header::ETAG,
+                HeaderValue::from_bytes(&t)
+                    .map_err(|e| Error::because(ErrorType::InternalError, "etag", e))?,
+            )?,
             None => {
                 if let Some(lm) = last_modified {
                     resp.insert_header(header::LAST_MODIFIED, format_http_date(lm))?;
@@ -405,14 +437,16 @@ impl Precond {
         session: &mut Session,
         mut fetched: Fetched,
         peer: &HttpPeer,
-        etag: Option<String>,
+        etag: Option<Vec<u8>>,
     ) -> Result<()> {
         let mut resp = fetched.header.clone();
         for name in HOP_BY_HOP {
             resp.remove_header(name);
         }
         if let Some(tag) = etag {
-            resp.insert_header(header::ETAG, tag)?;
+            let v = HeaderValue::from_bytes(&tag)
+                .map_err(|e| Error::because(ErrorType::InternalError, "etag", e))?;
+            resp.insert_header(header::ETAG, v)?;
         }
         if fetched.complete {
             resp.remove_header(&header::TRANSFER_ENCODING);

@@ -74,6 +74,13 @@ pub struct Entry {
     pub changed_at: u64,
     /// The current tag was synthesised by precond (the origin never issued it).
     pub synthetic: bool,
+    /// The current representation's `Last-Modified` (`last_modified` is the latest ever seen).
+    pub current_lm: Option<Timestamp>,
+    /// A write completed whose response carried no `Last-Modified`: `current_lm` may be older
+    /// than the resource.
+    pub lm_stale: bool,
+    /// Ticket or stamp of the exchange that set `current`: an older read never overrides it.
+    pub current_since: u64,
     /// Header fields of the last 200, for building 304s.
     pub meta: Option<Box<Meta>>,
 }
@@ -87,6 +94,9 @@ impl Entry {
             last_modified: None,
             changed_at: 0,
             synthetic: false,
+            current_lm: None,
+            lm_stale: false,
+            current_since: 0,
             meta: None,
         }
     }
@@ -211,16 +221,20 @@ pub fn apply(
         // A write that broke may or may not have been applied: forget what we believed.
         e.existence = Existence::Unknown;
         e.current = None;
+        e.lm_stale = true;
         e.changed_at = stamp;
         return Some(e);
     };
     if obs.method.is_get_or_head() {
-        if e.changed_at > ticket.0 {
-            return None; // a write completed while this read was in flight
+        if e.changed_at > ticket.0 || e.current_since > ticket.0 {
+            // A write completed while this read was in flight, or a read that started later
+            // already answered: this response may show an older representation.
+            return None;
         }
         match status {
             200 | 203 | 206 => {
                 e.existence = Existence::Exists;
+                e.current_since = ticket.0;
                 match obs.etag() {
                     Some(tag) => {
                         e.unreplace(&tag);
@@ -233,8 +247,22 @@ pub fn apply(
                                 cur.push(tag);
                             }
                         } else {
-                            e.supersede_current(Some(&tag));
-                            e.current = Some(vec![tag]);
+                            // Tags equal under weak comparison are encodings of the same
+                            // representation (W/"x" for gzip, "x" for identity, without Vary):
+                            // they stay current rather than being retired.
+                            let (mut cur, retired): (Vec<Tag>, Vec<Tag>) = e
+                                .current
+                                .take()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(|t| *t != tag)
+                                .partition(|t| t.as_ref().weak_eq(&tag.as_ref()));
+                            for t in retired {
+                                e.push_replaced(t);
+                            }
+                            cur.truncate(MAX_CURRENT - 1);
+                            cur.push(tag);
+                            e.current = Some(cur);
                         }
                     }
                     None if obs.vary => e.current = None,
@@ -244,6 +272,8 @@ pub fn apply(
                     }
                 }
                 e.synthetic = obs.synthetic;
+                e.current_lm = obs.last_modified();
+                e.lm_stale = false;
                 if let Some(meta) = obs.meta {
                     e.meta = meta
                         .iter()
@@ -277,10 +307,26 @@ pub fn apply(
         return None;
     }
     let concurrent = e.changed_at > ticket.0;
+    // Only a completed replacement or deletion proves that the previous representation is gone;
+    // a 202 (maybe never applied), a POST (an action, or a child created elsewhere) or another
+    // 2xx only makes the current tag unknown.
+    let proves_replacement = matches!(status, 200 | 201 | 204)
+        && matches!(obs.method, Method::Put | Method::Patch | Method::Delete);
     match status {
-        200..=299 => {
-            let new_tag = obs.etag().filter(|_| obs.method != Method::Post);
+        200..=299 if !proves_replacement => {
             e.synthetic = false;
+            e.current = None;
+            e.lm_stale = true;
+            if obs.method == Method::Delete {
+                e.existence = Existence::Unknown;
+            }
+        }
+        200..=299 => {
+            let new_tag = obs.etag();
+            e.synthetic = false;
+            e.current_since = stamp;
+            e.current_lm = obs.last_modified();
+            e.lm_stale = e.current_lm.is_none();
             if concurrent {
                 // Another write finished while this one was in flight: their order at the
                 // origin is unknown, so neither result is trusted as current.
@@ -300,14 +346,13 @@ pub fn apply(
                 Method::Put | Method::Patch => e.existence = Existence::Exists,
                 _ => {}
             }
-            if obs.method != Method::Post {
-                e.note_last_modified(obs.last_modified());
-            }
+            e.note_last_modified(obs.last_modified());
         }
         300..=399 | 412 | 500..=599 => {
             // Invalidate (RFC 9111 §4.4); a 412 carries no representation's validators
             // (RFC 9110 §15.5.13); a 5xx leaves the outcome unknown.
             e.current = None;
+            e.lm_stale = true;
             if status >= 500 {
                 e.existence = Existence::Unknown;
             }
@@ -451,6 +496,9 @@ type Index = papaya::HashMap<u64, Arc<Record>, std::hash::BuildHasherDefault<Pas
 /// never holds an older record than moka.
 pub struct Store {
     index: Arc<Index>,
+    /// Per hash slot, the latest write stamp of a record that left the store: a read that
+    /// started before it must not re-create the record (it may show what that write replaced).
+    removed: Arc<[AtomicU64]>,
     cache: moka::sync::Cache<u64, Arc<Record>>,
     hash_state: foldhash::fast::FixedState,
     ttl: Duration,
@@ -467,11 +515,15 @@ impl Store {
                 .build(),
         );
         let evict_from = index.clone();
+        let removed: Arc<[AtomicU64]> = (0..REMOVED_SLOTS).map(|_| AtomicU64::new(0)).collect();
+        let watermark = removed.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .time_to_live(ttl)
             .eviction_listener(move |hash: Arc<u64>, record: Arc<Record>, cause| {
                 if cause != moka::notification::RemovalCause::Replaced {
+                    let stamp = record.changed_at.max(record.current_since);
+                    watermark[(*hash as usize) % REMOVED_SLOTS].fetch_max(stamp, Ordering::AcqRel);
                     let _ = evict_from
                         .pin()
                         .remove_if(&*hash, |_, current| Arc::ptr_eq(current, &record));
@@ -480,6 +532,7 @@ impl Store {
             .build();
         Store {
             index,
+            removed,
             cache,
             hash_state: foldhash::fast::FixedState::with_seed(rand_seed()),
             ttl,
@@ -487,9 +540,10 @@ impl Store {
         }
     }
 
-    /// Takes a ticket for a request that is starting.
+    /// Takes a ticket for a request that is starting. Tickets are unique and increasing, so two
+    /// reads of one resource that answer out of order are told apart.
     pub fn ticket(&self) -> Ticket {
-        Ticket(self.seq.load(Ordering::Acquire))
+        Ticket(self.seq.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
     /// Whether a record is younger than the store's TTL.
@@ -533,10 +587,22 @@ impl Store {
         } else {
             0
         };
+        let floor = &self.removed[(hash as usize) % REMOVED_SLOTS];
+        // moka hides expired entries before its listener runs; the index still has them.
+        if let Some(r) = self.index.pin().get(&hash).filter(|r| !self.is_fresh(r)) {
+            floor.fetch_max(r.changed_at.max(r.current_since), Ordering::AcqRel);
+        }
         self.cache.entry(hash).and_compute_with(|old| {
             let old = old.map(|e| e.into_value());
-            // A record of another key under the same hash, or past its TTL, is not this one's.
+            // A record of another key under the same hash, or past its TTL, is not this one's;
+            // but a read older than that record's last write must not re-create it.
+            if let Some(r) = old.as_ref().filter(|r| !self.is_fresh(r)) {
+                floor.fetch_max(r.changed_at.max(r.current_since), Ordering::AcqRel);
+            }
             let old = old.filter(|r| *r.key == *key && self.is_fresh(r));
+            if old.is_none() && !obs.method.is_write() && ticket.0 < floor.load(Ordering::Acquire) {
+                return Op::Nop;
+            }
             match apply(old.as_deref().map(|r| &r.entry), obs, ticket, stamp) {
                 Some(entry) => {
                     let host_at = key.find('\u{1f}').map_or(0, |i| i + 1);
@@ -567,6 +633,9 @@ impl Store {
         self.len() == 0
     }
 }
+
+/// Slots of the removal watermark (collisions only make reads more cautious).
+const REMOVED_SLOTS: usize = 4096;
 
 /// A per-process random seed, so that key hashes cannot be precomputed by clients.
 fn rand_seed() -> u64 {
@@ -805,6 +874,81 @@ mod tests {
             s.with(&lower, |r| r.is_some()),
             "same resource whatever the host's case"
         );
+    }
+
+    #[test]
+    fn an_older_read_answering_late_does_not_retire_a_newer_tag() {
+        let s = store();
+        let slow = s.ticket(); // a slow GET starts (it will show v1)
+        let fast = s.ticket(); // a later GET shows v2 (a write bypassed precond in between)
+        s.learn(&k("/a"), fast, &obs(Method::Get, 200, Some("\"v2\"")));
+        s.learn(&k("/a"), slow, &obs(Method::Get, 200, Some("\"v1\"")));
+        let e = s.get(&k("/a")).unwrap();
+        assert!(e.is_current_strong(&tag("\"v2\"")));
+        assert!(!e.was_replaced(&tag("\"v2\"")));
+    }
+
+    #[test]
+    fn weakly_equal_variants_without_vary_stay_current() {
+        let s = store();
+        s.learn(
+            &k("/a"),
+            s.ticket(),
+            &obs(Method::Get, 200, Some("\"abc\"")),
+        );
+        s.learn(
+            &k("/a"),
+            s.ticket(),
+            &obs(Method::Get, 200, Some("W/\"abc\"")),
+        );
+        let e = s.get(&k("/a")).unwrap();
+        assert!(e.is_current_strong(&tag("\"abc\"")));
+        assert!(!e.was_replaced(&tag("\"abc\"")));
+    }
+
+    #[test]
+    fn accepted_or_post_responses_prove_no_replacement() {
+        for (m, status) in [(Method::Post, 200), (Method::Put, 202), (Method::Post, 201)] {
+            let s = store();
+            s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+            s.learn(&k("/a"), s.ticket(), &obs(m, status, None));
+            let e = s.get(&k("/a")).unwrap();
+            assert!(!e.was_replaced(&tag("\"v1\"")), "{m:?} {status}");
+            assert!(!e.current_known(), "{m:?} {status}");
+        }
+    }
+
+    #[test]
+    fn a_write_without_last_modified_makes_the_current_date_stale() {
+        let s = store();
+        let mut o = obs(Method::Get, 200, Some("\"v1\""));
+        o.last_modified = Some(b"Sun, 06 Nov 1994 08:49:37 GMT");
+        s.learn(&k("/a"), s.ticket(), &o);
+        assert!(!s.get(&k("/a")).unwrap().lm_stale);
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Put, 200, Some("\"v2\"")));
+        let e = s.get(&k("/a")).unwrap();
+        assert!(e.lm_stale && e.current_lm.is_none());
+        assert_eq!(
+            e.last_modified,
+            Some(784_111_777),
+            "guard keeps the latest date seen"
+        );
+    }
+
+    #[test]
+    fn a_read_older_than_an_expired_records_last_write_does_not_recreate_it() {
+        let s = Store::new(10, Duration::from_millis(30));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        let slow = s.ticket();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Put, 200, Some("\"v2\"")));
+        std::thread::sleep(Duration::from_millis(60)); // the record expires
+        s.learn(&k("/a"), slow, &obs(Method::Get, 200, Some("\"v1\"")));
+        assert!(
+            s.get(&k("/a")).is_none(),
+            "the stale read did not bring v1 back"
+        );
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
+        assert!(s.get(&k("/a")).unwrap().is_current_strong(&tag("\"v2\"")));
     }
 
     #[test]

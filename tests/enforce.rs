@@ -446,3 +446,64 @@ fn representations_above_the_synthesis_limit_are_streamed_without_a_tag() {
         200
     );
 }
+
+#[test]
+fn a_head_probe_never_synthesises_a_tag() {
+    let o = legacy();
+    let p = proxy(&enforce_config("probe = \"head\""), o.addr);
+    // The HEAD probe shows the resource exists, but has no body to hash: no tag is current, so
+    // no If-Match tag can pass, and none is offered as current.
+    let r = request(
+        p.addr,
+        "PUT",
+        "/items/1",
+        &[("If-Match", "\"bogus\"")],
+        "{}",
+    );
+    assert_eq!(r.status, 412);
+    assert!(
+        r.header("etag").is_none(),
+        "no tag invented from an empty HEAD body"
+    );
+}
+
+#[test]
+fn require_is_not_satisfied_by_preconditions_that_protect_nothing() {
+    let o = legacy(); // sends no Last-Modified
+    let p = proxy(&enforce_config("require = [\"PUT\"]"), o.addr);
+    for (name, value) in [
+        ("If-None-Match", "\"x\""),
+        ("If-Unmodified-Since", "Sun, 06 Nov 2050 08:49:37 GMT"),
+    ] {
+        let r = request(p.addr, "PUT", "/items/1", &[(name, value)], "{}");
+        assert_eq!(r.status, 428, "{name}: {value}");
+    }
+}
+
+#[test]
+fn range_requests_get_the_whole_tagged_representation() {
+    let o = legacy();
+    let p = proxy(&enforce_config(""), o.addr);
+    let t1 = request(p.addr, "GET", "/items/1", &[], "").etag();
+    let r = request(
+        p.addr,
+        "PUT",
+        "/items/1",
+        &[("If-Match", &t1)],
+        r#"{"id":1,"stock":2}"#,
+    );
+    assert_eq!(r.status, 200);
+    let r = request(
+        p.addr,
+        "GET",
+        "/items/1",
+        &[("Range", "bytes=5-"), ("If-Range", &t1)],
+        "",
+    );
+    assert_eq!(
+        r.status, 200,
+        "Range ignored: never a partial body of another version"
+    );
+    assert_ne!(r.etag(), t1);
+    assert_eq!(String::from_utf8(r.body).unwrap(), r#"{"id":1,"stock":2}"#);
+}

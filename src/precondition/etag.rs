@@ -105,6 +105,18 @@ impl<'a> EntityTag<'a> {
         self.opaque == other.opaque
     }
 
+    /// The tag in wire form, byte for byte (`W/"..."` or `"..."`), for header fields.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.opaque.len() + 4);
+        if self.weak {
+            v.extend_from_slice(b"W/");
+        }
+        v.push(b'"');
+        v.extend_from_slice(self.opaque);
+        v.push(b'"');
+        v
+    }
+
     /// Writes the tag in wire form (`W/"..."` or `"..."`), replacing obs-text with `\u{fffd}` so the
     /// result is valid UTF-8 (for logs and problem bodies; never for comparison).
     pub fn to_display(&self) -> String {

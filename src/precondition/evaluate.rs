@@ -110,18 +110,24 @@ pub enum Decision {
 
 /// What a request's preconditions amount to for the 428 check (RFC 6585 §3 with the digest's §5.3
 /// policy): a precondition that would be ignored or is unusable counts as absent.
-pub fn has_usable_precondition<'a, L: FieldLines<'a>>(req: &Conditional<L>) -> bool {
-    let usable_list = |l: L| {
-        !matches!(
-            scan_list(l.lines(), |_| {}),
-            ListShape::Absent | ListShape::Malformed
-        )
-    };
-    usable_list(req.if_match)
-        || usable_list(req.if_none_match)
-        || parse_date_field(req.if_unmodified_since.lines())
-            .timestamp()
-            .is_some()
+///
+/// Counted: a well-formed `If-Match` (including `*`); `If-None-Match: *` (create only); a valid
+/// `If-Unmodified-Since` *when the resource has a modification date* (otherwise RFC 9110 §13.1.4
+/// makes the recipient ignore it, and it would protect nothing). Not counted: an `If-None-Match`
+/// tag list (it does not protect a write against a lost update), malformed or invalid fields.
+/// `last_modified` is the resource's date, when known.
+pub fn has_usable_precondition<'a, L: FieldLines<'a>>(
+    req: &Conditional<L>,
+    last_modified: Option<Timestamp>,
+) -> bool {
+    !matches!(
+        scan_list(req.if_match.lines(), |_| {}),
+        ListShape::Absent | ListShape::Malformed
+    ) || scan_list(req.if_none_match.lines(), |_| {}) == ListShape::Any
+        || (last_modified.is_some()
+            && parse_date_field(req.if_unmodified_since.lines())
+                .timestamp()
+                .is_some())
 }
 
 /// Evaluates a request's preconditions in the order of RFC 9110 §13.2.2, as the origin would,
@@ -144,7 +150,7 @@ pub fn evaluate<'a, 'c, L: FieldLines<'a>>(
         // §13.2.1: the 404 takes precedence over every precondition (and over 428).
         return Decision::Proceed;
     }
-    if require && method.is_write() && !has_usable_precondition(req) {
+    if require && method.is_write() && !has_usable_precondition(req, current.last_modified) {
         return Decision::PreconditionRequired;
     }
     let exists = current.existence == Existence::Exists;
@@ -611,6 +617,28 @@ mod tests {
         );
         assert_eq!(
             Req::default().im("\"v2\"").eval_with(Put, &cur, true),
+            Decision::Proceed
+        );
+        // An If-None-Match tag list does not protect a write; If-None-Match: * does.
+        assert_eq!(
+            Req::default().inm("\"x\"").eval_with(Put, &cur, true),
+            Decision::PreconditionRequired
+        );
+        assert_eq!(
+            Req::default().inm("*").eval_with(Put, &absent(), true),
+            Decision::Proceed
+        );
+        // A valid date on a resource without a modification date would be ignored: absent.
+        let no_lm = Current {
+            last_modified: None,
+            ..exists("\"v2\"")
+        };
+        assert_eq!(
+            Req::default().ius(AFTER).eval_with(Put, &no_lm, true),
+            Decision::PreconditionRequired
+        );
+        assert_eq!(
+            Req::default().ius(AFTER).eval_with(Put, &cur, true),
             Decision::Proceed
         );
         // Reads are never required to be conditional; 404 beats 428.
