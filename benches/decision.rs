@@ -123,6 +123,18 @@ fn decisions(c: &mut Criterion) {
                     black_box(guard_decision(&store, &key, &cond(&h), Policy::Superseded))
                 })
             });
+            g.bench_function(BenchmarkId::new("precond_lookup_only", case), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % SAMPLE;
+                    let key = ResourceKey {
+                        route: 0,
+                        host: HOST,
+                        path: &s.paths[i],
+                    };
+                    black_box(store.with(&key, |r| r.is_some()))
+                })
+            });
             g.bench_function(BenchmarkId::new("moka_get", case), |b| {
                 let mut i = 0;
                 b.iter(|| {

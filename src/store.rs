@@ -419,7 +419,7 @@ impl<'a> ResourceKey<'a> {
             && r.key.get(p..) == Some(self.path)
             && r.key
                 .get(h..p.saturating_sub(1))
-                .is_some_and(|host| host.eq_ignore_ascii_case(self.host))
+                .is_some_and(|host| host == self.host || host.eq_ignore_ascii_case(self.host))
     }
 
     fn hash_with(&self, state: &foldhash::fast::FixedState) -> u64 {
