@@ -169,6 +169,45 @@ fn decisions(c: &mut Criterion) {
     }
 }
 
+/// Times `iters` calls of `read` while `writers` threads each call `write(i, version)` for
+/// random resources `i` in a loop.
+fn timed_under_churn<W>(
+    iters: u64,
+    writers: usize,
+    n: usize,
+    write: W,
+    mut read: impl FnMut(usize),
+) -> Duration
+where
+    W: Fn(usize, u64) + Send + Sync + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let write = Arc::new(write);
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let (write, stop) = (write.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut lcg = Lcg(7 + w as u64);
+                let mut v = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    v += 1;
+                    write(lcg.next_below(n), v);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for it in 0..iters {
+        read(it as usize % SAMPLE);
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    elapsed
+}
+
 /// Readers while `writers` threads churn the store (learning new tags for random resources).
 fn churn(c: &mut Criterion) {
     let n = if sizes().len() > 1 { 100_000 } else { 1_000 };
@@ -179,81 +218,35 @@ fn churn(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
     for writers in [0usize, 1, 2] {
-        g.bench_with_input(
-            BenchmarkId::new("precond", writers),
-            &writers,
-            |b, &writers| {
-                b.iter_custom(|iters| {
-                    let stop = Arc::new(AtomicBool::new(false));
-                    let handles: Vec<_> = (0..writers)
-                        .map(|w| {
-                            let (store, stop) = (store.clone(), stop.clone());
-                            std::thread::spawn(move || {
-                                let mut lcg = Lcg(7 + w as u64);
-                                let mut v = 0u64;
-                                while !stop.load(Ordering::Relaxed) {
-                                    let i = lcg.next_below(n);
-                                    v += 1;
-                                    learn_get(&store, &key(i), &format!("\"w{v}\""));
-                                }
-                            })
-                        })
-                        .collect();
-                    let start = Instant::now();
-                    let mut i = 0;
-                    for _ in 0..iters {
-                        i = (i + 1) % SAMPLE;
-                        let h = [s.headers[i].as_bytes()];
-                        let key = ResourceKey {
-                            route: 0,
-                            host: HOST,
-                            path: &s.paths[i],
-                        };
-                        black_box(guard_decision(&store, &key, &cond(&h), Policy::Superseded));
-                    }
-                    let elapsed = start.elapsed();
-                    stop.store(true, Ordering::Relaxed);
-                    for h in handles {
-                        h.join().unwrap();
-                    }
-                    elapsed
+        g.bench_with_input(BenchmarkId::new("precond", writers), &writers, |b, &w| {
+            b.iter_custom(|iters| {
+                let st = store.clone();
+                let write = move |i: usize, v: u64| learn_get(&st, &key(i), &format!("\"w{v}\""));
+                timed_under_churn(iters, w, n, write, |i| {
+                    let h = [s.headers[i].as_bytes()];
+                    let key = ResourceKey {
+                        route: 0,
+                        host: HOST,
+                        path: &s.paths[i],
+                    };
+                    black_box(guard_decision(&store, &key, &cond(&h), Policy::Superseded));
                 })
-            },
-        );
+            })
+        });
         g.bench_with_input(
             BenchmarkId::new("mutex_hashmap_split", writers),
             &writers,
-            |b, &writers| {
+            |b, &w| {
                 b.iter_custom(|iters| {
-                    let stop = Arc::new(AtomicBool::new(false));
-                    let handles: Vec<_> = (0..writers)
-                        .map(|w| {
-                            let (mutex, stop) = (mutex.clone(), stop.clone());
-                            std::thread::spawn(move || {
-                                let mut lcg = Lcg(7 + w as u64);
-                                let mut v = 0u64;
-                                while !stop.load(Ordering::Relaxed) {
-                                    let i = lcg.next_below(n);
-                                    v += 1;
-                                    let (k, t) = (key(i), format!("\"w{v}\""));
-                                    mutex.lock().unwrap().insert(k, t);
-                                }
-                            })
-                        })
-                        .collect();
-                    let start = Instant::now();
-                    let mut i = 0;
-                    for _ in 0..iters {
-                        i = (i + 1) % SAMPLE;
+                    let m = mutex.clone();
+                    let write = move |i: usize, v: u64| {
+                        let (k, t) = (key(i), format!("\"w{v}\""));
+                        m.lock().unwrap().insert(k, t);
+                    };
+                    timed_under_churn(iters, w, n, write, |i| {
                         let m = mutex.lock().unwrap();
                         black_box(naive_is_stale(m.get(&s.keys[i]), &s.headers[i]));
-                    }
-                    let elapsed = start.elapsed();
-                    stop.store(true, Ordering::Relaxed);
-                    for h in handles {
-                        h.join().unwrap();
-                    }
-                    elapsed
+                    })
                 })
             },
         );

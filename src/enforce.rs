@@ -29,7 +29,7 @@ use crate::precondition::date::{format_http_date, parse_http_date};
 use crate::precondition::evaluate::has_usable_precondition;
 use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence, Failure};
 use crate::problem;
-use crate::proxy::{conditional, Ctx, Precond};
+use crate::proxy::{conditional, error_problem, error_status, Ctx, Precond};
 use crate::store::{Entry, Observation, Outcome, META_HEADERS};
 
 /// Hop-by-hop fields never relayed from a fetched response.
@@ -484,16 +484,13 @@ impl Precond {
         self.metrics
             .upstream_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(c) => *c,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        // Only upstream errors reach here (the client's request was fully read).
+        let code = match error_status(e) {
+            c @ (502..=504) => c,
             _ => 502,
         };
-        let title = http::StatusCode::from_u16(code)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Bad Gateway");
-        let body = problem::simple(code, title, "The upstream server failed to answer.");
+        let (title, detail) = error_problem(code, e);
+        let body = problem::simple(code, title, &detail);
         self.respond(session, code, "upstream-error", body, &[])
             .await?;
         Ok(true)

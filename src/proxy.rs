@@ -283,6 +283,41 @@ impl Precond {
     }
 }
 
+/// The status precond answers for an error (0: the client is gone, answer nothing).
+pub(crate) fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Title and detail of the problem body for an error status.
+pub(crate) fn error_problem(code: u16, e: &Error) -> (&'static str, String) {
+    let title = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let detail = match code {
+        502 => "The upstream server failed to answer. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
+        503 => "No upstream server is available for this route.".to_string(),
+        504 => "The upstream server did not answer in time. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
+        _ => format!("precond could not handle the request: {}", e.etype().as_str()),
+    };
+    (title, detail)
+}
+
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
         .get(header::HOST)
@@ -447,38 +482,14 @@ impl ProxyHttp for Precond {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                if e.esource() == &ErrorSource::Upstream =>
-            {
-                504
-            }
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = error_status(e);
         if code >= 500 {
             self.metrics
                 .upstream_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if code > 0 && session.response_written().is_none() {
-            let title = http::StatusCode::from_u16(code)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("Error");
-            let detail = match code {
-                502 => "The upstream server failed to answer. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
-                503 => "No upstream server is available for this route.".to_string(),
-                504 => "The upstream server did not answer in time. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
-                _ => format!("precond could not handle the request: {}", e.etype().as_str()),
-            };
+            let (title, detail) = error_problem(code, e);
             let body = Bytes::from(problem::simple(code, title, &detail));
             let mut resp = pingora::protocols::http::ServerSession::generate_error(code);
             let _ = resp.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE);
