@@ -124,6 +124,23 @@ impl Metrics {
             "Upstream responses learned from.",
             &self.learned,
         );
+        counter(
+            "precond_required_total",
+            "Writes answered 428 at the edge (enforce routes).",
+            &self.required,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP precond_not_modified_total Reads answered 304 at the edge.\n# TYPE precond_not_modified_total counter"
+        );
+        for (f, v) in FIELDS.iter().zip(&self.not_modified) {
+            let _ = writeln!(
+                out,
+                "precond_not_modified_total{{precondition=\"{}\"}} {}",
+                f.header_name(),
+                v.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP precond_rejected_total Writes answered 412 at the edge.\n# TYPE precond_rejected_total counter"

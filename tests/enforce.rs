@@ -290,6 +290,8 @@ fn precondition_required_with_and_without_usable_preconditions() {
         before,
         "nothing reached the origin"
     );
+    let metrics = p.state.metrics.render(0);
+    assert!(metrics.contains("precond_required_total 3"), "{metrics}");
     // PATCH is not listed: allowed without precondition.
     assert_eq!(
         request(p.addr, "PATCH", "/items/1", &[], r#"{"x":1}"#).status,
@@ -353,6 +355,11 @@ fn conditional_get_is_answered_304_at_the_edge() {
         c.gets.load(Ordering::SeqCst),
         gets,
         "the origin was not contacted"
+    );
+    let metrics = p.state.metrics.render(0);
+    assert!(
+        metrics.contains("precond_not_modified_total{precondition=\"If-None-Match\"} 1"),
+        "{metrics}"
     );
     // The connection is still usable (a 304 has no body).
     assert_eq!(conn.request("GET", "/doc", &[], "").status, 200);
