@@ -10,26 +10,7 @@ use common::*;
 use precond::demo::DemoOrigin;
 
 fn enforce_config(extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-threads = 2
-grace_period = "0s"
-graceful_shutdown_timeout = "1s"
-
-[[upstream]]
-name = "origin"
-servers = ["{{origin}}"]
-connect_timeout = "1s"
-read_timeout = "5s"
-
-[[route]]
-upstream = "origin"
-mode = "enforce"
-{extra}
-"#
-    )
+    route_config(&format!("mode = \"enforce\"\n{extra}"))
 }
 
 fn legacy() -> DemoOrigin {

@@ -42,8 +42,8 @@ pub fn proxy(config_text: &str, origin: SocketAddr) -> Running {
     panic!("could not start precond");
 }
 
-/// A guard route in front of `{origin}` with the given policy.
-pub fn guard_config(policy: &str) -> String {
+/// One route in front of `{origin}`: `route` holds the route's lines after `upstream`.
+pub fn route_config(route: &str) -> String {
     format!(
         r#"
 [server]
@@ -60,10 +60,14 @@ read_timeout = "5s"
 
 [[route]]
 upstream = "origin"
-mode = "guard"
-policy = "{policy}"
+{route}
 "#
     )
+}
+
+/// A guard route in front of `{origin}` with the given policy.
+pub fn guard_config(policy: &str) -> String {
+    route_config(&format!("mode = \"guard\"\npolicy = \"{policy}\""))
 }
 
 /// A parsed HTTP/1.1 response.
