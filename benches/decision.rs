@@ -74,8 +74,15 @@ fn cond<'a>(h: &'a [&'a [u8]]) -> Conditional<&'a [&'a [u8]]> {
     }
 }
 
-/// Resource counts: the full sizes under `cargo bench`, a small one under `cargo test`.
+/// Resource counts: the full sizes under `cargo bench` (or the comma-separated list in
+/// `PRECOND_BENCH_SIZES`), a small one under `cargo test`.
 fn sizes() -> Vec<usize> {
+    if let Ok(list) = std::env::var("PRECOND_BENCH_SIZES") {
+        return list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+    }
     if std::env::args().any(|a| a == "--bench") {
         vec![1_000, 1_000_000]
     } else {

@@ -2,10 +2,16 @@
 //!
 //! Owns: [`guard_decision`], the one function both the proxy and the benches call.
 //!
-//! Invariants: no lock and no allocation: the resource is found through the store's lock-free
-//! index (a hash of the key parts, verified against the stored key), the precondition lists are
-//! scanned in place, and tags are compared as bytes. A refusal is never based on a record past
-//! its TTL (the only clock read, on the refusal path).
+//! Invariants:
+//! - No lock and no allocation: the resource is found through the store's lock-free index (a
+//!   64-bit hash of the key parts), the precondition lists are scanned in place, and tags
+//!   are compared by their fingerprints in the slot's [`Summary`](crate::summary::Summary).
+//! - Forwarding needs no proof, a refusal does: a refusal found on the summary is decided again on
+//!   the exact record, after comparing its key byte for byte (a slot found by hash may be another
+//!   key's, and then this key is unknown: forwarding is right) and checking its age against the TTL
+//!   (the only clock read, on the refusal path). The answer is therefore the exact `guard`
+//!   decision, except that a fingerprint collision (2^-31 per pair of tags) may forward a write
+//!   the exact decision would refuse.
 
 use crate::precondition::{guard, Conditional, Decision, FieldLines, Policy};
 use crate::store::{ResourceKey, Store};
@@ -18,11 +24,127 @@ pub fn guard_decision<'a, L: FieldLines<'a>>(
     cond: &Conditional<L>,
     policy: Policy,
 ) -> Decision {
-    store.with(key, |record| {
-        let d = guard(cond, record.map(|r| &r.entry), policy);
-        match (d, record) {
-            (Decision::PreconditionFailed(_), Some(r)) if !store.is_fresh(r) => Decision::Proceed,
-            _ => d,
+    store.with(key, |slot| {
+        let Some(slot) = slot else {
+            return Decision::Proceed;
+        };
+        match guard(
+            cond,
+            Some(&slot.summary().knowledge(store.prints())),
+            policy,
+        ) {
+            Decision::Proceed => Decision::Proceed,
+            _ => {
+                let r = slot.record();
+                if key.matches_record(r) && store.is_fresh(r) {
+                    guard(cond, Some(&r.entry), policy)
+                } else {
+                    Decision::Proceed
+                }
+            }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::precondition::Method;
+    use crate::store::{Observation, Outcome};
+    use std::time::Duration;
+
+    fn learn(store: &Store, path: &str, method: Method, status: u16, etag: Option<&str>) {
+        let key = ResourceKey {
+            route: 0,
+            host: "h",
+            path,
+        };
+        store.learn(
+            &key.to_key_string(),
+            store.ticket(),
+            &Observation {
+                method,
+                outcome: Outcome::Status(status),
+                etag: etag.map(str::as_bytes),
+                last_modified: Some(b"Sun, 06 Nov 1994 08:49:37 GMT"),
+                date: None,
+                vary: false,
+                synthetic: false,
+                meta: None,
+            },
+        );
+    }
+
+    /// The fast path (fingerprints, then the exact record for refusals) decides exactly as
+    /// `guard` on the stored entry, for every combination of fields, methods and policies.
+    #[test]
+    fn agrees_with_guard_on_the_exact_entry() {
+        let store = Store::new(100, Duration::from_secs(60));
+        learn(&store, "/a", Method::Get, 200, Some("\"v1\""));
+        learn(&store, "/a", Method::Put, 204, Some("\"v2\""));
+        learn(&store, "/a", Method::Get, 200, Some("W/\"v3\""));
+        learn(&store, "/gone", Method::Get, 200, Some("\"g1\""));
+        learn(&store, "/gone", Method::Delete, 204, None);
+        learn(&store, "/blank", Method::Get, 200, None);
+        let tags = [
+            "",
+            "*",
+            "\"v1\"",
+            "\"v2\"",
+            "W/\"v3\"",
+            "\"v3\"",
+            "\"v1\", \"v2\"",
+            "\"v1\", \"x\"",
+            "\"g1\"",
+            "\"x\"",
+            "W/\"v1\"",
+            "v1",
+            "*, \"v1\"",
+        ];
+        let dates = [
+            "",
+            "Sun, 06 Nov 1994 08:49:36 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+        ];
+        let mut refusals = 0;
+        for path in ["/a", "/gone", "/blank", "/unknown"] {
+            let key = ResourceKey {
+                route: 0,
+                host: "h",
+                path,
+            };
+            let exact = store.get(&key.to_key_string());
+            for method in [Method::Put, Method::Delete, Method::Post, Method::Get] {
+                for policy in [Policy::Superseded, Policy::Mismatch] {
+                    for im in tags {
+                        for inm in tags {
+                            for ius in dates {
+                                let line = |v: &'static str| -> Vec<&'static [u8]> {
+                                    if v.is_empty() {
+                                        vec![]
+                                    } else {
+                                        vec![v.as_bytes()]
+                                    }
+                                };
+                                let (im, inm, ius) = (line(im), line(inm), line(ius));
+                                let cond = Conditional {
+                                    method,
+                                    if_match: &im[..],
+                                    if_none_match: &inm[..],
+                                    if_modified_since: &[][..],
+                                    if_unmodified_since: &ius[..],
+                                    no_cache: false,
+                                };
+                                let want = guard(&cond, exact.as_deref().map(|r| &r.entry), policy);
+                                let got = guard_decision(&store, &key, &cond, policy);
+                                assert_eq!(got, want, "{path} {method:?} {policy:?} {cond:?}");
+                                refusals += usize::from(got != Decision::Proceed);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(refusals > 100, "the cases exercise refusals ({refusals})");
+    }
 }

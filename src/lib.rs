@@ -11,3 +11,4 @@ pub mod problem;
 pub mod proxy;
 pub mod server;
 pub mod store;
+pub mod summary;

@@ -23,6 +23,7 @@ use moka::ops::compute::Op;
 
 use crate::precondition::date::{parse_http_date, Timestamp};
 use crate::precondition::{EntityTag, Existence, Knowledge, Method};
+use crate::summary::{Prints, Summary};
 
 /// Most tags remembered as replaced per resource.
 pub const MAX_REPLACED: usize = 8;
@@ -86,7 +87,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn blank() -> Entry {
+    pub(crate) fn blank() -> Entry {
         Entry {
             existence: Existence::Unknown,
             current: None,
@@ -413,7 +414,7 @@ impl<'a> ResourceKey<'a> {
 
     /// Whether `record` is this resource's (no parsing, no allocation).
     #[inline]
-    fn matches_record(&self, r: &Record) -> bool {
+    pub fn matches_record(&self, r: &Record) -> bool {
         let (h, p) = (r.host_at as usize, r.path_at as usize);
         r.route == self.route
             && r.key.get(p..) == Some(self.path)
@@ -427,7 +428,8 @@ impl<'a> ResourceKey<'a> {
         let mut h = state.build_hasher();
         h.write_u32(self.route);
         let host = self.host.as_bytes();
-        if host.iter().any(u8::is_ascii_uppercase) {
+        // `fold` rather than `any`: no early exit, so the check is vectorised.
+        if host.iter().fold(false, |up, b| up | b.is_ascii_uppercase()) {
             for chunk in host.chunks(64) {
                 let mut buf = [0u8; 64];
                 for (d, s) in buf.iter_mut().zip(chunk) {
@@ -485,13 +487,34 @@ impl std::hash::Hasher for PassThrough {
     }
 }
 
-type Index = papaya::HashMap<u64, Arc<Record>, std::hash::BuildHasherDefault<PassThrough>>;
+/// What the index holds per resource: the fast path's [`Summary`] and the full record. Lives
+/// inline in the index's entry, so the fast path reads one allocation.
+pub struct Slot {
+    summary: Summary,
+    record: Arc<Record>,
+}
+
+impl Slot {
+    /// The digest the fast path decides on.
+    #[inline]
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// The full record (one pointer away: for refusals and slower paths).
+    #[inline]
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+}
+
+type Index = papaya::HashMap<u64, Slot, std::hash::BuildHasherDefault<PassThrough>>;
 
 /// The bounded, concurrent map of resource to learned state.
 ///
-/// Reads go through a lock-free index (`papaya`, keyed by a 64-bit hash of the resource key,
-/// verified against the stored key); moka bounds it (capacity, TTL) and its eviction listener
-/// removes evicted records from the index. Writes to one key are serialised by moka's
+/// Reads go through a lock-free index (`papaya`, keyed by a 64-bit hash of the resource key; the
+/// stored key itself is compared before anything is refused); moka bounds it (capacity, TTL) and its eviction listener removes
+/// evicted records from the index. Writes to one key are serialised by moka's
 /// `and_compute_with`, and the index is updated inside that critical section, so the index
 /// never holds an older record than moka.
 pub struct Store {
@@ -501,6 +524,7 @@ pub struct Store {
     removed: Arc<[AtomicU64]>,
     cache: moka::sync::Cache<u64, Arc<Record>>,
     hash_state: foldhash::fast::FixedState,
+    prints: Prints,
     ttl: Duration,
     seq: AtomicU64,
 }
@@ -526,7 +550,7 @@ impl Store {
                     watermark[(*hash as usize) % REMOVED_SLOTS].fetch_max(stamp, Ordering::AcqRel);
                     let _ = evict_from
                         .pin()
-                        .remove_if(&*hash, |_, current| Arc::ptr_eq(current, &record));
+                        .remove_if(&*hash, |_, slot| Arc::ptr_eq(&slot.record, &record));
                 }
             })
             .build();
@@ -534,7 +558,8 @@ impl Store {
             index,
             removed,
             cache,
-            hash_state: foldhash::fast::FixedState::with_seed(rand_seed()),
+            hash_state: foldhash::fast::FixedState::with_seed(rand_seed(1)),
+            prints: Prints::with_seed(rand_seed(2)),
             ttl,
             seq: AtomicU64::new(1),
         }
@@ -551,18 +576,22 @@ impl Store {
         record.learned_at.elapsed() < self.ttl
     }
 
-    /// The fast path: calls `f` with the resource's record, without locking and without
-    /// allocating. The record may be past its TTL (moka evicts lazily): check
-    /// [`Store::is_fresh`] before refusing anything on its account.
+    /// The fast path: calls `f` with the index slot holding the key's 64-bit hash, without
+    /// locking and without allocating. The slot may belong to another key with the same hash
+    /// (then the key's own resource is not in the store, as each hash has one slot) and may be
+    /// past its TTL (moka evicts lazily): before refusing anything on its account, compare the key
+    /// itself ([`ResourceKey::matches_record`]) and check [`Store::is_fresh`]. Forwarding on its
+    /// account is always safe: an unknown resource is forwarded too.
     #[inline]
-    pub fn with<R>(&self, key: &ResourceKey<'_>, f: impl FnOnce(Option<&Record>) -> R) -> R {
+    pub fn with<R>(&self, key: &ResourceKey<'_>, f: impl FnOnce(Option<&Slot>) -> R) -> R {
         let hash = key.hash_with(&self.hash_state);
-        let index = self.index.pin();
-        let record = index
-            .get(&hash)
-            .map(|r| &**r)
-            .filter(|r| key.matches_record(r));
-        f(record)
+        f(self.index.pin().get(&hash))
+    }
+
+    /// The fingerprint function of this store's summaries.
+    #[inline]
+    pub fn prints(&self) -> &Prints {
+        &self.prints
     }
 
     /// The fresh record of a resource, if any (clones an `Arc`: for slower paths).
@@ -572,8 +601,8 @@ impl Store {
         self.index
             .pin()
             .get(&hash)
-            .filter(|r| *r.key == *key && self.is_fresh(r))
-            .cloned()
+            .filter(|s| *s.record.key == *key && self.is_fresh(&s.record))
+            .map(|s| s.record.clone())
     }
 
     /// Learns from one upstream exchange of a request that took `ticket` when it started.
@@ -589,7 +618,13 @@ impl Store {
         };
         let floor = &self.removed[(hash as usize) % REMOVED_SLOTS];
         // moka hides expired entries before its listener runs; the index still has them.
-        if let Some(r) = self.index.pin().get(&hash).filter(|r| !self.is_fresh(r)) {
+        if let Some(r) = self
+            .index
+            .pin()
+            .get(&hash)
+            .map(|s| &s.record)
+            .filter(|r| !self.is_fresh(r))
+        {
             floor.fetch_max(r.changed_at.max(r.current_since), Ordering::AcqRel);
         }
         self.cache.entry(hash).and_compute_with(|old| {
@@ -606,15 +641,19 @@ impl Store {
             match apply(old.as_deref().map(|r| &r.entry), obs, ticket, stamp) {
                 Some(entry) => {
                     let host_at = key.find('\u{1f}').map_or(0, |i| i + 1);
-                    let record = Arc::new(Record {
-                        route: k.route,
-                        host_at: host_at as u32,
-                        path_at: (host_at + k.host.len() + 1) as u32,
-                        key: key.into(),
-                        learned_at: std::time::Instant::now(),
-                        entry,
-                    });
-                    self.index.pin().insert(hash, record.clone());
+                    let slot = Slot {
+                        summary: Summary::of(&entry, &self.prints),
+                        record: Arc::new(Record {
+                            route: k.route,
+                            host_at: host_at as u32,
+                            path_at: (host_at + k.host.len() + 1) as u32,
+                            key: key.into(),
+                            learned_at: std::time::Instant::now(),
+                            entry,
+                        }),
+                    };
+                    let record = slot.record.clone();
+                    self.index.pin().insert(hash, slot);
                     Op::Put(record)
                 }
                 None => Op::Nop,
@@ -637,11 +676,13 @@ impl Store {
 /// Slots of the removal watermark (collisions only make reads more cautious).
 const REMOVED_SLOTS: usize = 4096;
 
-/// A per-process random seed, so that key hashes cannot be precomputed by clients.
-fn rand_seed() -> u64 {
+/// A per-process random seed, so that key hashes cannot be precomputed by clients; `n` tells
+/// the store's independent hash functions apart.
+fn rand_seed(n: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
+    h.write_u64(n);
     h.finish()
 }
 
@@ -845,7 +886,7 @@ mod tests {
             host: "h",
             path: "/a",
         };
-        assert!(s.with(&key, |r| r.is_none_or(|r| !s.is_fresh(r))));
+        assert!(s.with(&key, |r| r.is_none_or(|r| !s.is_fresh(r.record()))));
     }
 
     #[test]

@@ -78,9 +78,20 @@ impl<'a> EntityTag<'a> {
             _ => (false, s),
         };
         let body = s.strip_prefix(b"\"")?;
-        let end = body.iter().position(|&b| b == b'"')?;
-        let tag = Self::new(weak, &body[..end])?;
-        Some((tag, &body[end + 1..]))
+        // One pass: stop at the closing quote, fail on any byte that is not `etagc`.
+        for (end, &b) in body.iter().enumerate() {
+            if b == b'"' {
+                let tag = EntityTag {
+                    weak,
+                    opaque: &body[..end],
+                };
+                return Some((tag, &body[end + 1..]));
+            }
+            if !is_etagc(b) {
+                return None;
+            }
+        }
+        None
     }
 
     /// Whether the tag carries the `W/` prefix.

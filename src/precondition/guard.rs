@@ -46,6 +46,27 @@ pub trait Knowledge {
     fn was_replaced(&self, tag: &EntityTag<'_>) -> bool;
     /// The latest `Last-Modified` seen for the resource.
     fn last_modified(&self) -> Option<Timestamp>;
+    /// All three comparisons of one tag at once (implementations that hash a tag before
+    /// comparing it override this to hash it once).
+    #[inline]
+    fn compare(&self, tag: &EntityTag<'_>) -> Comparison {
+        Comparison {
+            current_strong: self.is_current_strong(tag),
+            current_weak: self.is_current_weak(tag),
+            replaced: self.was_replaced(tag),
+        }
+    }
+}
+
+/// How one listed tag relates to what is known of the resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// It strongly matches a current tag.
+    pub current_strong: bool,
+    /// It weakly matches a current tag.
+    pub current_weak: bool,
+    /// It was seen replaced.
+    pub replaced: bool,
 }
 
 fn failed(field: Field, reason: Reason) -> Decision {
@@ -75,10 +96,9 @@ pub fn guard<'a, L: FieldLines<'a>, K: Knowledge>(
     let mut any_current = false;
     let mut all_strong_replaced = true;
     let im = scan_list(req.if_match.lines(), |t| {
-        if k.is_current_strong(&t) {
-            any_current = true;
-        }
-        if !t.is_weak() && !k.was_replaced(&t) {
+        let c = k.compare(&t);
+        any_current |= c.current_strong;
+        if !t.is_weak() && !c.replaced {
             all_strong_replaced = false;
         }
     });
@@ -125,7 +145,7 @@ pub fn guard<'a, L: FieldLines<'a>, K: Knowledge>(
     if policy == Policy::Mismatch && existence == Existence::Exists {
         let mut weak_match = false;
         let inm = scan_list(req.if_none_match.lines(), |t| {
-            weak_match |= k.is_current_weak(&t);
+            weak_match |= k.compare(&t).current_weak;
         });
         match inm {
             ListShape::Any => return failed(Field::IfNoneMatch, Reason::ResourceExists),

@@ -18,5 +18,5 @@ pub mod request;
 pub use date::{DateField, Timestamp};
 pub use etag::{EntityTag, ListShape};
 pub use evaluate::{evaluate, Current, Decision, Existence, Failure, Field, Reason};
-pub use guard::{guard, Knowledge, Policy};
+pub use guard::{guard, Comparison, Knowledge, Policy};
 pub use request::{Conditional, FieldLines, Method};
