@@ -458,8 +458,25 @@ pub struct Record {
     host_at: u32,
     path_at: u32,
     learned_at: std::time::Instant,
+    /// Ticket of the latest read that confirmed the entry without changing it (it then
+    /// stands for `entry.current_since`, which is the ticket of the read that created it).
+    read_since: AtomicU64,
     /// The learned state.
     pub entry: Entry,
+}
+
+impl Record {
+    /// The latest ticket or stamp that set or confirmed `current`.
+    fn current_since(&self) -> u64 {
+        self.entry
+            .current_since
+            .max(self.read_since.load(Ordering::Acquire))
+    }
+
+    /// The latest ticket or stamp this record's state depends on.
+    fn last_stamp(&self) -> u64 {
+        self.entry.changed_at.max(self.current_since())
+    }
 }
 
 impl std::ops::Deref for Record {
@@ -546,7 +563,7 @@ impl Store {
             .time_to_live(ttl)
             .eviction_listener(move |hash: Arc<u64>, record: Arc<Record>, cause| {
                 if cause != moka::notification::RemovalCause::Replaced {
-                    let stamp = record.changed_at.max(record.current_since);
+                    let stamp = record.last_stamp();
                     watermark[(*hash as usize) % REMOVED_SLOTS].fetch_max(stamp, Ordering::AcqRel);
                     let _ = evict_from
                         .pin()
@@ -625,21 +642,41 @@ impl Store {
             .map(|s| &s.record)
             .filter(|r| !self.is_fresh(r))
         {
-            floor.fetch_max(r.changed_at.max(r.current_since), Ordering::AcqRel);
+            floor.fetch_max(r.last_stamp(), Ordering::AcqRel);
         }
         self.cache.entry(hash).and_compute_with(|old| {
             let old = old.map(|e| e.into_value());
             // A record of another key under the same hash, or past its TTL, is not this one's;
             // but a read older than that record's last write must not re-create it.
             if let Some(r) = old.as_ref().filter(|r| !self.is_fresh(r)) {
-                floor.fetch_max(r.changed_at.max(r.current_since), Ordering::AcqRel);
+                floor.fetch_max(r.last_stamp(), Ordering::AcqRel);
             }
             let old = old.filter(|r| *r.key == *key && self.is_fresh(r));
             if old.is_none() && !obs.method.is_write() && ticket.0 < floor.load(Ordering::Acquire) {
                 return Op::Nop;
             }
-            match apply(old.as_deref().map(|r| &r.entry), obs, ticket, stamp) {
-                Some(entry) => {
+            // The entry as of the latest confirming read (a copy only after such reads).
+            let confirmed = old
+                .as_deref()
+                .filter(|r| r.current_since() > r.entry.current_since)
+                .map(|r| Entry {
+                    current_since: r.current_since(),
+                    ..r.entry.clone()
+                });
+            let base = confirmed.as_ref().or(old.as_deref().map(|r| &r.entry));
+            match apply(base, obs, ticket, stamp) {
+                Some(mut entry) => {
+                    if let (Some(r), Some(base)) = (old.as_deref(), base) {
+                        // A read that only confirms the state moves `current_since` in place:
+                        // no new record, no index or moka write.
+                        let since = entry.current_since;
+                        entry.current_since = base.current_since;
+                        if entry == *base {
+                            r.read_since.fetch_max(since, Ordering::AcqRel);
+                            return Op::Nop;
+                        }
+                        entry.current_since = since;
+                    }
                     let host_at = key.find('\u{1f}').map_or(0, |i| i + 1);
                     let slot = Slot {
                         summary: Summary::of(&entry, &self.prints),
@@ -649,6 +686,7 @@ impl Store {
                             path_at: (host_at + k.host.len() + 1) as u32,
                             key: key.into(),
                             learned_at: std::time::Instant::now(),
+                            read_since: AtomicU64::new(0),
                             entry,
                         }),
                     };
@@ -745,6 +783,26 @@ mod tests {
         let e = s.get(&k("/a")).unwrap();
         assert!(e.is_current_strong(&tag("\"gz\"")) && e.is_current_strong(&tag("\"id\"")));
         assert!(e.replaced.is_empty());
+    }
+
+    #[test]
+    fn a_confirming_read_updates_in_place_and_still_orders_reads() {
+        let s = store();
+        let (t0, ta, tb) = (s.ticket(), s.ticket(), s.ticket());
+        s.learn(&k("/a"), t0, &obs(Method::Get, 200, Some("\"v1\"")));
+        let first = s.get(&k("/a")).unwrap();
+        // A later read showing the same state: no new record.
+        s.learn(&k("/a"), tb, &obs(Method::Get, 200, Some("\"v1\"")));
+        assert!(Arc::ptr_eq(&first, &s.get(&k("/a")).unwrap()));
+        // A read that started before the confirming one answers late with another tag: it may
+        // show an older representation, so it teaches nothing.
+        s.learn(&k("/a"), ta, &obs(Method::Get, 200, Some("\"v0\"")));
+        let e = s.get(&k("/a")).unwrap();
+        assert!(e.is_current_strong(&tag("\"v1\"")));
+        assert!(!e.was_replaced(&tag("\"v1\"")));
+        // A newer read with a new tag is learned.
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
+        assert!(s.get(&k("/a")).unwrap().was_replaced(&tag("\"v1\"")));
     }
 
     #[test]
