@@ -33,6 +33,11 @@ pub fn replaced_tag(i: usize) -> String {
 }
 
 pub fn learn_get(store: &Store, key: &str, tag: &str) {
+    learn_get_dated(store, key, tag, None);
+}
+
+/// A GET 200 with `tag` and a `Last-Modified` (an HTTP-date), learned by the store.
+pub fn learn_get_dated(store: &Store, key: &str, tag: &str, last_modified: Option<&str>) {
     store.learn(
         key,
         store.ticket(),
@@ -40,7 +45,7 @@ pub fn learn_get(store: &Store, key: &str, tag: &str) {
             method: Method::Get,
             outcome: Outcome::Status(200),
             etag: Some(tag.as_bytes()),
-            last_modified: None,
+            last_modified: last_modified.map(str::as_bytes),
             date: None,
             vary: false,
             synthetic: false,

@@ -505,7 +505,8 @@ impl std::hash::Hasher for PassThrough {
 }
 
 /// What the index holds per resource: the fast path's [`Summary`] and the full record. Lives
-/// inline in the index's entry, so the fast path reads one allocation.
+/// inline in the index's entry, so the fast path reads one allocation (summary first).
+#[repr(C)]
 pub struct Slot {
     summary: Summary,
     record: Arc<Record>,

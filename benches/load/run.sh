@@ -34,7 +34,8 @@
 # superseded), PRECOND_LOG (RUST_LOG of both precond processes; default warn), PRECOND_BIN (run
 # this precond binary instead of building target/release/precond; BARE_BIN: the bare Pingora one,
 # skipped when unset), KEEP_TMP=1 (keep configs and logs; always kept after a failure).
-# Writes benches/load/results.md and benches/load/results.svg. Needs root only to install nginx
+# RESULTS_DIR (where results.md and results.svg go; default benches/load, the published ones).
+# Writes results.md and results.svg. Needs root only to install nginx
 # and wrk when they are missing (apt-get).
 set -euo pipefail
 
@@ -515,9 +516,11 @@ if [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; 
   echo "busy_before=$idle_busy"
 } >"$tmp/machine.txt"
 
-python3 "$here/report.py" "$csv" "$tmp/machine.txt" "$here/results.md" "$here/results.svg"
-python3 -c 'import sys, xml.etree.ElementTree as E; E.parse(sys.argv[1])' "$here/results.svg"
-echo "Wrote benches/load/results.md and benches/load/results.svg"
+out=${RESULTS_DIR:-$here}
+mkdir -p "$out"
+python3 "$here/report.py" "$csv" "$tmp/machine.txt" "$out/results.md" "$out/results.svg"
+python3 -c 'import sys, xml.etree.ElementTree as E; E.parse(sys.argv[1])' "$out/results.svg"
+echo "Wrote $out/results.md and $out/results.svg"
 
 if [ ${#failures[@]} -gt 0 ]; then
   for f in "${failures[@]}"; do echo "FAIL: $f"; done
