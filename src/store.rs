@@ -669,10 +669,12 @@ impl Store {
                 Some(mut entry) => {
                     if let (Some(r), Some(base)) = (old.as_deref(), base) {
                         // A read that only confirms the state moves `current_since` in place:
-                        // no new record, no index or moka write.
+                        // no new record, no index or moka write; unless the record is past half
+                        // its TTL, so that a state reads keep confirming is renewed (as any
+                        // learned state, it lives `ttl` after the last exchange that showed it).
                         let since = entry.current_since;
                         entry.current_since = base.current_since;
-                        if entry == *base {
+                        if entry == *base && r.learned_at.elapsed() < self.ttl / 2 {
                             r.read_since.fetch_max(since, Ordering::AcqRel);
                             return Op::Nop;
                         }
@@ -804,6 +806,19 @@ mod tests {
         // A newer read with a new tag is learned.
         s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
         assert!(s.get(&k("/a")).unwrap().was_replaced(&tag("\"v1\"")));
+    }
+
+    #[test]
+    fn reads_that_keep_confirming_a_state_keep_it_alive() {
+        let s = Store::new(10, Duration::from_millis(400));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
+        std::thread::sleep(Duration::from_millis(250)); // past half the TTL
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
+        std::thread::sleep(Duration::from_millis(250)); // past the TTL since the last change
+        let e = s.get(&k("/a")).expect("renewed by the confirming read");
+        assert!(e.was_replaced(&tag("\"v1\"")));
+        assert!(e.is_current_strong(&tag("\"v2\"")));
     }
 
     #[test]
