@@ -87,9 +87,12 @@ else
   log "building precond (${build[*]})"
   if [ -x scripts/setup ]; then scripts/setup; fi
   "${build[@]}"
-  PRECOND="$root/target/release/precond"
+  # Where cargo put them (CARGO_TARGET_DIR or the workspace's target/).
+  target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  PRECOND="$target_dir/release/precond"
   BARE=""
-  [ ! -f examples/bare_pingora.rs ] || BARE="$root/target/release/examples/bare_pingora"
+  [ ! -f examples/bare_pingora.rs ] || BARE="$target_dir/release/examples/bare_pingora"
 fi
 [ -z "$BARE" ] || [ -x "$BARE" ] || die "$BARE is not an executable"
 
