@@ -81,7 +81,8 @@ pub struct Entry {
     /// than the resource.
     pub lm_stale: bool,
     /// Ticket or stamp of the exchange that set `current`: an older read never overrides it.
-    pub current_since: u64,
+    /// In a stored record, later confirming reads are counted in the record, not here.
+    pub(crate) current_since: u64,
     /// Header fields of the last 200, for building 304s.
     pub meta: Option<Box<Meta>>,
 }
@@ -564,11 +565,15 @@ impl Store {
             .time_to_live(ttl)
             .eviction_listener(move |hash: Arc<u64>, record: Arc<Record>, cause| {
                 if cause != moka::notification::RemovalCause::Replaced {
-                    let stamp = record.last_stamp();
-                    watermark[(*hash as usize) % REMOVED_SLOTS].fetch_max(stamp, Ordering::AcqRel);
+                    // Remove, then read the record's stamps: a confirming read that bumps
+                    // `read_since` and then still finds the slot is seen here (the fences pair
+                    // with the one in `learn`); one that finds it gone writes a new record.
                     let _ = evict_from
                         .pin()
                         .remove_if(&*hash, |_, slot| Arc::ptr_eq(&slot.record, &record));
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                    let stamp = record.last_stamp();
+                    watermark[(*hash as usize) % REMOVED_SLOTS].fetch_max(stamp, Ordering::AcqRel);
                 }
             })
             .build();
@@ -675,8 +680,20 @@ impl Store {
                         let since = entry.current_since;
                         entry.current_since = base.current_since;
                         if entry == *base && r.learned_at.elapsed() < self.ttl / 2 {
-                            r.read_since.fetch_max(since, Ordering::AcqRel);
-                            return Op::Nop;
+                            r.read_since.fetch_max(since, Ordering::SeqCst);
+                            std::sync::atomic::fence(Ordering::SeqCst);
+                            // moka may be evicting the record concurrently (its listener runs
+                            // outside this closure's critical section): if the index no longer
+                            // holds it, the bump would be lost, so write a new record instead.
+                            let held = self
+                                .index
+                                .pin()
+                                .get(&hash)
+                                .zip(old.as_ref())
+                                .is_some_and(|(s, o)| Arc::ptr_eq(&s.record, o));
+                            if held {
+                                return Op::Nop;
+                            }
                         }
                         entry.current_since = since;
                     }
