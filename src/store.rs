@@ -287,6 +287,7 @@ pub fn apply(
             304 => {
                 let tag = obs.etag()?;
                 e.existence = Existence::Exists;
+                e.current_since = ticket.0;
                 e.unreplace(&tag);
                 let cur = e.current.get_or_insert_with(Vec::new);
                 if !cur.contains(&tag) {
@@ -300,6 +301,7 @@ pub fn apply(
                 e.supersede_current(None);
                 e.existence = Existence::Absent;
                 e.current = Some(Vec::new());
+                e.current_since = ticket.0;
             }
             _ => return None,
         }
@@ -830,12 +832,22 @@ mod tests {
         let s = Store::new(10, Duration::from_millis(400));
         s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
         s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
+        s.learn(&k("/b"), s.ticket(), &obs(Method::Get, 200, Some("\"b1\"")));
+        s.learn(&k("/b"), s.ticket(), &obs(Method::Get, 200, Some("\"b2\"")));
+        s.learn(&k("/c"), s.ticket(), &obs(Method::Get, 404, None));
         std::thread::sleep(Duration::from_millis(250)); // past half the TTL
         s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v2\"")));
+        s.learn(&k("/b"), s.ticket(), &obs(Method::Get, 304, Some("\"b2\"")));
+        s.learn(&k("/c"), s.ticket(), &obs(Method::Get, 404, None));
         std::thread::sleep(Duration::from_millis(250)); // past the TTL since the last change
-        let e = s.get(&k("/a")).expect("renewed by the confirming read");
+        let e = s.get(&k("/a")).expect("renewed by a confirming 200");
         assert!(e.was_replaced(&tag("\"v1\"")));
         assert!(e.is_current_strong(&tag("\"v2\"")));
+        let e = s.get(&k("/b")).expect("renewed by a confirming 304");
+        assert!(e.was_replaced(&tag("\"b1\"")));
+        assert!(e.is_current_strong(&tag("\"b2\"")));
+        let e = s.get(&k("/c")).expect("renewed by a repeated 404");
+        assert_eq!(e.existence, Existence::Absent);
     }
 
     #[test]
