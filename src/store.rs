@@ -209,13 +209,17 @@ impl Observation<'_> {
 pub struct Ticket(u64);
 
 /// Applies one observation to a resource's state. Returns `None` when nothing is to change.
+/// `confirmed_since` is the latest ticket of a read that confirmed `old` after it was stored
+/// (it counts as `old.current_since` when later; 0 when there is none).
 pub fn apply(
     old: Option<&Entry>,
+    confirmed_since: u64,
     obs: &Observation<'_>,
     ticket: Ticket,
     stamp: u64,
 ) -> Option<Entry> {
     let mut e = old.cloned().unwrap_or_else(Entry::blank);
+    e.current_since = e.current_since.max(confirmed_since);
     let Outcome::Status(status) = obs.outcome else {
         if !obs.method.is_write() {
             return None;
@@ -663,25 +667,23 @@ impl Store {
             if old.is_none() && !obs.method.is_write() && ticket.0 < floor.load(Ordering::Acquire) {
                 return Op::Nop;
             }
-            // The entry as of the latest confirming read (a copy only after such reads).
-            let confirmed = old
-                .as_deref()
-                .filter(|r| r.current_since() > r.entry.current_since)
-                .map(|r| Entry {
-                    current_since: r.current_since(),
-                    ..r.entry.clone()
-                });
-            let base = confirmed.as_ref().or(old.as_deref().map(|r| &r.entry));
-            match apply(base, obs, ticket, stamp) {
+            let confirmed_since = old.as_deref().map_or(0, Record::current_since);
+            match apply(
+                old.as_deref().map(|r| &r.entry),
+                confirmed_since,
+                obs,
+                ticket,
+                stamp,
+            ) {
                 Some(mut entry) => {
-                    if let (Some(r), Some(base)) = (old.as_deref(), base) {
+                    if let Some(r) = old.as_deref() {
                         // A read that only confirms the state moves `current_since` in place:
                         // no new record, no index or moka write; unless the record is past half
                         // its TTL, so that a state reads keep confirming is renewed (as any
                         // learned state, it lives `ttl` after the last exchange that showed it).
                         let since = entry.current_since;
-                        entry.current_since = base.current_since;
-                        if entry == *base && r.learned_at.elapsed() < self.ttl / 2 {
+                        entry.current_since = r.entry.current_since;
+                        if entry == r.entry && r.learned_at.elapsed() < self.ttl / 2 {
                             r.read_since.fetch_max(since, Ordering::SeqCst);
                             std::sync::atomic::fence(Ordering::SeqCst);
                             // moka may be evicting the record concurrently (its listener runs
