@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use precond::identity::{ResourceKey, RouteId};
 use precond::precondition::Method;
-use precond::store::{Observation, Outcome, ResourceKey, Store};
+use precond::store::{Observation, Outcome, Store};
 
 pub const HOST: &str = "api.example.com";
 
@@ -15,13 +16,18 @@ pub fn path(i: usize) -> String {
     format!("/api/v1/orders/{i}")
 }
 
+/// The string key of the naive baselines (host and path, as a simple implementation would).
 pub fn key(i: usize) -> String {
+    format!("{HOST}{}", path(i))
+}
+
+/// precond's key for a path on the bench's host.
+pub fn rkey(path: &str) -> ResourceKey<'_> {
     ResourceKey {
-        route: 0,
+        route: RouteId(0),
         host: HOST,
-        path: &path(i),
+        path,
     }
-    .to_key_string()
 }
 
 pub fn current_tag(i: usize) -> String {
@@ -32,14 +38,14 @@ pub fn replaced_tag(i: usize) -> String {
     format!("\"v{i}-1\"")
 }
 
-pub fn learn_get(store: &Store, key: &str, tag: &str) {
-    learn_get_dated(store, key, tag, None);
+pub fn learn_get(store: &Store, path: &str, tag: &str) {
+    learn_get_dated(store, path, tag, None);
 }
 
 /// A GET 200 with `tag` and a `Last-Modified` (an HTTP-date), learned by the store.
-pub fn learn_get_dated(store: &Store, key: &str, tag: &str, last_modified: Option<&str>) {
+pub fn learn_get_dated(store: &Store, path: &str, tag: &str, last_modified: Option<&str>) {
     store.learn(
-        key,
+        &rkey(path),
         store.ticket(),
         &Observation {
             method: Method::Get,
@@ -58,9 +64,9 @@ pub fn learn_get_dated(store: &Store, key: &str, tag: &str, last_modified: Optio
 pub fn precond_store(n: usize) -> Store {
     let store = Store::new(n as u64 * 2, Duration::from_secs(3600));
     for i in 0..n {
-        let k = key(i);
-        learn_get(&store, &k, &replaced_tag(i));
-        learn_get(&store, &k, &current_tag(i));
+        let p = path(i);
+        learn_get(&store, &p, &replaced_tag(i));
+        learn_get(&store, &p, &current_tag(i));
     }
     store.len();
     store
@@ -75,9 +81,8 @@ pub fn moka_baseline(
         .max_capacity(n as u64 * 2)
         .build();
     for i in 0..n {
-        let k = key(i);
-        if let Some(r) = store.get(&k) {
-            cache.insert(k, r);
+        if let Some(r) = store.get(&rkey(&path(i))) {
+            cache.insert(key(i), r);
         }
     }
     cache.run_pending_tasks();

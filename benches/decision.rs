@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use precond::fastpath::guard_decision;
 use precond::precondition::{guard, Conditional, Decision, Method, Policy};
-use precond::store::ResourceKey;
+use precond::store::guard_decision;
 
 const SAMPLE: usize = 4096;
 
@@ -49,14 +48,7 @@ fn sample(n: usize, case: &str) -> Sample {
             "unknown" => (path(n + i), current_tag(i)),
             _ => unreachable!(),
         };
-        s.keys.push(
-            ResourceKey {
-                route: 0,
-                host: HOST,
-                path: &p,
-            }
-            .to_key_string(),
-        );
+        s.keys.push(format!("{HOST}{p}"));
         s.paths.push(p);
         s.headers.push(h);
     }
@@ -105,11 +97,7 @@ fn decisions(c: &mut Criterion) {
             let expect_412 = case == "stale";
             {
                 let h = [s.headers[0].as_bytes()];
-                let key = ResourceKey {
-                    route: 0,
-                    host: HOST,
-                    path: &s.paths[0],
-                };
+                let key = rkey(&s.paths[0]);
                 let d = guard_decision(&store, &key, &cond(&h), Policy::Superseded);
                 assert_eq!(
                     matches!(d, Decision::PreconditionFailed(_)),
@@ -122,11 +110,7 @@ fn decisions(c: &mut Criterion) {
                 b.iter(|| {
                     i = (i + 1) % SAMPLE;
                     let h = [s.headers[i].as_bytes()];
-                    let key = ResourceKey {
-                        route: 0,
-                        host: HOST,
-                        path: &s.paths[i],
-                    };
+                    let key = rkey(&s.paths[i]);
                     black_box(guard_decision(&store, &key, &cond(&h), Policy::Superseded))
                 })
             });
@@ -134,11 +118,7 @@ fn decisions(c: &mut Criterion) {
                 let mut i = 0;
                 b.iter(|| {
                     i = (i + 1) % SAMPLE;
-                    let key = ResourceKey {
-                        route: 0,
-                        host: HOST,
-                        path: &s.paths[i],
-                    };
+                    let key = rkey(&s.paths[i]);
                     black_box(store.with(&key, |r| r.is_some()))
                 })
             });
@@ -234,15 +214,11 @@ fn churn(c: &mut Criterion) {
                     let date = httpdate::fmt_http_date(
                         std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000 + v),
                     );
-                    learn_get_dated(&st, &key(i), &current_tag(i), Some(&date));
+                    learn_get_dated(&st, &path(i), &current_tag(i), Some(&date));
                 };
                 timed_under_churn(iters, w, n, write, |i| {
                     let h = [s.headers[i].as_bytes()];
-                    let key = ResourceKey {
-                        route: 0,
-                        host: HOST,
-                        path: &s.paths[i],
-                    };
+                    let key = rkey(&s.paths[i]);
                     black_box(guard_decision(&store, &key, &cond(&h), Policy::Superseded));
                 })
             })

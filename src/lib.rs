@@ -1,14 +1,25 @@
 //! precond: a reverse proxy that enforces HTTP conditional requests (RFC 9110 §13) at the edge.
+//!
+//! The library's surface, deliberately small (see `docs/architecture.md` for the whole map):
+//! - [`app`]: build and run a proxy from a [`config::Config`] ([`app::spawn`] for a background
+//!   one that stops when dropped);
+//! - [`config`]: the configuration file, validated into typed settings;
+//! - [`precondition`]: the pure RFC 9110 §13 logic (entity-tags, dates, evaluation, `guard`);
+//! - [`identity`]: which resource a request names (the store's key);
+//! - [`store`]: what precond has learned, and the decision fast path (for benchmarks);
+//! - [`telemetry`]: the counters a running proxy keeps;
+//! - [`demo`]: the bundled legacy origin of the quick start and the tests.
+//!
+//! The Pingora glue (`proxy`) is private: it is reached through [`app`].
+#![warn(missing_docs)]
+
+pub mod app;
 pub mod config;
 pub mod demo;
-pub mod enforce;
-pub mod fastpath;
-pub mod fetch;
-pub mod locks;
-pub mod metrics;
+pub mod identity;
 pub mod precondition;
-pub mod problem;
-pub mod proxy;
-pub mod server;
+mod proxy;
 pub mod store;
-pub mod summary;
+pub mod telemetry;
+
+pub use proxy::DECISION_HEADER;

@@ -50,7 +50,7 @@ fn init_logging() {
 }
 
 fn run(config: config::Config) -> ExitCode {
-    match precond::server::build(config) {
+    match precond::app::build(config) {
         Ok((server, _state)) => server.run_forever(),
         Err(e) => {
             eprintln!("precond: cannot start: {e}");

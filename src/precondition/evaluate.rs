@@ -52,6 +52,24 @@ pub enum Field {
 }
 
 impl Field {
+    /// Every field, in [`Field::index`] order.
+    pub const ALL: [Field; 4] = [
+        Field::IfMatch,
+        Field::IfUnmodifiedSince,
+        Field::IfNoneMatch,
+        Field::IfModifiedSince,
+    ];
+
+    /// A dense index in `0..Field::ALL.len()` (exhaustive: a new field cannot share a slot).
+    pub const fn index(self) -> usize {
+        match self {
+            Field::IfMatch => 0,
+            Field::IfUnmodifiedSince => 1,
+            Field::IfNoneMatch => 2,
+            Field::IfModifiedSince => 3,
+        }
+    }
+
     /// The header name, as clients write it.
     pub fn header_name(self) -> &'static str {
         match self {
@@ -84,6 +102,51 @@ pub enum Reason {
     ModifiedSince,
     /// The resource was not modified after the given date (`If-Modified-Since`).
     NotModifiedSince,
+}
+
+impl Reason {
+    /// Every reason, in [`Reason::index`] order.
+    pub const ALL: [Reason; 9] = [
+        Reason::Malformed,
+        Reason::NoMatch,
+        Reason::WeakOnly,
+        Reason::Superseded,
+        Reason::ResourceAbsent,
+        Reason::ResourceExists,
+        Reason::TagMatches,
+        Reason::ModifiedSince,
+        Reason::NotModifiedSince,
+    ];
+
+    /// A dense index in `0..Reason::ALL.len()` (exhaustive: a new reason cannot share a slot).
+    pub const fn index(self) -> usize {
+        match self {
+            Reason::Malformed => 0,
+            Reason::NoMatch => 1,
+            Reason::WeakOnly => 2,
+            Reason::Superseded => 3,
+            Reason::ResourceAbsent => 4,
+            Reason::ResourceExists => 5,
+            Reason::TagMatches => 6,
+            Reason::ModifiedSince => 7,
+            Reason::NotModifiedSince => 8,
+        }
+    }
+
+    /// Short machine-readable name (used in problem bodies, logs, metrics and the edge header).
+    pub const fn code(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::NoMatch => "no_match",
+            Reason::WeakOnly => "weak_only",
+            Reason::Superseded => "superseded",
+            Reason::ResourceAbsent => "resource_absent",
+            Reason::ResourceExists => "resource_exists",
+            Reason::TagMatches => "tag_matches",
+            Reason::ModifiedSince => "modified_since",
+            Reason::NotModifiedSince => "not_modified_since",
+        }
+    }
 }
 
 /// A precondition that evaluated to false, and why.

@@ -4,9 +4,9 @@
 //! - [`etag`]: entity-tag grammar, quote-aware lists, strong/weak comparison.
 //! - [`date`]: HTTP-date fields (three formats via `httpdate`; lists and invalid dates ignored).
 //! - [`request`]: the view of a request's precondition fields that every evaluator reads.
-//! - [`evaluate`]: the full §13.2.2 evaluation for a judge that knows the resource's state
+//! - [`evaluate`](mod@evaluate): the full §13.2.2 evaluation for a judge that knows the resource's state
 //!   (origin role: `enforce` mode, and the reference the other policies are tested against).
-//! - [`guard`]: the `guard` role, where the origin is the judge and the edge only refuses what its
+//! - [`guard`](mod@guard): the `guard` role, where the origin is the judge and the edge only refuses what its
 //!   learned knowledge *proves* false.
 
 pub mod date;

@@ -18,8 +18,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use precond::app::{spawn, Running};
 use precond::config;
-use precond::server::{spawn, Running};
 
 /// A free loopback port (bound then released).
 pub fn free_addr() -> SocketAddr {

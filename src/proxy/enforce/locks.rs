@@ -15,16 +15,18 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+use crate::identity::OwnedKey;
+
 /// The set of per-key locks.
 #[derive(Default)]
 pub struct KeyedLocks {
-    map: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    map: Mutex<HashMap<OwnedKey, Arc<AsyncMutex<()>>>>,
 }
 
 /// A held lock; releases (and forgets the key when nobody else wants it) on drop.
 pub struct KeyGuard {
     guard: Option<OwnedMutexGuard<()>>,
-    key: String,
+    key: OwnedKey,
     locks: Arc<KeyedLocks>,
 }
 
@@ -43,15 +45,15 @@ impl Drop for KeyGuard {
 
 impl KeyedLocks {
     /// Waits at most `wait` for the lock of `key`.
-    pub async fn lock(self: &Arc<Self>, key: &str, wait: Duration) -> Option<KeyGuard> {
+    pub async fn lock(self: &Arc<Self>, key: &OwnedKey, wait: Duration) -> Option<KeyGuard> {
         let mutex = {
             let mut map = self.map.lock().expect("keyed-lock map never poisoned");
-            map.entry(key.to_string()).or_default().clone()
+            map.entry(key.clone()).or_default().clone()
         };
         match tokio::time::timeout(wait, mutex.lock_owned()).await {
             Ok(guard) => Some(KeyGuard {
                 guard: Some(guard),
-                key: key.to_string(),
+                key: key.clone(),
                 locks: self.clone(),
             }),
             Err(_) => {
@@ -62,7 +64,7 @@ impl KeyedLocks {
     }
 
     /// Removes the key's mutex when only the map refers to it.
-    fn forget_if_idle(&self, key: &str) {
+    fn forget_if_idle(&self, key: &OwnedKey) {
         let mut map = self.map.lock().expect("keyed-lock map never poisoned");
         if map.get(key).is_some_and(|m| Arc::strong_count(m) == 1) {
             map.remove(key);
@@ -70,6 +72,7 @@ impl KeyedLocks {
     }
 
     /// Number of keys currently held or waited for.
+    #[cfg(test)]
     pub fn active(&self) -> usize {
         self.map
             .lock()
@@ -81,21 +84,43 @@ impl KeyedLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::{ResourceKey, RouteId};
+
+    fn key(path: &str) -> OwnedKey {
+        ResourceKey {
+            route: RouteId(0),
+            host: "h",
+            path,
+        }
+        .to_owned_key()
+    }
 
     #[tokio::test]
     async fn same_key_waits_then_times_out() {
         let locks = Arc::new(KeyedLocks::default());
-        let g = locks.lock("a", Duration::from_secs(1)).await.unwrap();
-        assert!(locks.lock("a", Duration::from_millis(50)).await.is_none());
+        let g = locks
+            .lock(&key("/a"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(locks
+            .lock(&key("/a"), Duration::from_millis(50))
+            .await
+            .is_none());
         drop(g);
-        assert!(locks.lock("a", Duration::from_millis(50)).await.is_some());
+        assert!(locks
+            .lock(&key("/a"), Duration::from_millis(50))
+            .await
+            .is_some());
     }
 
     #[tokio::test]
     async fn different_keys_do_not_wait_and_idle_keys_are_forgotten() {
         let locks = Arc::new(KeyedLocks::default());
-        let a = locks.lock("a", Duration::from_secs(1)).await.unwrap();
-        let b = locks.lock("b", Duration::from_millis(50)).await;
+        let a = locks
+            .lock(&key("/a"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let b = locks.lock(&key("/b"), Duration::from_millis(50)).await;
         assert!(b.is_some());
         assert_eq!(locks.active(), 2);
         drop(a);

@@ -1,8 +1,9 @@
-//! Builds and runs the Pingora server from a validated [`Config`].
+//! Composition: builds the store, the proxy service and the metrics listener from a validated
+//! [`Config`], and runs them.
 //!
-//! Owns: mapping our settings onto Pingora's `ServerConf`, wiring the proxy and metrics services,
-//! and [`Running`], a proxy started on a background thread that stops when dropped (used by the
-//! demo command and by the integration tests).
+//! Owns: mapping our settings onto Pingora's `ServerConf`, wiring the services together, and
+//! [`Running`], a proxy started on a background thread that stops when dropped (used by the demo
+//! command and by the integration tests). The only module that knows every other one.
 //!
 //! Invariant: every listener address is bound by the time [`spawn`] returns `Ok`.
 
@@ -18,10 +19,13 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use tokio::sync::Notify;
 
+mod metrics_listener;
+
 use crate::config::Config;
-use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::Precond;
 use crate::store::Store;
+use crate::telemetry::Metrics;
+use metrics_listener::MetricsApp;
 
 /// The shared runtime state of one precond process.
 pub struct State {

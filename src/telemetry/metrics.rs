@@ -1,45 +1,25 @@
 //! Counters of every edge decision, and their Prometheus text rendering.
 //!
-//! Owns: [`Metrics`] (lock-free atomic counters with a fixed label set) and [`MetricsApp`], the
-//! optional HTTP endpoint (`server.metrics_listen`) that serves them.
+//! Owns: [`Metrics`] (lock-free atomic counters with a fixed label set). Serving them over HTTP is
+//! the app's business (`app::metrics_listener`).
 //!
-//! Invariant: counters only increase; one request increments exactly one of `forwarded`,
-//! `rejected` (by field and reason) or `local` (no route, upstream unavailable).
+//! Invariants:
+//! - Counters only increase.
+//! - Every (precondition, reason) pair has its own counter by construction: slots are indexed by
+//!   the exhaustive [`Field::index`] and [`Reason::index`], so a new reason cannot be counted as
+//!   another one.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use http::Response;
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
 
 use crate::precondition::{Field, Reason};
-use crate::problem::reason_code;
 
-const FIELDS: [Field; 4] = [
-    Field::IfMatch,
-    Field::IfUnmodifiedSince,
-    Field::IfNoneMatch,
-    Field::IfModifiedSince,
-];
-const REASONS: [Reason; 9] = [
-    Reason::Malformed,
-    Reason::NoMatch,
-    Reason::WeakOnly,
-    Reason::Superseded,
-    Reason::ResourceAbsent,
-    Reason::ResourceExists,
-    Reason::TagMatches,
-    Reason::ModifiedSince,
-    Reason::NotModifiedSince,
-];
+const FIELDS: usize = Field::ALL.len();
+const REASONS: usize = Reason::ALL.len();
 
-fn index(field: Field, reason: Reason) -> usize {
-    let f = FIELDS.iter().position(|x| *x == field).unwrap_or(0);
-    let r = REASONS.iter().position(|x| *x == reason).unwrap_or(0);
-    f * REASONS.len() + r
+/// The counter slot of a (field, reason) pair.
+const fn index(field: Field, reason: Reason) -> usize {
+    field.index() * REASONS + reason.index()
 }
 
 /// Process-wide counters.
@@ -56,8 +36,8 @@ pub struct Metrics {
     pub learned: AtomicU64,
     /// 428 answers (enforce routes).
     pub required: AtomicU64,
-    not_modified: [AtomicU64; FIELDS.len()],
-    rejected: [AtomicU64; FIELDS.len() * REASONS.len()],
+    not_modified: [AtomicU64; FIELDS],
+    rejected: [AtomicU64; FIELDS * REASONS],
 }
 
 impl Default for Metrics {
@@ -83,8 +63,7 @@ impl Metrics {
 
     /// Counts an edge 304.
     pub fn not_modified(&self, field: Field) {
-        let i = FIELDS.iter().position(|x| *x == field).unwrap_or(0);
-        self.not_modified[i].fetch_add(1, Ordering::Relaxed);
+        self.not_modified[field.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Edge 412s counted for one field and reason.
@@ -133,7 +112,7 @@ impl Metrics {
             out,
             "# HELP precond_not_modified_total Reads answered 304 at the edge.\n# TYPE precond_not_modified_total counter"
         );
-        for (f, v) in FIELDS.iter().zip(&self.not_modified) {
+        for (f, v) in Field::ALL.iter().zip(&self.not_modified) {
             let _ = writeln!(
                 out,
                 "precond_not_modified_total{{precondition=\"{}\"}} {}",
@@ -145,15 +124,15 @@ impl Metrics {
             out,
             "# HELP precond_rejected_total Writes answered 412 at the edge.\n# TYPE precond_rejected_total counter"
         );
-        for f in FIELDS {
-            for r in REASONS {
+        for f in Field::ALL {
+            for r in Reason::ALL {
                 let v = self.rejected(f, r);
                 if v > 0 {
                     let _ = writeln!(
                         out,
                         "precond_rejected_total{{precondition=\"{}\",reason=\"{}\"}} {v}",
                         f.header_name(),
-                        reason_code(r)
+                        r.code()
                     );
                 }
             }
@@ -166,23 +145,43 @@ impl Metrics {
     }
 }
 
-/// Serves [`Metrics::render`] on every path.
-pub struct MetricsApp {
-    /// The counters.
-    pub metrics: Arc<Metrics>,
-    /// The store, for its size.
-    pub store: Arc<crate::store::Store>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[async_trait]
-impl ServeHttp for MetricsApp {
-    async fn response(&self, _session: &mut ServerSession) -> Response<Vec<u8>> {
-        let body = self.metrics.render(self.store.len()).into_bytes();
-        Response::builder()
-            .status(200)
-            .header("Content-Type", "text/plain; version=0.0.4")
-            .header("Content-Length", body.len())
-            .body(body)
-            .expect("static response parts are valid")
+    #[test]
+    fn every_field_and_reason_pair_has_its_own_counter() {
+        let m = Metrics::default();
+        let mut n = 0;
+        for f in Field::ALL {
+            for r in Reason::ALL {
+                assert_eq!(m.rejected(f, r), 0, "{f:?} {r:?} counted before its turn");
+                m.reject(f, r);
+                n += 1;
+                assert_eq!(m.rejected(f, r), 1, "{f:?} {r:?}");
+            }
+        }
+        assert_eq!(n, m.rejected.len(), "one slot per pair, none unused");
+        let text = m.render(0);
+        for f in Field::ALL {
+            for r in Reason::ALL {
+                let line = format!(
+                    "precond_rejected_total{{precondition=\"{}\",reason=\"{}\"}} 1",
+                    f.header_name(),
+                    r.code()
+                );
+                assert!(text.contains(&line), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn indexes_follow_the_order_of_all() {
+        for (i, f) in Field::ALL.iter().enumerate() {
+            assert_eq!(f.index(), i);
+        }
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! RFC 9457 problem details for the answers precond makes itself.
 //!
-//! Owns: the JSON bodies of edge 412s (and of the 404/502/503/504 precond makes when it cannot
-//! forward), with the extension members clients use to recover. Pure: builds bytes, writes nothing.
+//! Owns: the JSON bodies of edge 412s and 428s (and of the 404/502/503/504 precond makes when it
+//! cannot forward), with the extension members clients use to recover. Pure: builds bytes, writes
+//! nothing; [`answer`](super::answer) sends them.
 //!
 //! Every body has `type` `about:blank`, a `title` equal to the status's reason phrase, the numeric
 //! `status`, a `detail` for humans, and `decided_by: "precond"`. Extension member names follow
@@ -31,21 +32,6 @@ pub struct PreconditionFailed<'a> {
     pub current_etags: Option<Vec<String>>,
     /// Latest `Last-Modified`, when known and disclosed.
     pub current_last_modified: Option<String>,
-}
-
-/// Short machine-readable name of a reason (also used in logs, metrics and the edge header).
-pub fn reason_code(reason: Reason) -> &'static str {
-    match reason {
-        Reason::Malformed => "malformed",
-        Reason::NoMatch => "no_match",
-        Reason::WeakOnly => "weak_only",
-        Reason::Superseded => "superseded",
-        Reason::ResourceAbsent => "resource_absent",
-        Reason::ResourceExists => "resource_exists",
-        Reason::TagMatches => "tag_matches",
-        Reason::ModifiedSince => "modified_since",
-        Reason::NotModifiedSince => "not_modified_since",
-    }
 }
 
 fn explain(p: &PreconditionFailed<'_>) -> String {
@@ -115,7 +101,7 @@ pub fn precondition_failed(p: &PreconditionFailed<'_>) -> Vec<u8> {
     body.insert("status".into(), 412.into());
     body.insert("detail".into(), explain(p).into());
     body.insert("precondition".into(), p.field.header_name().into());
-    body.insert("reason".into(), reason_code(p.reason).into());
+    body.insert("reason".into(), p.reason.code().into());
     body.insert("sent".into(), json!(p.sent));
     if let Some(tags) = &p.current_etags {
         let current = match tags.as_slice() {

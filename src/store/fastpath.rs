@@ -5,7 +5,7 @@
 //! Invariants:
 //! - No lock and no allocation: the resource is found through the store's lock-free index (a
 //!   64-bit hash of the key parts), the precondition lists are scanned in place, and tags
-//!   are compared by their fingerprints in the slot's [`Summary`](crate::summary::Summary).
+//!   are compared by their fingerprints in the slot's [`Summary`](super::summary::Summary).
 //! - Forwarding needs no proof, a refusal does: a refusal found on the summary is decided again on
 //!   the exact record, after comparing its key byte for byte (a slot found by hash may be another
 //!   key's, and then this key is unknown: forwarding is right) and checking its age against the TTL
@@ -13,8 +13,10 @@
 //!   decision, except that a fingerprint collision (2^-31 per pair of tags) may forward a write
 //!   the exact decision would refuse.
 
+use crate::identity::ResourceKey;
 use crate::precondition::{guard, Conditional, Decision, FieldLines, Policy};
-use crate::store::{ResourceKey, Store};
+
+use super::Store;
 
 /// Decides a request on a `guard` route.
 #[inline]
@@ -36,7 +38,7 @@ pub fn guard_decision<'a, L: FieldLines<'a>>(
             Decision::Proceed => Decision::Proceed,
             _ => {
                 let r = slot.record();
-                if key.matches_record(r) && store.is_fresh(r) {
+                if r.is_for(key) && store.is_fresh(r) {
                     guard(cond, Some(&r.entry), policy)
                 } else {
                     Decision::Proceed
@@ -49,18 +51,22 @@ pub fn guard_decision<'a, L: FieldLines<'a>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::RouteId;
     use crate::precondition::Method;
     use crate::store::{Observation, Outcome};
     use std::time::Duration;
 
-    fn learn(store: &Store, path: &str, method: Method, status: u16, etag: Option<&str>) {
-        let key = ResourceKey {
-            route: 0,
+    fn key(path: &str) -> ResourceKey<'_> {
+        ResourceKey {
+            route: RouteId(0),
             host: "h",
             path,
-        };
+        }
+    }
+
+    fn learn(store: &Store, path: &str, method: Method, status: u16, etag: Option<&str>) {
         store.learn(
-            &key.to_key_string(),
+            &key(path),
             store.ticket(),
             &Observation {
                 method,
@@ -108,12 +114,8 @@ mod tests {
         ];
         let mut refusals = 0;
         for path in ["/a", "/gone", "/blank", "/unknown"] {
-            let key = ResourceKey {
-                route: 0,
-                host: "h",
-                path,
-            };
-            let exact = store.get(&key.to_key_string());
+            let key = key(path);
+            let exact = store.get(&key);
             for method in [Method::Put, Method::Delete, Method::Post, Method::Get] {
                 for policy in [Policy::Superseded, Policy::Mismatch] {
                     for im in tags {

@@ -1,7 +1,7 @@
 //! Fingerprint summaries: the part of a resource's learned state that the decision fast path
 //! reads, packed into a fixed-size value that lives inside the store's index entry.
 //!
-//! Owns: [`Summary`] (a digest of an [`Entry`](crate::store::Entry): existence, latest
+//! Owns: [`Summary`] (a digest of an [`Entry`]: existence, latest
 //! `Last-Modified`, and 32-bit fingerprints of its current and replaced tags), [`Prints`] (the
 //! seeded fingerprint function) and [`Summarised`], the [`Knowledge`] view of a summary.
 //!
@@ -14,9 +14,9 @@
 //!   can only turn a refusal into forwarding, the safe direction in the `guard` role.
 //! - Reading a summary touches no pointer: no cache miss beyond the index entry itself.
 
+use super::entry::{Entry, MAX_CURRENT, MAX_REPLACED};
 use crate::precondition::date::Timestamp;
 use crate::precondition::{Comparison, EntityTag, Existence, Knowledge};
-use crate::store::{Entry, MAX_CURRENT, MAX_REPLACED};
 
 /// The seeded 32-bit fingerprint of an entity-tag: the opaque-tag's hash with the low bit
 /// replaced by the weakness flag.
@@ -145,7 +145,7 @@ impl Knowledge for Summarised<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Tag;
+    use crate::store::entry::Tag;
 
     fn tag(s: &str) -> EntityTag<'_> {
         EntityTag::parse(s.as_bytes()).unwrap()

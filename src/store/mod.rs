@@ -1,19 +1,30 @@
-//! The validator store: what precond has learned about each resource, bounded by moka.
+//! The validator store: what precond knows about each resource, bounded by moka, read without
+//! locks.
 //!
-//! Owns: [`Entry`] (one resource's learned state), the learning rules of design §3
-//! ([`Store::learn`] applied to an [`Observation`] of an upstream exchange), and the race rule that
-//! keeps an in-flight read from rolling the store back.
+//! Files, each owning one concern (arrows point down only):
+//! - [`entry`]: one resource's learned state ([`Entry`]) and its bounds;
+//! - [`learn`]: the learning rules ([`Observation`] of an exchange → new [`Entry`]) and the race
+//!   rule's [`Ticket`];
+//! - [`summary`]: fixed-size fingerprint digests of entries, read by the fast path;
+//! - [`index`]: what the lock-free index holds ([`Record`], [`Slot`]);
+//! - [`fastpath`]: the benchmarked `guard` decision ([`guard_decision`]);
+//! - this file: the [`Store`] facade that ties moka (bounds) to the index (reads).
 //!
 //! Invariants:
-//! - Entries are immutable snapshots behind `Arc`; a reader never sees a half-applied update, and
-//!   updates to one key are applied atomically (moka `and_compute_with`).
-//! - A tag is never both current and replaced.
-//! - `replaced` holds at most [`MAX_REPLACED`] tags (oldest dropped first: a dropped tag becomes
-//!   unknown, so requests carrying it are forwarded); `current` at most [`MAX_CURRENT`].
-//! - Race rule: every request takes a [`Ticket`] when it starts. A write outcome stamps the entry
-//!   with a new sequence number; a read whose ticket predates that stamp teaches nothing (its
-//!   response may show the representation the write replaced).
-//! - `last_modified` only moves forward and is never later than the response's `Date`.
+//! - Records are immutable snapshots behind `Arc` (but for the confirming-read stamp, which only
+//!   grows); a reader never sees a half-applied update, and updates to one key are applied
+//!   atomically (moka `and_compute_with`), the index being updated inside that critical section,
+//!   so the index never holds an older record than moka.
+//! - moka's eviction listener removes evicted records from the index; a record past its TTL that
+//!   the index still holds is never used to refuse anything ([`Store::is_fresh`]).
+//! - A read older than the last write of a record that left the store does not re-create it (a
+//!   per-hash removal watermark).
+
+pub mod entry;
+pub mod fastpath;
+pub mod index;
+pub mod learn;
+pub mod summary;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,519 +32,15 @@ use std::time::Duration;
 
 use moka::ops::compute::Op;
 
-use crate::precondition::date::{parse_http_date, Timestamp};
-use crate::precondition::{EntityTag, Existence, Knowledge, Method};
-use crate::summary::{Prints, Summary};
+use crate::identity::ResourceKey;
 
-/// Most tags remembered as replaced per resource.
-pub const MAX_REPLACED: usize = 8;
-/// Most tags held as current at once (several only with `Vary`).
-pub const MAX_CURRENT: usize = 4;
+pub use entry::{Entry, Meta, Tag, MAX_CURRENT, MAX_REPLACED, META_HEADERS};
+pub use fastpath::guard_decision;
+pub use index::{Record, Slot};
+pub use learn::{apply, Observation, Outcome, Ticket};
 
-/// An owned entity-tag.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tag {
-    weak: bool,
-    opaque: Box<[u8]>,
-}
-
-impl Tag {
-    /// Copies a borrowed tag.
-    pub fn from_ref(t: &EntityTag<'_>) -> Tag {
-        Tag {
-            weak: t.is_weak(),
-            opaque: t.opaque().into(),
-        }
-    }
-
-    /// Borrows it back.
-    #[inline]
-    pub fn as_ref(&self) -> EntityTag<'_> {
-        // `opaque` came from a parsed `EntityTag` (the only constructor is `from_ref`).
-        EntityTag::from_trusted(self.weak, &self.opaque)
-    }
-}
-
-/// Response header fields a 304 must repeat (RFC 9110 §15.4.5), kept for `enforce` routes.
-pub const META_HEADERS: [&str; 4] = ["cache-control", "expires", "vary", "content-location"];
-
-/// Values of [`META_HEADERS`], in that order.
-pub type Meta = [Option<Box<[u8]>>; 4];
-
-/// One resource's learned state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// Whether the resource exists.
-    pub existence: Existence,
-    /// Current tags; `None` when unknown, empty when known to have no ETag.
-    pub current: Option<Vec<Tag>>,
-    /// Tags seen replaced, oldest first.
-    pub replaced: Vec<Tag>,
-    /// Latest `Last-Modified` seen.
-    pub last_modified: Option<Timestamp>,
-    /// Store sequence number of the last write outcome applied.
-    pub changed_at: u64,
-    /// The current tag was synthesised by precond (the origin never issued it).
-    pub synthetic: bool,
-    /// The current representation's `Last-Modified` (`last_modified` is the latest ever seen).
-    pub current_lm: Option<Timestamp>,
-    /// A write completed whose response carried no `Last-Modified`: `current_lm` may be older
-    /// than the resource.
-    pub lm_stale: bool,
-    /// Ticket or stamp of the exchange that set `current`: an older read never overrides it.
-    /// In a stored record, later confirming reads are counted in the record, not here.
-    pub(crate) current_since: u64,
-    /// Header fields of the last 200, for building 304s.
-    pub meta: Option<Box<Meta>>,
-}
-
-impl Entry {
-    pub(crate) fn blank() -> Entry {
-        Entry {
-            existence: Existence::Unknown,
-            current: None,
-            replaced: Vec::new(),
-            last_modified: None,
-            changed_at: 0,
-            synthetic: false,
-            current_lm: None,
-            lm_stale: false,
-            current_since: 0,
-            meta: None,
-        }
-    }
-
-    fn unreplace(&mut self, tag: &Tag) {
-        self.replaced.retain(|r| r != tag);
-    }
-
-    fn push_replaced(&mut self, tag: Tag) {
-        if self.replaced.contains(&tag) {
-            return;
-        }
-        if self.replaced.len() == MAX_REPLACED {
-            self.replaced.remove(0);
-        }
-        self.replaced.push(tag);
-    }
-
-    /// Moves every current tag to `replaced`, except `keep`.
-    fn supersede_current(&mut self, keep: Option<&Tag>) {
-        for t in self.current.take().unwrap_or_default() {
-            if Some(&t) != keep {
-                self.push_replaced(t);
-            }
-        }
-    }
-
-    fn note_last_modified(&mut self, lm: Option<Timestamp>) {
-        if let Some(lm) = lm {
-            self.last_modified = Some(self.last_modified.map_or(lm, |old| old.max(lm)));
-        }
-    }
-
-    /// The current tags, when known.
-    pub fn current_tags(&self) -> impl Iterator<Item = EntityTag<'_>> {
-        self.current.iter().flatten().map(Tag::as_ref)
-    }
-}
-
-impl Knowledge for Entry {
-    fn existence(&self) -> Existence {
-        self.existence
-    }
-    fn current_known(&self) -> bool {
-        self.current.is_some()
-    }
-    fn is_current_strong(&self, tag: &EntityTag<'_>) -> bool {
-        self.current_tags().any(|c| c.strong_eq(tag))
-    }
-    fn is_current_weak(&self, tag: &EntityTag<'_>) -> bool {
-        self.current_tags().any(|c| c.weak_eq(tag))
-    }
-    fn was_replaced(&self, tag: &EntityTag<'_>) -> bool {
-        self.replaced.iter().any(|r| r.as_ref() == *tag)
-    }
-    fn last_modified(&self) -> Option<Timestamp> {
-        self.last_modified
-    }
-}
-
-/// How an upstream exchange ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The origin answered with this final status.
-    Status(u16),
-    /// The exchange broke (connect, write or read failure, timeout): the outcome is unknown.
-    Broken,
-}
-
-/// What one upstream exchange showed about its target resource.
-#[derive(Clone, Copy, Debug)]
-pub struct Observation<'a> {
-    /// The request method.
-    pub method: Method,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// The response's first `ETag` field value.
-    pub etag: Option<&'a [u8]>,
-    /// The response's `Last-Modified` field value.
-    pub last_modified: Option<&'a [u8]>,
-    /// The response's `Date` field value.
-    pub date: Option<&'a [u8]>,
-    /// Whether the response carries `Vary` (several current representations may coexist).
-    pub vary: bool,
-    /// `etag` was synthesised by precond from the representation.
-    pub synthetic: bool,
-    /// Values of [`META_HEADERS`] in a 200, when they are to be kept.
-    pub meta: Option<[Option<&'a [u8]>; 4]>,
-}
-
-impl Observation<'_> {
-    /// `Last-Modified`, ignored when invalid and clamped to `Date` when later (RFC 9110 §8.8.2.1).
-    fn last_modified(&self) -> Option<Timestamp> {
-        let lm = parse_http_date(self.last_modified?)?;
-        match self.date.and_then(parse_http_date) {
-            Some(date) if lm > date => Some(date),
-            _ => Some(lm),
-        }
-    }
-
-    fn etag(&self) -> Option<Tag> {
-        EntityTag::parse(self.etag?).as_ref().map(Tag::from_ref)
-    }
-}
-
-/// A request's place in the store's history, taken when the request starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ticket(u64);
-
-/// Applies one observation to a resource's state. Returns `None` when nothing is to change.
-/// `confirmed_since` is the latest ticket of a read that confirmed `old` after it was stored
-/// (it counts as `old.current_since` when later; 0 when there is none).
-pub fn apply(
-    old: Option<&Entry>,
-    confirmed_since: u64,
-    obs: &Observation<'_>,
-    ticket: Ticket,
-    stamp: u64,
-) -> Option<Entry> {
-    let mut e = old.cloned().unwrap_or_else(Entry::blank);
-    e.current_since = e.current_since.max(confirmed_since);
-    let Outcome::Status(status) = obs.outcome else {
-        if !obs.method.is_write() {
-            return None;
-        }
-        // A write that broke may or may not have been applied: forget what we believed.
-        e.existence = Existence::Unknown;
-        e.current = None;
-        e.lm_stale = true;
-        e.changed_at = stamp;
-        return Some(e);
-    };
-    if obs.method.is_get_or_head() {
-        if e.changed_at > ticket.0 || e.current_since > ticket.0 {
-            // A write completed while this read was in flight, or a read that started later
-            // already answered: this response may show an older representation.
-            return None;
-        }
-        match status {
-            200 | 203 | 206 => {
-                e.existence = Existence::Exists;
-                e.current_since = ticket.0;
-                match obs.etag() {
-                    Some(tag) => {
-                        e.unreplace(&tag);
-                        if obs.vary {
-                            let cur = e.current.get_or_insert_with(Vec::new);
-                            if !cur.contains(&tag) {
-                                if cur.len() == MAX_CURRENT {
-                                    cur.remove(0);
-                                }
-                                cur.push(tag);
-                            }
-                        } else {
-                            // Tags equal under weak comparison are encodings of the same
-                            // representation (W/"x" for gzip, "x" for identity, without Vary):
-                            // they stay current rather than being retired.
-                            let (mut cur, retired): (Vec<Tag>, Vec<Tag>) = e
-                                .current
-                                .take()
-                                .unwrap_or_default()
-                                .into_iter()
-                                .filter(|t| *t != tag)
-                                .partition(|t| t.as_ref().weak_eq(&tag.as_ref()));
-                            for t in retired {
-                                e.push_replaced(t);
-                            }
-                            cur.truncate(MAX_CURRENT - 1);
-                            cur.push(tag);
-                            e.current = Some(cur);
-                        }
-                    }
-                    None if obs.vary => e.current = None,
-                    None => {
-                        e.supersede_current(None);
-                        e.current = Some(Vec::new());
-                    }
-                }
-                e.synthetic = obs.synthetic;
-                e.current_lm = obs.last_modified();
-                e.lm_stale = false;
-                if let Some(meta) = obs.meta {
-                    e.meta = meta
-                        .iter()
-                        .any(Option::is_some)
-                        .then(|| Box::new(meta.map(|v| v.map(Box::from))));
-                }
-                e.note_last_modified(obs.last_modified());
-            }
-            304 => {
-                let tag = obs.etag()?;
-                e.existence = Existence::Exists;
-                e.current_since = ticket.0;
-                e.unreplace(&tag);
-                let cur = e.current.get_or_insert_with(Vec::new);
-                if !cur.contains(&tag) {
-                    if cur.len() == MAX_CURRENT {
-                        cur.remove(0);
-                    }
-                    cur.push(tag);
-                }
-            }
-            404 | 410 => {
-                e.supersede_current(None);
-                e.existence = Existence::Absent;
-                e.current = Some(Vec::new());
-                e.current_since = ticket.0;
-            }
-            _ => return None,
-        }
-        return (old != Some(&e)).then_some(e);
-    }
-    if !obs.method.is_write() {
-        return None;
-    }
-    let concurrent = e.changed_at > ticket.0;
-    // Only a completed replacement or deletion proves that the previous representation is gone;
-    // a 202 (maybe never applied), a POST (an action, or a child created elsewhere) or another
-    // 2xx only makes the current tag unknown.
-    let proves_replacement = matches!(status, 200 | 201 | 204)
-        && matches!(obs.method, Method::Put | Method::Patch | Method::Delete);
-    match status {
-        200..=299 if !proves_replacement => {
-            e.synthetic = false;
-            e.current = None;
-            e.lm_stale = true;
-            if obs.method == Method::Delete {
-                e.existence = Existence::Unknown;
-            }
-        }
-        200..=299 => {
-            let new_tag = obs.etag();
-            e.synthetic = false;
-            e.current_since = stamp;
-            e.current_lm = obs.last_modified();
-            e.lm_stale = e.current_lm.is_none();
-            if concurrent {
-                // Another write finished while this one was in flight: their order at the
-                // origin is unknown, so neither result is trusted as current.
-                e.current = None;
-            } else {
-                e.supersede_current(new_tag.as_ref());
-                e.current = new_tag.clone().map(|t| vec![t]);
-            }
-            if let Some(t) = &new_tag {
-                e.unreplace(t);
-            }
-            match obs.method {
-                Method::Delete => {
-                    e.existence = Existence::Absent;
-                    e.current = Some(Vec::new());
-                }
-                Method::Put | Method::Patch => e.existence = Existence::Exists,
-                _ => {}
-            }
-            e.note_last_modified(obs.last_modified());
-        }
-        300..=399 | 412 | 500..=599 => {
-            // Invalidate (RFC 9111 §4.4); a 412 carries no representation's validators
-            // (RFC 9110 §15.5.13); a 5xx leaves the outcome unknown.
-            e.current = None;
-            e.lm_stale = true;
-            if status >= 500 {
-                e.existence = Existence::Unknown;
-            }
-        }
-        _ => return None,
-    }
-    e.changed_at = stamp;
-    Some(e)
-}
-
-/// Identifies a resource without allocating: route index, host (compared case-insensitively)
-/// and path with query. Its owned form is the key string `"{route}\u{1f}{host}\u{1f}{path}"`
-/// with the host in lower case.
-#[derive(Clone, Copy, Debug)]
-pub struct ResourceKey<'a> {
-    /// Route index in the configuration.
-    pub route: u32,
-    /// Host, as received.
-    pub host: &'a str,
-    /// Path and query.
-    pub path: &'a str,
-}
-
-impl<'a> ResourceKey<'a> {
-    /// The owned key string.
-    pub fn to_key_string(&self) -> String {
-        let mut key = String::with_capacity(self.host.len() + self.path.len() + 12);
-        key.push_str(&self.route.to_string());
-        key.push('\u{1f}');
-        key.extend(self.host.chars().map(|c| c.to_ascii_lowercase()));
-        key.push('\u{1f}');
-        key.push_str(self.path);
-        key
-    }
-
-    /// Reads a key string back into its parts.
-    pub fn parse(key: &'a str) -> Option<ResourceKey<'a>> {
-        let mut it = key.splitn(3, '\u{1f}');
-        let route = it.next()?.parse().ok()?;
-        Some(ResourceKey {
-            route,
-            host: it.next()?,
-            path: it.next()?,
-        })
-    }
-
-    /// Whether `key` (an owned key string) names this resource.
-    pub fn matches(&self, key: &str) -> bool {
-        match ResourceKey::parse(key) {
-            Some(k) => {
-                k.route == self.route
-                    && k.path == self.path
-                    && k.host.eq_ignore_ascii_case(self.host)
-            }
-            None => false,
-        }
-    }
-
-    /// Whether `record` is this resource's (no parsing, no allocation).
-    #[inline]
-    pub fn matches_record(&self, r: &Record) -> bool {
-        let (h, p) = (r.host_at as usize, r.path_at as usize);
-        r.route == self.route
-            && r.key.get(p..) == Some(self.path)
-            && r.key
-                .get(h..p.saturating_sub(1))
-                .is_some_and(|host| host == self.host || host.eq_ignore_ascii_case(self.host))
-    }
-
-    fn hash_with(&self, state: &foldhash::fast::FixedState) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = state.build_hasher();
-        h.write_u32(self.route);
-        let host = self.host.as_bytes();
-        // `fold` rather than `any`: no early exit, so the check is vectorised.
-        if host.iter().fold(false, |up, b| up | b.is_ascii_uppercase()) {
-            for chunk in host.chunks(64) {
-                let mut buf = [0u8; 64];
-                for (d, s) in buf.iter_mut().zip(chunk) {
-                    *d = s.to_ascii_lowercase();
-                }
-                h.write(&buf[..chunk.len()]);
-            }
-        } else {
-            for chunk in host.chunks(64) {
-                h.write(chunk);
-            }
-        }
-        h.write_u8(0x1f);
-        h.write(self.path.as_bytes());
-        h.finish()
-    }
-}
-
-/// What the store holds per resource: its key (to verify a hash match), its learned state, and
-/// when it was learned (the fast path checks the TTL itself: moka expires entries lazily).
-#[derive(Debug)]
-pub struct Record {
-    key: Box<str>,
-    route: u32,
-    /// Byte offsets of the host and of the path in `key`.
-    host_at: u32,
-    path_at: u32,
-    learned_at: std::time::Instant,
-    /// Ticket of the latest read that confirmed the entry without changing it (it then
-    /// stands for `entry.current_since`, which is the ticket of the read that created it).
-    read_since: AtomicU64,
-    /// The learned state.
-    pub entry: Entry,
-}
-
-impl Record {
-    /// The latest ticket or stamp that set or confirmed `current`.
-    fn current_since(&self) -> u64 {
-        self.entry
-            .current_since
-            .max(self.read_since.load(Ordering::Acquire))
-    }
-
-    /// The latest ticket or stamp this record's state depends on.
-    fn last_stamp(&self) -> u64 {
-        self.entry.changed_at.max(self.current_since())
-    }
-}
-
-impl std::ops::Deref for Record {
-    type Target = Entry;
-    fn deref(&self) -> &Entry {
-        &self.entry
-    }
-}
-
-/// A hasher for keys that are already 64-bit hashes.
-#[derive(Default, Clone, Copy)]
-pub struct PassThrough(u64);
-
-impl std::hash::Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// What the index holds per resource: the fast path's [`Summary`] and the full record. Lives
-/// inline in the index's entry, so the fast path reads one allocation (summary first).
-#[repr(C)]
-pub struct Slot {
-    summary: Summary,
-    record: Arc<Record>,
-}
-
-impl Slot {
-    /// The digest the fast path decides on.
-    #[inline]
-    pub fn summary(&self) -> &Summary {
-        &self.summary
-    }
-
-    /// The full record (one pointer away: for refusals and slower paths).
-    #[inline]
-    pub fn record(&self) -> &Record {
-        &self.record
-    }
-}
-
-type Index = papaya::HashMap<u64, Slot, std::hash::BuildHasherDefault<PassThrough>>;
+use index::Index;
+use summary::Prints;
 
 /// The bounded, concurrent map of resource to learned state.
 ///
@@ -576,7 +83,7 @@ impl Store {
                     // with the one in `learn`); one that finds it gone writes a new record.
                     let _ = evict_from
                         .pin()
-                        .remove_if(&*hash, |_, slot| Arc::ptr_eq(&slot.record, &record));
+                        .remove_if(&*hash, |_, slot| slot.holds(&record));
                     std::sync::atomic::fence(Ordering::SeqCst);
                     let stamp = record.last_stamp();
                     watermark[(*hash as usize) % REMOVED_SLOTS].fetch_max(stamp, Ordering::AcqRel);
@@ -602,14 +109,14 @@ impl Store {
 
     /// Whether a record is younger than the store's TTL.
     pub fn is_fresh(&self, record: &Record) -> bool {
-        record.learned_at.elapsed() < self.ttl
+        record.age() < self.ttl
     }
 
     /// The fast path: calls `f` with the index slot holding the key's 64-bit hash, without
     /// locking and without allocating. The slot may belong to another key with the same hash
     /// (then the key's own resource is not in the store, as each hash has one slot) and may be
     /// past its TTL (moka evicts lazily): before refusing anything on its account, compare the key
-    /// itself ([`ResourceKey::matches_record`]) and check [`Store::is_fresh`]. Forwarding on its
+    /// itself ([`Record::is_for`]) and check [`Store::is_fresh`]. Forwarding on its
     /// account is always safe: an unknown resource is forwarded too.
     #[inline]
     pub fn with<R>(&self, key: &ResourceKey<'_>, f: impl FnOnce(Option<&Slot>) -> R) -> R {
@@ -624,22 +131,18 @@ impl Store {
     }
 
     /// The fresh record of a resource, if any (clones an `Arc`: for slower paths).
-    pub fn get(&self, key: &str) -> Option<Arc<Record>> {
-        let k = ResourceKey::parse(key)?;
-        let hash = k.hash_with(&self.hash_state);
+    pub fn get(&self, key: &ResourceKey<'_>) -> Option<Arc<Record>> {
+        let hash = key.hash_with(&self.hash_state);
         self.index
             .pin()
             .get(&hash)
-            .filter(|s| *s.record.key == *key && self.is_fresh(&s.record))
-            .map(|s| s.record.clone())
+            .filter(|s| s.record().is_for(key) && self.is_fresh(s.record()))
+            .map(Slot::record_arc)
     }
 
     /// Learns from one upstream exchange of a request that took `ticket` when it started.
-    pub fn learn(&self, key: &str, ticket: Ticket, obs: &Observation<'_>) {
-        let Some(k) = ResourceKey::parse(key) else {
-            return;
-        };
-        let hash = k.hash_with(&self.hash_state);
+    pub fn learn(&self, key: &ResourceKey<'_>, ticket: Ticket, obs: &Observation<'_>) {
+        let hash = key.hash_with(&self.hash_state);
         let stamp = if obs.method.is_write() {
             self.seq.fetch_add(1, Ordering::AcqRel) + 1
         } else {
@@ -651,7 +154,7 @@ impl Store {
             .index
             .pin()
             .get(&hash)
-            .map(|s| &s.record)
+            .map(Slot::record)
             .filter(|r| !self.is_fresh(r))
         {
             floor.fetch_max(r.last_stamp(), Ordering::AcqRel);
@@ -663,7 +166,7 @@ impl Store {
             if let Some(r) = old.as_ref().filter(|r| !self.is_fresh(r)) {
                 floor.fetch_max(r.last_stamp(), Ordering::AcqRel);
             }
-            let old = old.filter(|r| *r.key == *key && self.is_fresh(r));
+            let old = old.filter(|r| r.is_for(key) && self.is_fresh(r));
             if old.is_none() && !obs.method.is_write() && ticket.0 < floor.load(Ordering::Acquire) {
                 return Op::Nop;
             }
@@ -683,8 +186,8 @@ impl Store {
                         // learned state, it lives `ttl` after the last exchange that showed it).
                         let since = entry.current_since;
                         entry.current_since = r.entry.current_since;
-                        if entry == r.entry && r.learned_at.elapsed() < self.ttl / 2 {
-                            r.read_since.fetch_max(since, Ordering::SeqCst);
+                        if entry == r.entry && r.age() < self.ttl / 2 {
+                            r.confirm(since);
                             std::sync::atomic::fence(Ordering::SeqCst);
                             // moka may be evicting the record concurrently (its listener runs
                             // outside this closure's critical section): if the index no longer
@@ -694,27 +197,15 @@ impl Store {
                                 .pin()
                                 .get(&hash)
                                 .zip(old.as_ref())
-                                .is_some_and(|(s, o)| Arc::ptr_eq(&s.record, o));
+                                .is_some_and(|(s, o)| s.holds(o));
                             if held {
                                 return Op::Nop;
                             }
                         }
                         entry.current_since = since;
                     }
-                    let host_at = key.find('\u{1f}').map_or(0, |i| i + 1);
-                    let slot = Slot {
-                        summary: Summary::of(&entry, &self.prints),
-                        record: Arc::new(Record {
-                            route: k.route,
-                            host_at: host_at as u32,
-                            path_at: (host_at + k.host.len() + 1) as u32,
-                            key: key.into(),
-                            learned_at: std::time::Instant::now(),
-                            read_since: AtomicU64::new(0),
-                            entry,
-                        }),
-                    };
-                    let record = slot.record.clone();
+                    let record = Arc::new(Record::new(key, entry));
+                    let slot = Slot::new(record.clone(), &self.prints);
                     self.index.pin().insert(hash, slot);
                     Op::Put(record)
                 }
@@ -751,6 +242,8 @@ fn rand_seed(n: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::RouteId;
+    use crate::precondition::{EntityTag, Existence, Knowledge, Method};
 
     fn obs(method: Method, status: u16, etag: Option<&'static str>) -> Observation<'static> {
         Observation {
@@ -770,13 +263,12 @@ mod tests {
     }
 
     /// Tests name resources by path on route 0, host "h".
-    fn k(path: &str) -> String {
+    fn k(path: &str) -> ResourceKey<'_> {
         ResourceKey {
-            route: 0,
+            route: RouteId(0),
             host: "h",
             path,
         }
-        .to_key_string()
     }
 
     fn tag(s: &str) -> EntityTag<'_> {
@@ -986,32 +478,29 @@ mod tests {
         assert!(s.get(&k("/a")).is_some());
         std::thread::sleep(Duration::from_millis(60));
         assert!(s.get(&k("/a")).is_none());
-        let key = ResourceKey {
-            route: 0,
-            host: "h",
-            path: "/a",
-        };
+        let key = k("/a");
         assert!(s.with(&key, |r| r.is_none_or(|r| !s.is_fresh(r.record()))));
     }
 
     #[test]
     fn resource_keys_compare_hosts_case_insensitively() {
         let a = ResourceKey {
-            route: 1,
+            route: RouteId(1),
             host: "API.example.com",
             path: "/x?y=1",
         };
-        let owned = a.to_key_string();
-        assert_eq!(owned, "1\u{1f}api.example.com\u{1f}/x?y=1");
-        assert!(a.matches(&owned));
-        assert!(!ResourceKey {
+        let s = store();
+        s.learn(&a, s.ticket(), &obs(Method::Get, 200, Some("\"v\"")));
+        let r = s.get(&a).expect("learned");
+        assert!(r.is_for(&a));
+        assert!(!r.is_for(&ResourceKey {
             path: "/x?y=2",
             ..a
-        }
-        .matches(&owned));
-        assert!(!ResourceKey { route: 2, ..a }.matches(&owned));
-        let s = store();
-        s.learn(&owned, s.ticket(), &obs(Method::Get, 200, Some("\"v\"")));
+        }));
+        assert!(!r.is_for(&ResourceKey {
+            route: RouteId(2),
+            ..a
+        }));
         let lower = ResourceKey {
             host: "api.example.com",
             ..a
@@ -1020,6 +509,7 @@ mod tests {
             s.with(&lower, |r| r.is_some()),
             "same resource whatever the host's case"
         );
+        assert!(s.get(&lower).is_some_and(|l| Arc::ptr_eq(&l, &r)));
     }
 
     #[test]

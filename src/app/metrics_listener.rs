@@ -1,0 +1,35 @@
+//! The optional HTTP listener (`server.metrics_listen`) that serves the counters.
+//!
+//! Owns: [`MetricsApp`], a Pingora `ServeHttp` app answering every path with the Prometheus text
+//! of [`Metrics::render`] and the store's size.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// Serves [`Metrics::render`] on every path.
+pub(super) struct MetricsApp {
+    /// The counters.
+    pub(super) metrics: Arc<Metrics>,
+    /// The store, for its size.
+    pub(super) store: Arc<Store>,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, _session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = self.metrics.render(self.store.len()).into_bytes();
+        Response::builder()
+            .status(200)
+            .header("Content-Type", "text/plain; version=0.0.4")
+            .header("Content-Length", body.len())
+            .body(body)
+            .expect("static response parts are valid")
+    }
+}

@@ -1,0 +1,201 @@
+//! The configuration file as written: its TOML schema and the one copy of every default.
+//!
+//! Owns: the `Raw*` structs serde reads the file into (spans kept, for located errors) and the
+//! `default_*` functions, which are the only place a default value is written. `config/defaults.toml`
+//! lists every key at these values; a test keeps the two equal.
+//!
+//! Invariants: unknown keys are errors (`deny_unknown_fields`); keys that only apply to one mode
+//! are `Option`s here, so that the validator can tell "absent" from "set to the default".
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::settings::{Mode, Probe};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    #[serde(default)]
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) store: RawStore,
+    #[serde(default)]
+    pub(super) edge: RawEdge,
+    #[serde(default, rename = "upstream")]
+    pub(super) upstreams: Vec<Spanned<RawUpstream>>,
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    #[serde(default = "default_listen")]
+    pub(super) listen: Vec<Spanned<String>>,
+    #[serde(default = "default_threads")]
+    pub(super) threads: Spanned<i64>,
+    #[serde(default = "default_grace_period")]
+    pub(super) grace_period: Spanned<String>,
+    #[serde(default = "default_graceful_shutdown_timeout")]
+    pub(super) graceful_shutdown_timeout: Spanned<String>,
+    pub(super) metrics_listen: Option<Spanned<String>>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            threads: default_threads(),
+            grace_period: default_grace_period(),
+            graceful_shutdown_timeout: default_graceful_shutdown_timeout(),
+            metrics_listen: None,
+        }
+    }
+}
+
+pub(super) fn unspanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+pub(super) fn default_listen() -> Vec<Spanned<String>> {
+    vec![unspanned("127.0.0.1:8080".into())]
+}
+pub(super) fn default_threads() -> Spanned<i64> {
+    unspanned(2)
+}
+pub(super) fn default_grace_period() -> Spanned<String> {
+    unspanned("5s".into())
+}
+pub(super) fn default_graceful_shutdown_timeout() -> Spanned<String> {
+    unspanned("10s".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    #[serde(default = "default_capacity")]
+    pub(super) capacity: Spanned<i64>,
+    #[serde(default = "default_ttl")]
+    pub(super) ttl: Spanned<String>,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            capacity: default_capacity(),
+            ttl: default_ttl(),
+        }
+    }
+}
+pub(super) fn default_capacity() -> Spanned<i64> {
+    unspanned(100_000)
+}
+pub(super) fn default_ttl() -> Spanned<String> {
+    unspanned("10m".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEdge {
+    #[serde(default = "yes")]
+    pub(super) disclose_validators: bool,
+    #[serde(default = "default_drain_limit")]
+    pub(super) drain_limit: Spanned<i64>,
+    #[serde(default = "default_drain_timeout")]
+    pub(super) drain_timeout: Spanned<String>,
+}
+
+impl Default for RawEdge {
+    fn default() -> Self {
+        RawEdge {
+            disclose_validators: true,
+            drain_limit: default_drain_limit(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+pub(super) fn yes() -> bool {
+    true
+}
+pub(super) fn default_drain_limit() -> Spanned<i64> {
+    unspanned(64 * 1024)
+}
+pub(super) fn default_drain_timeout() -> Spanned<String> {
+    unspanned("2s".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) name: Spanned<String>,
+    pub(super) servers: Vec<Spanned<String>>,
+    #[serde(default = "default_connect_timeout")]
+    pub(super) connect_timeout: Spanned<String>,
+    #[serde(default = "default_io_timeout")]
+    pub(super) read_timeout: Spanned<String>,
+    #[serde(default = "default_io_timeout")]
+    pub(super) write_timeout: Spanned<String>,
+    #[serde(default = "default_idle_timeout")]
+    pub(super) idle_timeout: Spanned<String>,
+}
+pub(super) fn default_connect_timeout() -> Spanned<String> {
+    unspanned("2s".into())
+}
+pub(super) fn default_io_timeout() -> Spanned<String> {
+    unspanned("30s".into())
+}
+pub(super) fn default_idle_timeout() -> Spanned<String> {
+    unspanned("4s".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) host: Option<Spanned<String>>,
+    #[serde(default = "default_prefix")]
+    pub(super) path_prefix: Spanned<String>,
+    pub(super) upstream: Spanned<String>,
+    #[serde(default = "default_mode")]
+    pub(super) mode: Spanned<Mode>,
+    #[serde(default)]
+    pub(super) policy: Option<Spanned<RawPolicy>>,
+    pub(super) probe: Option<Spanned<Probe>>,
+    pub(super) require: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) write_wait: Option<Spanned<String>>,
+    pub(super) synthesize_max_body: Option<Spanned<i64>>,
+}
+pub(super) fn default_prefix() -> Spanned<String> {
+    unspanned("/".into())
+}
+pub(super) fn default_mode() -> Spanned<Mode> {
+    unspanned(Mode::Guard)
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawPolicy {
+    Superseded,
+    Mismatch,
+}
+
+// Defaults of the keys that apply to one mode only (absent keys are `None` in `RawRoute`).
+
+/// `policy` (guard routes).
+pub(super) fn default_policy() -> RawPolicy {
+    RawPolicy::Superseded
+}
+/// `probe` (enforce routes).
+pub(super) fn default_probe() -> Probe {
+    Probe::Get
+}
+/// `require` (enforce routes): no method must carry a precondition.
+pub(super) fn default_require() -> Vec<Spanned<String>> {
+    Vec::new()
+}
+/// `write_wait` (enforce routes).
+pub(super) fn default_write_wait() -> Spanned<String> {
+    unspanned("5s".into())
+}
+/// `synthesize_max_body` (enforce routes): 1 MiB.
+pub(super) fn default_synthesize_max_body() -> Spanned<i64> {
+    unspanned(1 << 20)
+}

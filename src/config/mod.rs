@@ -1,0 +1,144 @@
+//! The configuration: typed settings, and how a file becomes them.
+//!
+//! Owns: [`load`] / [`parse`] (file → [`Config`] or a [`ConfigError`] that names the line). Files:
+//! `settings.rs`, the typed settings the rest of precond reads; `file.rs`, the file's schema and
+//! the one copy of every default (`config/defaults.toml` lists them and a test keeps both equal);
+//! `validate.rs`, raw file → typed settings with `FILE:LINE:COL` errors. Nothing here holds
+//! runtime state.
+//!
+//! Invariant: unknown keys are errors, not silently ignored.
+
+mod file;
+mod settings;
+mod validate;
+
+use std::path::Path;
+
+pub use settings::{
+    Config, EdgeSettings, EnforceSettings, Mode, Policy, Probe, Route, ServerSettings,
+    StoreSettings, Upstream,
+};
+pub use validate::ConfigError;
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.display().to_string()),
+        position: None,
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(&text).map_err(|mut e| {
+        e.file = Some(path.display().to_string());
+        e
+    })
+}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw: file::RawFile = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        ConfigError {
+            file: None,
+            position: e.span().map(|s| validate::line_col(text, s.start)),
+            message,
+        }
+    })?;
+    validate::Validator { text }.validate(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const MINIMAL: &str = r#"
+[[upstream]]
+name = "api"
+servers = ["127.0.0.1:9000"]
+
+[[route]]
+upstream = "api"
+"#;
+
+    #[test]
+    fn minimal_file_gets_safe_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.routes[0].mode, Mode::Guard);
+        assert_eq!(c.routes[0].policy, Policy::Superseded);
+        assert_eq!(c.server.grace_period, Duration::from_secs(5));
+        assert!(c.edge.disclose_validators);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        let text = format!("{MINIMAL}colour = \"red\"\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("colour"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(8), "{e}");
+    }
+
+    #[test]
+    fn undefined_upstream_names_the_line() {
+        let text = MINIMAL.replace("upstream = \"api\"", "upstream = \"apx\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("\"apx\""), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(7), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_and_bad_address_are_located() {
+        let text = MINIMAL.replace(
+            "servers = [\"127.0.0.1:9000\"]",
+            "servers = [\"127.0.0.1:9000\"]\nread_timeout = \"soon\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("read_timeout"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(5));
+        let text = MINIMAL.replace("127.0.0.1:9000", "no-port");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
+    }
+
+    #[test]
+    fn enforce_settings_are_validated() {
+        let text = format!(
+            "{MINIMAL}mode = \"enforce\"\nrequire = [\"PUT\", \"DELETE\"]\nprobe = \"head\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.routes[0].enforce.probe, Probe::Head);
+        assert_eq!(c.routes[0].enforce.require.len(), 2);
+        let text = format!("{MINIMAL}mode = \"enforce\"\nrequire = [\"GET\"]\n");
+        assert!(parse(&text).unwrap_err().message.contains("GET"));
+        let text = format!("{MINIMAL}require = [\"PUT\"]\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("only to mode = \"enforce\""), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(8));
+    }
+
+    #[test]
+    fn route_selection_prefers_host_then_longest_prefix() {
+        let text = r#"
+[[upstream]]
+name = "a"
+servers = ["127.0.0.1:1"]
+[[route]]
+upstream = "a"
+[[route]]
+path_prefix = "/api"
+upstream = "a"
+mode = "pass"
+[[route]]
+host = "Example.com"
+path_prefix = "/"
+upstream = "a"
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.route_for(None, "/api/x").unwrap().0, 1);
+        assert_eq!(c.route_for(None, "/apix").unwrap().0, 0);
+        assert_eq!(
+            c.route_for(Some("example.com:8080"), "/api/x").unwrap().0,
+            2
+        );
+        assert_eq!(c.route_for(Some("other"), "/").unwrap().0, 0);
+    }
+}

@@ -1,0 +1,176 @@
+//! The typed settings the rest of precond reads: what a validated file means.
+//!
+//! Owns: [`Config`] and its parts, and route selection ([`Config::route_for`]). Plain data: no
+//! defaults (those live in the file schema), no runtime state.
+//!
+//! Invariants of a validated [`Config`]:
+//! - every route names an upstream that exists (held as an index), and at least one route exists;
+//! - every address is a resolved socket address (no DNS at run time);
+//! - durations and sizes are in range; no `Option` stands for "use a default" any more.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::RouteId;
+pub use crate::precondition::Policy;
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Listener and process settings.
+    pub server: ServerSettings,
+    /// Validator store bounds.
+    pub store: StoreSettings,
+    /// What edge answers disclose.
+    pub edge: EdgeSettings,
+    /// Upstream groups, referenced by index from routes.
+    pub upstreams: Vec<Upstream>,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// Listener and process settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Addresses the proxy listens on.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// On SIGTERM, how long to keep accepting before shutting down.
+    pub grace_period: Duration,
+    /// After the grace period, how long in-flight requests get to finish.
+    pub graceful_shutdown_timeout: Duration,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Validator store bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Most resources remembered.
+    pub capacity: u64,
+    /// How long a learned state is trusted after it was last learned.
+    pub ttl: Duration,
+}
+
+/// What edge answers carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeSettings {
+    /// Send the current `ETag`/`Last-Modified` (headers and problem body) with an edge 412.
+    pub disclose_validators: bool,
+    /// A rejected write whose declared body is at most this many bytes is read and discarded so
+    /// the connection stays open; larger or chunked bodies close the connection instead.
+    pub drain_limit: u64,
+    /// Longest time spent draining such a body.
+    pub drain_timeout: Duration,
+}
+
+/// One upstream group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Name routes refer to.
+    pub name: String,
+    /// Servers, balanced round-robin.
+    pub servers: Vec<SocketAddr>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of each read from the upstream.
+    pub read_timeout: Duration,
+    /// Timeout of each write to the upstream.
+    pub write_timeout: Duration,
+    /// Idle pooled connections are closed after this long (keep it below the origin's keep-alive
+    /// timeout so that no write lands on a connection the origin already closed).
+    pub idle_timeout: Duration,
+}
+
+/// What precond does on a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Plain reverse proxy: learns nothing, decides nothing.
+    Pass,
+    /// Learns validators; refuses writes proven stale; forwards everything else.
+    Guard,
+    /// precond is the judge: evaluates every precondition itself, synthesises ETags, serialises
+    /// writes per resource, may require preconditions (428).
+    Enforce,
+}
+
+/// How an `enforce` route asks the origin for a resource's current validators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    /// GET: the body is read, so an ETag can be synthesised when the origin sends none.
+    Get,
+    /// HEAD: cheaper, but serves only origins that send their own validators.
+    Head,
+}
+
+/// Settings of an `enforce` route (the file's defaults on other routes, where they are unused).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnforceSettings {
+    /// Probe method on a cache miss.
+    pub probe: Probe,
+    /// Methods that must carry a usable precondition (else 428).
+    pub require: Vec<crate::precondition::Method>,
+    /// Longest wait for another write to the same resource to finish (then 503).
+    pub write_wait: Duration,
+    /// Largest body hashed to synthesise an ETag; larger representations get none.
+    pub synthesize_max_body: usize,
+}
+
+/// One route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Stable identity in resource keys (from `host` and `path_prefix`, not the file order).
+    pub id: RouteId,
+    /// Host to match (lower case, no port); `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix to match, on a segment boundary.
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Mode.
+    pub mode: Mode,
+    /// Guard policy.
+    pub policy: Policy,
+    /// Enforce settings.
+    pub enforce: EnforceSettings,
+}
+
+impl Route {
+    /// Whether `path` falls under this route's prefix (`/api` matches `/api` and `/api/x`, not
+    /// `/apix`).
+    pub fn matches_path(&self, path: &str) -> bool {
+        let p = self.path_prefix.as_str();
+        path.starts_with(p)
+            && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+    }
+}
+
+impl Config {
+    /// The route for a request: among routes whose host matches (or have none), a route with a
+    /// host beats one without, then the longest path prefix wins, then file order.
+    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<(usize, &Route)> {
+        let host = host.map(strip_port);
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| match &r.host {
+                Some(h) => host.is_some_and(|x| x.eq_ignore_ascii_case(h)),
+                None => true,
+            })
+            .filter(|(_, r)| r.matches_path(path))
+            .max_by_key(|(i, r)| (r.host.is_some(), r.path_prefix.len(), usize::MAX - i))
+    }
+}
+
+/// `host:port` → `host` (IPv6 literals keep their brackets).
+pub(crate) fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}

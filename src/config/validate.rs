@@ -1,0 +1,295 @@
+//! Validation: the file as written ([`file`](mod@super::file)) into typed settings ([`Config`]), or a
+//! [`ConfigError`] that names the line and column of the offending value.
+//!
+//! Invariants: every error that concerns a value written in the file carries its position;
+//! defaults come from `file` only; nothing here reads the environment or the network except the
+//! resolution of `host:port` addresses.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use std::fmt;
+
+use super::file::{self, RawFile, RawPolicy, RawRoute};
+use super::settings::{
+    strip_port, Config, EdgeSettings, EnforceSettings, Mode, Policy, Route, ServerSettings,
+    StoreSettings, Upstream,
+};
+use crate::identity::RouteId;
+
+/// A configuration error, located in the file when possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, when loaded from one.
+    pub file: Option<String>,
+    /// 1-based line and column.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.as_deref().unwrap_or("config");
+        match self.position {
+            Some((line, col)) => write!(f, "{file}:{line}:{col}: {}", self.message),
+            None => write!(f, "{file}: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Line and column (1-based) of a byte offset.
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+pub(super) struct Validator<'t> {
+    pub(super) text: &'t str,
+}
+
+impl Validator<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: None,
+            position: (span.end > 0).then(|| line_col(self.text, span.start)),
+            message: message.into(),
+        }
+    }
+
+    fn duration(&self, v: &Spanned<String>, what: &str) -> Result<Duration, ConfigError> {
+        let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+            self.err(
+                v.span(),
+                format!(
+                    "{what}: {:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"10m\"",
+                    v.get_ref()
+                ),
+            )
+        })?;
+        Ok(d)
+    }
+
+    fn positive(&self, v: &Spanned<i64>, what: &str, max: i64) -> Result<u64, ConfigError> {
+        let n = *v.get_ref();
+        if n < 1 || n > max {
+            return Err(self.err(
+                v.span(),
+                format!("{what} must be between 1 and {max}, not {n}"),
+            ));
+        }
+        Ok(n as u64)
+    }
+
+    fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
+        let s = v.get_ref().trim();
+        let mut addrs = s.to_socket_addrs().map_err(|e| {
+            self.err(
+                v.span(),
+                format!("{what}: {s:?} is not a host:port address ({e})"),
+            )
+        })?;
+        addrs
+            .next()
+            .ok_or_else(|| self.err(v.span(), format!("{what}: {s:?} resolves to no address")))
+    }
+
+    fn enforce_settings(&self, r: &RawRoute, mode: Mode) -> Result<EnforceSettings, ConfigError> {
+        // Keys that apply to enforce routes only: an error elsewhere, with the key's position.
+        let only_enforce = |span: Range<usize>, key: &str| {
+            self.err(span, format!("{key} applies only to mode = \"enforce\""))
+        };
+        if mode != Mode::Enforce {
+            let spans = [
+                ("probe", r.probe.as_ref().map(Spanned::span)),
+                ("require", r.require.as_ref().map(Spanned::span)),
+                ("write_wait", r.write_wait.as_ref().map(Spanned::span)),
+                (
+                    "synthesize_max_body",
+                    r.synthesize_max_body.as_ref().map(Spanned::span),
+                ),
+            ];
+            if let Some((key, Some(span))) = spans.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(only_enforce(span, key));
+            }
+        }
+        let probe = r
+            .probe
+            .as_ref()
+            .map_or_else(file::default_probe, |p| *p.get_ref());
+        let listed = r
+            .require
+            .as_ref()
+            .map_or_else(file::default_require, |l| l.get_ref().clone());
+        let mut require = Vec::new();
+        for m in &listed {
+            let method = crate::precondition::Method::from_bytes(m.get_ref().as_bytes());
+            if !method.is_write() {
+                return Err(self.err(
+                    m.span(),
+                    format!("require lists {:?}: only PUT, PATCH, DELETE and POST can be required to be conditional", m.get_ref()),
+                ));
+            }
+            if !require.contains(&method) {
+                require.push(method);
+            }
+        }
+        let write_wait = r
+            .write_wait
+            .clone()
+            .unwrap_or_else(file::default_write_wait);
+        let max_body = r
+            .synthesize_max_body
+            .clone()
+            .unwrap_or_else(file::default_synthesize_max_body);
+        Ok(EnforceSettings {
+            probe,
+            require,
+            write_wait: self.duration(&write_wait, "route.write_wait")?,
+            synthesize_max_body: self.positive(&max_body, "route.synthesize_max_body", 64 << 20)?
+                as usize,
+        })
+    }
+
+    pub(super) fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let s = &raw.server;
+        if s.listen.is_empty() {
+            return Err(self.err(0..0, "server.listen must name at least one address"));
+        }
+        let server = ServerSettings {
+            listen: s
+                .listen
+                .iter()
+                .map(|a| self.addr(a, "server.listen"))
+                .collect::<Result<_, _>>()?,
+            threads: self.positive(&s.threads, "server.threads", 256)? as usize,
+            grace_period: self.duration(&s.grace_period, "server.grace_period")?,
+            graceful_shutdown_timeout: self.duration(
+                &s.graceful_shutdown_timeout,
+                "server.graceful_shutdown_timeout",
+            )?,
+            metrics_listen: s
+                .metrics_listen
+                .as_ref()
+                .map(|a| self.addr(a, "server.metrics_listen"))
+                .transpose()?,
+        };
+        let ttl = self.duration(&raw.store.ttl, "store.ttl")?;
+        if ttl.is_zero() {
+            return Err(self.err(raw.store.ttl.span(), "store.ttl must be longer than 0s"));
+        }
+        let store = StoreSettings {
+            capacity: self.positive(&raw.store.capacity, "store.capacity", i64::MAX)?,
+            ttl,
+        };
+        let edge = EdgeSettings {
+            disclose_validators: raw.edge.disclose_validators,
+            drain_limit: if *raw.edge.drain_limit.get_ref() == 0 {
+                0
+            } else {
+                self.positive(&raw.edge.drain_limit, "edge.drain_limit", 16 << 20)?
+            },
+            drain_timeout: self.duration(&raw.edge.drain_timeout, "edge.drain_timeout")?,
+        };
+
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        for u in &raw.upstreams {
+            let span = u.span();
+            let u = u.get_ref();
+            let name = u.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                return Err(self.err(u.name.span(), "upstream.name must not be empty"));
+            }
+            if upstreams.iter().any(|x| x.name == name) {
+                return Err(self.err(u.name.span(), format!("upstream {name:?} is defined twice")));
+            }
+            if u.servers.is_empty() {
+                return Err(self.err(span, format!("upstream {name:?} has no servers")));
+            }
+            upstreams.push(Upstream {
+                servers: u
+                    .servers
+                    .iter()
+                    .map(|a| self.addr(a, "upstream.servers"))
+                    .collect::<Result<_, _>>()?,
+                connect_timeout: self.duration(&u.connect_timeout, "upstream.connect_timeout")?,
+                read_timeout: self.duration(&u.read_timeout, "upstream.read_timeout")?,
+                write_timeout: self.duration(&u.write_timeout, "upstream.write_timeout")?,
+                idle_timeout: self.duration(&u.idle_timeout, "upstream.idle_timeout")?,
+                name,
+            });
+        }
+
+        if raw.routes.is_empty() {
+            return Err(self.err(
+                0..0,
+                "no [[route]]: add at least one, e.g. path_prefix = \"/\"",
+            ));
+        }
+        let mut routes = Vec::new();
+        for r in &raw.routes {
+            let r = r.get_ref();
+            let up = r.upstream.get_ref().trim();
+            let upstream = upstreams.iter().position(|u| u.name == up).ok_or_else(|| {
+                let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                self.err(
+                    r.upstream.span(),
+                    format!(
+                        "route names upstream {up:?}, which is not defined (defined: {known:?})"
+                    ),
+                )
+            })?;
+            let prefix = r.path_prefix.get_ref().clone();
+            if !prefix.starts_with('/') {
+                return Err(self.err(
+                    r.path_prefix.span(),
+                    format!("path_prefix {prefix:?} must start with \"/\""),
+                ));
+            }
+            let mode = *r.mode.get_ref();
+            let enforce = self.enforce_settings(r, mode)?;
+            let policy = match r.policy.as_ref() {
+                Some(p) if mode != Mode::Guard => {
+                    return Err(self.err(p.span(), "policy applies only to mode = \"guard\""))
+                }
+                p => match p.map_or_else(file::default_policy, |p| *p.get_ref()) {
+                    RawPolicy::Superseded => Policy::Superseded,
+                    RawPolicy::Mismatch => Policy::Mismatch,
+                },
+            };
+            let host = match &r.host {
+                Some(h) if h.get_ref().trim().is_empty() || h.get_ref().contains('/') => {
+                    return Err(self.err(
+                        h.span(),
+                        "host must be a host name such as \"api.example.com\"",
+                    ))
+                }
+                Some(h) => Some(strip_port(h.get_ref().trim()).to_ascii_lowercase()),
+                None => None,
+            };
+            routes.push(Route {
+                id: RouteId::of(host.as_deref(), &prefix),
+                host,
+                path_prefix: prefix,
+                upstream,
+                mode,
+                policy,
+                enforce,
+            });
+        }
+        Ok(Config {
+            server,
+            store,
+            edge,
+            upstreams,
+            routes,
+        })
+    }
+}

@@ -1,0 +1,336 @@
+//! The edge's own answers: 412, 428, 304, 404 (no route), 503 (busy, state unknown) and the
+//! 502/503/504 of failed exchanges, each written to the client with a problem body.
+//!
+//! Owns: writing those answers ([`respond`] and the functions built on it), the mapping from an
+//! error to the status precond answers ([`error_status`], [`error_problem`]), and the
+//! [`DECISION_HEADER`]. The bodies themselves are built by the pure [`problem`].
+//!
+//! Invariants:
+//! - Every answer precond makes itself carries `Precond-Decision`, `Cache-Control: no-store`, a
+//!   `Date`, and (but for 304) an `application/problem+json` body with a `Content-Length`.
+//! - A small declared request body is drained first so that the connection can stay open; larger,
+//!   chunked or `Expect: 100-continue` bodies are not read (Pingora then closes the connection).
+//! - An edge 412 discloses the current validators only when `edge.disclose_validators` is on.
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use pingora::ErrorSource;
+use tracing::{info, warn};
+
+use crate::precondition::date::format_http_date;
+use crate::precondition::{Failure, Field};
+use crate::store::{Entry, Meta, META_HEADERS};
+
+use super::headers::path_and_query;
+use super::problem::{self, PreconditionFailed};
+use super::shared::Shared;
+
+/// Header on every answer precond makes itself, saying what it decided.
+pub const DECISION_HEADER: &str = "Precond-Decision";
+
+/// Reads and discards a small declared request body so that the connection can stay open
+/// after an edge answer. `Expect: 100-continue` (the client waits for us before sending),
+/// chunked and large bodies are not read: Pingora then answers with `Connection: close`.
+async fn drain_small_body(s: &Shared, session: &mut Session) {
+    let req = session.req_header();
+    let expect_continue = req
+        .headers
+        .get_all(header::EXPECT)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = req
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let chunked = req.headers.contains_key(header::TRANSFER_ENCODING);
+    if expect_continue || chunked || session.is_body_empty() {
+        return;
+    }
+    if declared.is_some_and(|n| n <= s.config.edge.drain_limit) {
+        session.set_total_drain_timeout(Some(s.config.edge.drain_timeout));
+        if session.drain_request_body().await.is_err() {
+            session.set_keepalive(None);
+        }
+    }
+}
+
+/// Writes an answer made at the edge.
+pub(crate) async fn respond(
+    s: &Shared,
+    session: &mut Session,
+    status: u16,
+    decision: &str,
+    body: Vec<u8>,
+    extra: &[(HeaderName, String)],
+) -> Result<()> {
+    drain_small_body(s, session).await;
+    let mut resp = ResponseHeader::build(status, Some(6 + extra.len()))?;
+    resp.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE)?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(
+        header::DATE,
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    )?;
+    resp.insert_header(DECISION_HEADER, decision)?;
+    for (name, value) in extra {
+        resp.insert_header(name.clone(), value.as_str())?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// 404: no route of this precond matches the request.
+pub(crate) async fn no_route(s: &Shared, session: &mut Session) -> Result<()> {
+    let req = session.req_header();
+    let host = super::headers::request_host(req);
+    let path = req.uri.path();
+    info!(decision = "404", path = %path, host = ?host, "no route");
+    let body = problem::simple(
+        404,
+        "Not Found",
+        &format!("No route of this precond matches host {host:?} and path {path:?}."),
+    );
+    respond(s, session, 404, "no-route", body, &[]).await
+}
+
+/// Builds and writes the edge 412 for a failed precondition.
+pub(crate) async fn reject(
+    s: &Shared,
+    session: &mut Session,
+    failure: Failure,
+    entry: Option<&Entry>,
+) -> Result<()> {
+    let req = session.req_header();
+    let name = match failure.field {
+        Field::IfMatch => header::IF_MATCH,
+        Field::IfNoneMatch => header::IF_NONE_MATCH,
+        Field::IfUnmodifiedSince => header::IF_UNMODIFIED_SINCE,
+        Field::IfModifiedSince => header::IF_MODIFIED_SINCE,
+    };
+    let sent: Vec<String> = req
+        .headers
+        .get_all(&name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let path = path_and_query(req).to_string();
+    let method = req.method.as_str().to_string();
+    let disclose = s.config.edge.disclose_validators;
+    let current_etags: Option<Vec<String>> = entry.filter(|_| disclose).and_then(|e| {
+        e.current
+            .as_ref()
+            .map(|_| e.current_tags().map(|t| t.to_display()).collect())
+    });
+    let current_lm = entry
+        .filter(|_| disclose)
+        .and_then(|e| e.last_modified)
+        .map(format_http_date);
+    let mut extra = Vec::new();
+    if let Some([one]) = current_etags.as_deref() {
+        extra.push((header::ETAG, one.clone()));
+    }
+    if let Some(lm) = &current_lm {
+        extra.push((header::LAST_MODIFIED, lm.clone()));
+    }
+    let code = failure.reason.code();
+    info!(
+        decision = "412",
+        method = %method,
+        path = %path,
+        precondition = failure.field.header_name(),
+        reason = code,
+        sent = ?sent,
+        current = ?current_etags,
+        "write refused at the edge"
+    );
+    s.metrics.reject(failure.field, failure.reason);
+    let body = problem::precondition_failed(&PreconditionFailed {
+        method: &method,
+        path: &path,
+        field: failure.field,
+        reason: failure.reason,
+        sent,
+        current_etags,
+        current_last_modified: current_lm,
+    });
+    let decision = format!(
+        "rejected; precondition={}; reason={code}",
+        failure.field.header_name()
+    );
+    respond(s, session, 412, &decision, body, &extra).await
+}
+
+/// 428: the route requires a usable precondition on this method and the request has none.
+pub(crate) async fn require(s: &Shared, session: &mut Session) -> Result<()> {
+    let req = session.req_header();
+    let method = req.method.as_str().to_string();
+    let path = path_and_query(req).to_string();
+    info!(decision = "428", method = %method, path = %path, "write without a usable precondition");
+    s.metrics
+        .required
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let body = problem::precondition_required(&method, &path);
+    respond(s, session, 428, "required", body, &[]).await
+}
+
+/// 503 + `Retry-After` when another write to the resource held it for longer than `wait`.
+pub(crate) async fn write_busy(
+    s: &Shared,
+    session: &mut Session,
+    wait: std::time::Duration,
+) -> Result<()> {
+    let body = problem::simple(
+        503,
+        "Service Unavailable",
+        &format!("Another write to this resource did not finish within {wait:?}; retry shortly."),
+    );
+    let extra = [(header::RETRY_AFTER, "1".to_string())];
+    respond(s, session, 503, "write-busy", body, &extra).await
+}
+
+/// 503 when the validators a conditional write needs could not be established.
+pub(crate) async fn unknown_state(
+    s: &Shared,
+    session: &mut Session,
+    probe_status: u16,
+) -> Result<()> {
+    let body = problem::simple(
+        503,
+        "Service Unavailable",
+        &format!(
+            "precond could not establish the resource's current validators (the origin \
+             answered {probe_status} when asked for it), so the write was not forwarded \
+             unprotected. Retry shortly."
+        ),
+    );
+    let extra = [(header::RETRY_AFTER, "1".to_string())];
+    respond(s, session, 503, "state-unknown", body, &extra).await
+}
+
+/// 304 with the fields RFC 9110 §15.4.5 requires: `ETag`, `Date`, and the stored
+/// `Cache-Control`, `Expires`, `Vary`, `Content-Location`; `Last-Modified` only without an
+/// ETag. No body.
+pub(crate) async fn not_modified(
+    s: &Shared,
+    session: &mut Session,
+    failure: Failure,
+    etag: Option<Vec<u8>>,
+    last_modified: Option<u64>,
+    meta: &Meta,
+) -> Result<()> {
+    s.metrics.not_modified(failure.field);
+    let mut resp = ResponseHeader::build(304, Some(8))?;
+    resp.insert_header(
+        header::DATE,
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    )?;
+    match etag {
+        Some(t) => resp.insert_header(
+            header::ETAG,
+            HeaderValue::from_bytes(&t)
+                .map_err(|e| Error::because(ErrorType::InternalError, "etag", e))?,
+        )?,
+        None => {
+            if let Some(lm) = last_modified {
+                resp.insert_header(header::LAST_MODIFIED, format_http_date(lm))?;
+            }
+        }
+    }
+    for (name, value) in META_HEADERS.iter().zip(meta.iter()) {
+        if let Some(v) = value {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                resp.insert_header(HeaderName::from_static(name), v)?;
+            }
+        }
+    }
+    resp.insert_header(
+        DECISION_HEADER,
+        format!("not-modified; precondition={}", failure.field.header_name()),
+    )?;
+    session.write_response_header(Box::new(resp), true).await
+}
+
+/// A request precond sent itself failed before a response: 502/504 with a problem body.
+pub(crate) async fn upstream_failed(s: &Shared, session: &mut Session, e: &Error) -> Result<()> {
+    s.metrics
+        .upstream_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Only upstream errors reach here (the client's request was fully read).
+    let code = match error_status(e) {
+        c @ (502..=504) => c,
+        _ => 502,
+    };
+    let (title, detail) = error_problem(code, e);
+    let body = problem::simple(code, title, &detail);
+    respond(s, session, code, "upstream-error", body, &[]).await
+}
+
+/// The answer to a proxied exchange that failed (Pingora's `fail_to_proxy`): the status written
+/// (0: the client is gone, nothing written).
+pub(crate) async fn proxy_failed(s: &Shared, session: &mut Session, e: &Error) -> u16 {
+    let code = error_status(e);
+    if code >= 500 {
+        s.metrics
+            .upstream_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if code > 0 && session.response_written().is_none() {
+        let (title, detail) = error_problem(code, e);
+        let body = Bytes::from(problem::simple(code, title, &detail));
+        let mut resp = pingora::protocols::http::ServerSession::generate_error(code);
+        let _ = resp.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE);
+        let _ = resp.insert_header(header::CONTENT_LENGTH, body.len().to_string());
+        let _ = resp.insert_header(DECISION_HEADER, "upstream-error");
+        if let Err(err) = session.write_error_response(resp, body).await {
+            warn!("failed to send error response downstream: {err}");
+        }
+    }
+    code
+}
+
+/// The status precond answers for an error (0: the client is gone, answer nothing).
+pub(crate) fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Title and detail of the problem body for an error status.
+pub(crate) fn error_problem(code: u16, e: &Error) -> (&'static str, String) {
+    let title = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let detail = match code {
+        502 => "The upstream server failed to answer. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
+        503 => "No upstream server is available for this route.".to_string(),
+        504 => "The upstream server did not answer in time. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
+        _ => format!("precond could not handle the request: {}", e.etype().as_str()),
+    };
+    (title, detail)
+}

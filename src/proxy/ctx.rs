@@ -1,0 +1,44 @@
+//! Per-request state carried between Pingora's phases.
+//!
+//! Owns: [`Ctx`]. Invariant: `key` is set only on `guard` and `enforce` routes (the store learns
+//! only there), and `ticket` whenever `key` is.
+
+use crate::identity::OwnedKey;
+use crate::precondition::Method;
+use crate::store::Ticket;
+
+use super::enforce::locks::KeyGuard;
+
+/// Per-request state.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Index of the matched route in the configuration.
+    pub(crate) route: Option<usize>,
+    pub(crate) method: Method,
+    /// Resource key, set on `guard` and `enforce` routes (the store learns only there).
+    pub(crate) key: Option<OwnedKey>,
+    pub(crate) ticket: Option<Ticket>,
+    pub(crate) forwarded: bool,
+    pub(crate) learned: bool,
+    /// `enforce`: the per-resource write lock, held until the origin's answer is learned.
+    pub(crate) write_lock: Option<KeyGuard>,
+    /// `enforce`: the preconditions were evaluated against synthesised tags; remove
+    /// `If-Match`/`If-None-Match` before forwarding (the origin never issued those tags).
+    pub(crate) strip_tags: bool,
+}
+
+impl Ctx {
+    /// The state of a request that has not been routed yet.
+    pub(crate) fn new() -> Ctx {
+        Ctx {
+            route: None,
+            method: Method::Other,
+            key: None,
+            ticket: None,
+            forwarded: false,
+            learned: false,
+            write_lock: None,
+            strip_tags: false,
+        }
+    }
+}

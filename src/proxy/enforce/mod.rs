@@ -1,0 +1,243 @@
+//! `enforce` routes: precond is the judge of every precondition (the origin knows nothing of
+//! validators; see docs/architecture.md, "enforce").
+//!
+//! Files: this one decides reads and writes; [`probe`] sends precond's own requests to the origin
+//! and synthesises tags; [`locks`] serialises writes per resource.
+//!
+//! Owns: [`request`], the `request_filter` step of an `enforce` route:
+//! - reads (`GET`/`HEAD` without `Range`) are fetched by precond itself, so that an ETag can be
+//!   synthesised from the body *before* the response header goes out; the request's
+//!   preconditions are evaluated against the fresh validators (304/412), or against the store
+//!   when it already knows them (then the origin is not contacted at all);
+//! - writes take the resource's write lock (bounded wait, then 503), probe the origin on a cache
+//!   miss, evaluate RFC 9110 §13.2.2 (412), require preconditions (428), and are forwarded holding
+//!   the lock until the origin's answer has been learned.
+//!
+//! Invariants:
+//! - Two writes to one resource never overlap between evaluation and learning; writes to
+//!   different resources never wait for each other.
+//! - A precondition evaluated against a synthesised tag is removed before forwarding; one
+//!   evaluated against an origin tag is forwarded.
+//! - When the current validators cannot be established (probe failed with 5xx or broke), a
+//!   conditional write is answered 503, never forwarded unprotected.
+
+pub(crate) mod locks;
+pub(crate) mod probe;
+
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use tracing::{info, warn};
+
+use crate::config::{Probe, Route};
+use crate::identity::OwnedKey;
+use crate::precondition::date::parse_http_date;
+use crate::precondition::evaluate::has_usable_precondition;
+use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence};
+use crate::store::{Entry, META_HEADERS};
+
+use super::answer;
+use super::ctx::Ctx;
+use super::headers::{conditional, has_date_precondition, header_bytes};
+use super::shared::Shared;
+use probe::{fetch_and_learn, relay};
+
+/// Whether an entry knows enough to decide: existence known, the current tags known when the
+/// resource exists, and (when the request carries a date precondition) a modification date that
+/// is the current representation's (a write answered without `Last-Modified` leaves an older
+/// date on record).
+fn decidable(e: &Entry, needs_date: bool) -> bool {
+    match e.existence {
+        Existence::Unknown => false,
+        Existence::Absent => true,
+        Existence::Exists => e.current.is_some() && !(needs_date && e.lm_stale),
+    }
+}
+
+/// The state `evaluate` needs. With several current tags (`Vary`), the latest one is used.
+fn current_of(e: &Entry) -> Current<'_> {
+    Current {
+        existence: e.existence,
+        etag: e.current_tags().last(),
+        last_modified: e.current_lm,
+    }
+}
+
+/// Handles a request on an `enforce` route. `Ok(true)` when precond answered it.
+pub(crate) async fn request(
+    s: &Shared,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    route: &Route,
+    key: OwnedKey,
+) -> Result<bool> {
+    // Reads, ranged or not: `Range` is ignored on enforce routes (a full 200), because the
+    // origin cannot evaluate `If-Range` against tags precond synthesised (RFC 9110 §14.2 lets
+    // a server ignore Range).
+    if ctx.method.is_get_or_head() {
+        return read(s, session, ctx, route, key).await;
+    }
+    if ctx.method.is_write() {
+        return write(s, session, ctx, route, key).await;
+    }
+    // OPTIONS and extension methods: forwarded, and learned from like in guard.
+    ctx.key = Some(key);
+    Ok(false)
+}
+
+async fn read(
+    s: &Shared,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    route: &Route,
+    key: OwnedKey,
+) -> Result<bool> {
+    let needs_date = has_date_precondition(session.req_header());
+    // 1. Known validators: answer 304/412 without the origin.
+    if let Some(entry) = s
+        .store
+        .get(&key.as_key())
+        .filter(|e| decidable(e, needs_date))
+    {
+        let cond = conditional(&session.req_header().headers, ctx.method);
+        if cond.has_any() {
+            match evaluate(&cond, &current_of(&entry), false) {
+                Decision::NotModified(f) => {
+                    let meta = entry.meta.as_deref().cloned().unwrap_or_default();
+                    let tag = current_of(&entry).etag.map(|t| t.to_wire());
+                    answer::not_modified(s, session, f, tag, entry.current_lm, &meta).await?;
+                    return Ok(true);
+                }
+                Decision::PreconditionFailed(f) => {
+                    answer::reject(s, session, f, Some(&entry)).await?;
+                    return Ok(true);
+                }
+                _ => {}
+            }
+        }
+    }
+    // 2. Fetch the representation; learn (and synthesise) its validators.
+    let (fetched, peer, tag, synthetic) =
+        match fetch_and_learn(s, session, route, &key, false).await {
+            Ok(f) => f,
+            Err(e) => return answer::upstream_failed(s, session, &e).await.map(|()| true),
+        };
+    // 3. Evaluate against what the origin just showed.
+    if fetched.header.status == 200 {
+        let lm = header_bytes(&fetched.header, "last-modified").and_then(parse_http_date);
+        let current = Current {
+            existence: Existence::Exists,
+            etag: tag.as_deref().and_then(EntityTag::parse),
+            last_modified: lm,
+        };
+        let mut cond = conditional(&session.req_header().headers, ctx.method);
+        cond.no_cache = false; // just validated with the origin
+        match evaluate(&cond, &current, false) {
+            Decision::NotModified(f) => {
+                let meta =
+                    META_HEADERS.map(|n| header_bytes(&fetched.header, n).map(Box::<[u8]>::from));
+                answer::not_modified(s, session, f, tag, lm, &meta).await?;
+                fetched.finish(&s.connector, &peer).await;
+                return Ok(true);
+            }
+            Decision::PreconditionFailed(f) => {
+                let entry = s.store.get(&key.as_key());
+                answer::reject(s, session, f, entry.as_deref().map(|r| &r.entry)).await?;
+                fetched.finish(&s.connector, &peer).await;
+                return Ok(true);
+            }
+            _ => {}
+        }
+    }
+    // 4. Relay the response, with the synthesised tag.
+    relay(s, session, fetched, &peer, tag.filter(|_| synthetic)).await?;
+    Ok(true)
+}
+
+async fn write(
+    s: &Shared,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    route: &Route,
+    key: OwnedKey,
+) -> Result<bool> {
+    let settings = &route.enforce;
+    let Some(lock) = s.locks.lock(&key, settings.write_wait).await else {
+        warn!(key = %key, "write lock not obtained in time");
+        answer::write_busy(s, session, settings.write_wait).await?;
+        return Ok(true);
+    };
+    ctx.write_lock = Some(lock);
+    let needs_date = has_date_precondition(session.req_header());
+    // Writes before this one (through this instance) have completed and been learned: this
+    // write's place in the store's history starts now, not when it began waiting.
+    ctx.ticket = Some(s.store.ticket());
+    let required = settings.require.contains(&ctx.method);
+    let has_any = conditional(&session.req_header().headers, ctx.method).has_any();
+    if has_any || required {
+        let mut entry = s
+            .store
+            .get(&key.as_key())
+            .filter(|e| decidable(e, needs_date));
+        if entry.is_none() {
+            let head = settings.probe == Probe::Head;
+            match fetch_and_learn(s, session, route, &key, head).await {
+                Ok((fetched, peer, _, _)) => {
+                    let status = fetched.header.status.as_u16();
+                    fetched.finish(&s.connector, &peer).await;
+                    if status >= 500 {
+                        return answer::unknown_state(s, session, status)
+                            .await
+                            .map(|()| true);
+                    }
+                    entry = s
+                        .store
+                        .get(&key.as_key())
+                        .filter(|e| decidable(e, needs_date));
+                    if entry.is_none() && matches!(status, 200..=299 | 404 | 410) {
+                        // The origin showed the state but it could not be recorded: never
+                        // forward the write unprotected.
+                        return answer::unknown_state(s, session, status)
+                            .await
+                            .map(|()| true);
+                    }
+                }
+                Err(e) => {
+                    warn!(key = %key, error = %e, "probe failed");
+                    return answer::unknown_state(s, session, 502).await.map(|()| true);
+                }
+            }
+        }
+        match entry {
+            Some(entry) => {
+                let cond = conditional(&session.req_header().headers, ctx.method);
+                match evaluate(&cond, &current_of(&entry), required) {
+                    Decision::PreconditionFailed(f) => {
+                        answer::reject(s, session, f, Some(&entry)).await?;
+                        return Ok(true);
+                    }
+                    Decision::PreconditionRequired => {
+                        answer::require(s, session).await?;
+                        return Ok(true);
+                    }
+                    _ => ctx.strip_tags = entry.synthetic,
+                }
+            }
+            None => {
+                // The probe showed neither a representation nor its absence (401, 403,
+                // 3xx, ...): the origin's answer takes precedence (RFC 9110 §13.2.1).
+                if required
+                    && !has_usable_precondition(
+                        &conditional(&session.req_header().headers, ctx.method),
+                        None,
+                    )
+                {
+                    answer::require(s, session).await?;
+                    return Ok(true);
+                }
+                info!(key = %key, "write forwarded unevaluated: the probe established no state");
+            }
+        }
+    }
+    ctx.key = Some(key);
+    Ok(false)
+}

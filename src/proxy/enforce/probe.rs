@@ -1,0 +1,316 @@
+//! Requests precond sends to an upstream on its own account (`enforce` routes): fetching a
+//! representation so that its validators are known, or synthesised, before a decision.
+//!
+//! Owns: [`fetch`] (one request through Pingora's connector, buffering up to a limit),
+//! [`synthesize_etag`] (a strong entity-tag derived from a representation), the probe request
+//! built from a client's, learning what a fetch showed ([`fetch_and_learn`]), and relaying a
+//! fetched response to the client ([`relay`]).
+//!
+//! Invariants:
+//! - Only safe methods (GET, HEAD) are sent, so a request on a pooled connection that turns out
+//!   stale is retried once on a fresh one; nothing else is ever retried.
+//! - At most `limit` body bytes are buffered; the rest stays in the upstream session for the
+//!   caller to stream.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use pingora::connectors::http::Connector;
+use pingora::prelude::*;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use sha2::{Digest, Sha256};
+
+use crate::config::Route;
+use crate::identity::OwnedKey;
+use crate::precondition::{EntityTag, Method};
+use crate::store::{Observation, Outcome, META_HEADERS};
+
+use crate::proxy::headers::{etag_trim, header_bytes};
+use crate::proxy::shared::Shared;
+
+/// Hop-by-hop fields never relayed from a fetched response.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// A fetched response: its header, the buffered start of its body, and the session to read the
+/// rest from when the body was larger than the limit.
+pub struct Fetched {
+    /// The upstream's response header.
+    pub header: ResponseHeader,
+    /// The body, or its first `limit`+ bytes.
+    pub body: BytesMut,
+    /// Whether `body` is the whole body.
+    pub complete: bool,
+    rest: Option<HttpSession>,
+    rest_done: bool,
+}
+
+impl Fetched {
+    /// Reads the next chunk of a body that was not buffered whole.
+    pub async fn read_more(&mut self) -> Result<Option<Bytes>> {
+        match &mut self.rest {
+            Some(s) => {
+                let chunk = s.read_response_body().await?;
+                self.rest_done = chunk.is_none();
+                Ok(chunk)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the connection to the pool (when fully read) or closes it.
+    pub async fn finish(mut self, connector: &Connector, peer: &HttpPeer) {
+        if let Some(mut s) = self.rest.take() {
+            if self.rest_done {
+                connector
+                    .release_http_session(s, peer, peer.options.idle_timeout)
+                    .await;
+            } else {
+                s.shutdown().await;
+            }
+        }
+    }
+}
+
+/// Sends `req` (GET or HEAD, no body) to `peer` and buffers up to `limit` bytes of the answer.
+pub async fn fetch(
+    connector: &Connector,
+    peer: &HttpPeer,
+    req: &RequestHeader,
+    limit: usize,
+) -> Result<Fetched> {
+    match fetch_once(connector, peer, req, limit).await {
+        Err(e) if e.retry() => fetch_once(connector, peer, req, limit).await,
+        other => other,
+    }
+}
+
+async fn fetch_once(
+    connector: &Connector,
+    peer: &HttpPeer,
+    req: &RequestHeader,
+    limit: usize,
+) -> Result<Fetched> {
+    let (mut s, reused) = connector.get_http_session(peer).await?;
+    s.set_read_timeout(peer.options.read_timeout);
+    s.set_write_timeout(peer.options.write_timeout);
+    let sent = async {
+        s.write_request_header(Box::new(req.clone())).await?;
+        s.finish_request_body().await?;
+        s.read_response_header().await
+    }
+    .await;
+    if let Err(mut e) = sent {
+        // A safe request that failed on a reused connection may be retried on a fresh one.
+        e.retry.decide_reuse(reused);
+        return Err(e);
+    }
+    let header = s
+        .response_header()
+        .cloned()
+        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
+    let mut body = BytesMut::new();
+    let mut complete = false;
+    while body.len() <= limit {
+        match s.read_response_body().await? {
+            Some(chunk) => body.extend_from_slice(&chunk),
+            None => {
+                complete = true;
+                break;
+            }
+        }
+    }
+    let rest = if complete {
+        connector
+            .release_http_session(s, peer, peer.options.idle_timeout)
+            .await;
+        None
+    } else {
+        Some(s)
+    };
+    Ok(Fetched {
+        header,
+        body,
+        complete,
+        rest,
+        rest_done: false,
+    })
+}
+
+/// Validators of a fetched response, as raw `ETag` bytes: the origin's strong ETag if it sent
+/// one, else a synthesised tag when the response is a 200 to a GET whose whole body was read (a
+/// HEAD has no body to hash: a tag synthesised from it would never change). Second value: whether
+/// the tag was synthesised.
+fn validators_of(f: &Fetched, was_get: bool) -> (Option<Vec<u8>>, bool) {
+    let raw = header_bytes(&f.header, "etag");
+    let origin = raw.and_then(EntityTag::parse);
+    match origin {
+        Some(t) if !t.is_weak() => (raw.map(|r| etag_trim(r).to_vec()), false),
+        _ if was_get && f.header.status == 200 && f.complete => {
+            let ct = header_bytes(&f.header, "content-type").unwrap_or_default();
+            let ce = header_bytes(&f.header, "content-encoding").unwrap_or_default();
+            (Some(synthesize_etag(ct, ce, &f.body).into_bytes()), true)
+        }
+        // A weak origin tag that cannot be replaced: keep it (it still serves If-None-Match);
+        // it can never satisfy If-Match.
+        Some(_) => (raw.map(|r| etag_trim(r).to_vec()), false),
+        None => (None, false),
+    }
+}
+
+/// The request precond sends to learn a representation: the client's header (credentials,
+/// `Accept*`, `Host`) as a GET or HEAD without preconditions, ranges or body framing.
+fn probe_request(session: &Session, head: bool) -> Result<RequestHeader> {
+    let mut req = session.req_header().clone();
+    req.set_method(if head {
+        http::Method::HEAD
+    } else {
+        http::Method::GET
+    });
+    for name in [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::EXPECT,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+    ] {
+        req.remove_header(&name);
+    }
+    Ok(req)
+}
+
+/// Fetches the target for `route` and teaches the store what it showed.
+pub(super) async fn fetch_and_learn(
+    s: &Shared,
+    session: &Session,
+    route: &Route,
+    key: &OwnedKey,
+    head: bool,
+) -> Result<(Fetched, HttpPeer, Option<Vec<u8>>, bool)> {
+    let peer = s.upstreams.peer_for(route.upstream)?;
+    let req = probe_request(session, head)?;
+    // The ticket is taken when the fetch starts: a write that completes while the fetch is in
+    // flight makes its answer unteachable (store race rule).
+    let ticket = s.store.ticket();
+    let fetched = fetch(&s.connector, &peer, &req, route.enforce.synthesize_max_body).await?;
+    s.metrics
+        .forwarded
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (tag, synthetic) = validators_of(&fetched, !head);
+    let h = &fetched.header;
+    let meta = META_HEADERS.map(|n| header_bytes(h, n));
+    let obs = Observation {
+        method: Method::Get,
+        outcome: Outcome::Status(h.status.as_u16()),
+        etag: tag.as_deref(),
+        last_modified: header_bytes(h, "last-modified"),
+        date: header_bytes(h, "date"),
+        vary: h.headers.contains_key(header::VARY),
+        synthetic,
+        meta: Some(meta),
+    };
+    s.store.learn(&key.as_key(), ticket, &obs);
+    Ok((fetched, peer, tag, synthetic))
+}
+
+/// Sends a fetched response to the client, with `etag` added when it was synthesised.
+pub(super) async fn relay(
+    s: &Shared,
+    session: &mut Session,
+    mut fetched: Fetched,
+    peer: &HttpPeer,
+    etag: Option<Vec<u8>>,
+) -> Result<()> {
+    let mut resp = fetched.header.clone();
+    for name in HOP_BY_HOP {
+        resp.remove_header(name);
+    }
+    if let Some(tag) = etag {
+        let v = HeaderValue::from_bytes(&tag)
+            .map_err(|e| Error::because(ErrorType::InternalError, "etag", e))?;
+        resp.insert_header(header::ETAG, v)?;
+    }
+    if fetched.complete {
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        resp.insert_header(header::CONTENT_LENGTH, fetched.body.len().to_string())?;
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    let no_body = head || (fetched.complete && fetched.body.is_empty());
+    session
+        .write_response_header(Box::new(resp), no_body)
+        .await?;
+    if !no_body {
+        let first = std::mem::take(&mut fetched.body).freeze();
+        session
+            .write_response_body(Some(first), fetched.complete)
+            .await?;
+        if !fetched.complete {
+            loop {
+                let chunk = fetched.read_more().await?;
+                let end = chunk.is_none();
+                session
+                    .write_response_body(Some(chunk.unwrap_or_else(Bytes::new)), end)
+                    .await?;
+                if end {
+                    break;
+                }
+            }
+        }
+    }
+    fetched.finish(&s.connector, peer).await;
+    Ok(())
+}
+
+/// A strong entity-tag for a representation: SHA-256 over its content coding, media type and
+/// bytes (strong validators must differ between encodings, RFC 9110 §8.8.3.3), first 128 bits in
+/// hex, prefixed `s-` so that synthesised tags are recognisable. Returned with its quotes.
+pub fn synthesize_etag(content_type: &[u8], content_encoding: &[u8], body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    for part in [content_encoding, content_type] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(body);
+    let digest = h.finalize();
+    let mut tag = String::with_capacity(36);
+    tag.push_str("\"s-");
+    for b in &digest[..16] {
+        tag.push_str(&format!("{b:02x}"));
+    }
+    tag.push('"');
+    tag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::precondition::EntityTag;
+
+    #[test]
+    fn synthesised_tag_is_stable_valid_and_content_sensitive() {
+        let a = synthesize_etag(b"application/json", b"", b"{\"n\":1}");
+        assert_eq!(a, synthesize_etag(b"application/json", b"", b"{\"n\":1}"));
+        assert_ne!(a, synthesize_etag(b"application/json", b"", b"{\"n\":2}"));
+        assert_ne!(
+            a,
+            synthesize_etag(b"application/json", b"gzip", b"{\"n\":1}")
+        );
+        assert_ne!(a, synthesize_etag(b"text/plain", b"", b"{\"n\":1}"));
+        let t = EntityTag::parse(a.as_bytes()).expect("a valid entity-tag");
+        assert!(!t.is_weak());
+        assert_eq!(t.opaque().len(), 34);
+    }
+}

@@ -1,0 +1,98 @@
+//! Reading request and response fields into the pure types: the one place that knows how header
+//! maps are laid out.
+//!
+//! Owns: [`HeaderLines`] (a header's field lines as [`FieldLines`]), [`conditional`] (a request's
+//! precondition fields), and small readers of single fields. Nothing here decides anything.
+//!
+//! Invariant: values are borrowed, never copied or re-encoded (a tag's bytes reach the evaluator
+//! as the client sent them, obs-text included).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::precondition::{Conditional, FieldLines, Method};
+
+/// The field lines of one header in a Pingora/`http` header map.
+#[derive(Clone, Copy)]
+pub(crate) struct HeaderLines<'a> {
+    map: &'a HeaderMap,
+    name: &'a HeaderName,
+}
+
+impl<'a> FieldLines<'a> for HeaderLines<'a> {
+    type Iter =
+        std::iter::Map<http::header::ValueIter<'a, HeaderValue>, fn(&'a HeaderValue) -> &'a [u8]>;
+    fn lines(self) -> Self::Iter {
+        self.map
+            .get_all(self.name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+    }
+}
+
+/// The precondition fields of a request with header map `map` and method `method`.
+pub(crate) fn conditional<'a>(map: &'a HeaderMap, method: Method) -> Conditional<HeaderLines<'a>> {
+    let lines = |name| HeaderLines { map, name };
+    Conditional {
+        method,
+        if_match: lines(&header::IF_MATCH),
+        if_none_match: lines(&header::IF_NONE_MATCH),
+        if_modified_since: lines(&header::IF_MODIFIED_SINCE),
+        if_unmodified_since: lines(&header::IF_UNMODIFIED_SINCE),
+        no_cache: has_no_cache(map),
+    }
+}
+
+/// `Cache-Control: no-cache` or `Pragma: no-cache` on a request.
+fn has_no_cache(map: &HeaderMap) -> bool {
+    let has = |name, token: &str| {
+        map.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',').any(|d| {
+                    d.trim()
+                        .split('=')
+                        .next()
+                        .is_some_and(|d| d.eq_ignore_ascii_case(token))
+                })
+            })
+        })
+    };
+    has(&header::CACHE_CONTROL, "no-cache") || has(&header::PRAGMA, "no-cache")
+}
+
+/// Whether the request carries `If-Unmodified-Since` or `If-Modified-Since`.
+pub(crate) fn has_date_precondition(req: &RequestHeader) -> bool {
+    let h = &req.headers;
+    h.contains_key(header::IF_UNMODIFIED_SINCE) || h.contains_key(header::IF_MODIFIED_SINCE)
+}
+
+/// The request's host: the `Host` field, else the authority of an absolute-form target.
+pub(crate) fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.host())
+}
+
+/// The request's path and query, as received (`/` when the target has none).
+pub(crate) fn path_and_query(req: &RequestHeader) -> &str {
+    req.uri.path_and_query().map_or("/", |p| p.as_str())
+}
+
+/// A response field's first value, as bytes.
+pub(crate) fn header_bytes<'a>(h: &'a ResponseHeader, name: &str) -> Option<&'a [u8]> {
+    h.headers.get(name).map(HeaderValue::as_bytes)
+}
+
+/// An `ETag` field value without surrounding whitespace (bytes kept as sent: obs-text allowed).
+pub(crate) fn etag_trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}

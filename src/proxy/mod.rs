@@ -1,0 +1,199 @@
+//! The Pingora glue: routes a request, hands it to its role (`pass`, `guard`, `enforce`), and
+//! teaches the store from every upstream response.
+//!
+//! Files, each owning one concern:
+//! - this one: [`Precond`], the `ProxyHttp` implementation, phases only, each delegating;
+//! - `shared.rs`: the state every handler shares; `ctx.rs`: per-request state;
+//! - `headers.rs`: reading fields into the pure types;
+//! - `guard.rs` and `enforce/`: the two deciding roles (`pass` needs no code of its own);
+//! - `answer.rs` and `problem.rs`: the edge's own answers and their problem bodies;
+//! - `upstream.rs`: which server a request goes to.
+//!
+//! Invariants:
+//! - The decision is made in `request_filter`, before any upstream peer is chosen: a refused write
+//!   never opens a connection to the origin.
+//! - Everything not refused is forwarded unchanged, preconditions included (but for tags precond
+//!   synthesised itself on `enforce` routes, which the origin never issued).
+//! - A request whose method is not GET, HEAD or OPTIONS is never retried on another connection:
+//!   a write reaches the origin at most once.
+//! - A forwarded write whose outcome is unknown (the exchange broke) makes the store forget what it
+//!   believed of the resource.
+
+mod answer;
+mod ctx;
+pub(crate) mod enforce;
+mod guard;
+mod headers;
+mod problem;
+mod shared;
+mod upstream;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::header::{self, HeaderValue};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use tracing::warn;
+
+use crate::config::{Config, Mode};
+use crate::identity::ResourceKey;
+use crate::precondition::Method;
+use crate::store::{Observation, Outcome, Store};
+use crate::telemetry::Metrics;
+
+pub use answer::DECISION_HEADER;
+pub use ctx::Ctx;
+use headers::{path_and_query, request_host};
+use shared::Shared;
+
+/// The precond proxy.
+pub struct Precond {
+    s: Shared,
+}
+
+impl Precond {
+    /// Builds the proxy for a validated configuration.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        Ok(Precond {
+            s: Shared::new(config, store, metrics)?,
+        })
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Precond {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let s = &self.s;
+        let req = session.req_header();
+        let host = request_host(req);
+        let Some((idx, route)) = s.config.route_for(host, req.uri.path()) else {
+            s.metrics.no_route.fetch_add(1, Relaxed);
+            answer::no_route(s, session).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(idx);
+        ctx.method = Method::from_bytes(req.method.as_str().as_bytes());
+        if route.mode == Mode::Pass {
+            return Ok(false);
+        }
+        let key = ResourceKey {
+            route: route.id,
+            host: host.unwrap_or(""),
+            path: path_and_query(req),
+        }
+        .to_owned_key();
+        ctx.ticket = Some(s.store.ticket());
+        match route.mode {
+            Mode::Enforce => enforce::request(s, session, ctx, route, key).await,
+            _ => guard::request(s, session, ctx, route, key).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .map(|i| &self.s.config.routes[i])
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        let peer = self.s.upstreams.peer_for(route.upstream)?;
+        ctx.forwarded = true;
+        self.s.metrics.forwarded.fetch_add(1, Relaxed);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.strip_tags {
+            upstream_request.remove_header(&header::IF_MATCH);
+            upstream_request.remove_header(&header::IF_NONE_MATCH);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        let (Some(key), Some(ticket)) = (ctx.key.as_ref(), ctx.ticket) else {
+            return Ok(());
+        };
+        let h = &resp.headers;
+        let obs = Observation {
+            method: ctx.method,
+            outcome: Outcome::Status(resp.status.as_u16()),
+            etag: h.get(header::ETAG).map(HeaderValue::as_bytes),
+            last_modified: h.get(header::LAST_MODIFIED).map(HeaderValue::as_bytes),
+            date: h.get(header::DATE).map(HeaderValue::as_bytes),
+            vary: h.contains_key(header::VARY),
+            synthetic: false,
+            meta: None,
+        };
+        self.s.store.learn(&key.as_key(), ticket, &obs);
+        ctx.learned = true;
+        // The origin's answer is in the store: the next write to this resource may go.
+        ctx.write_lock = None;
+        self.s.metrics.learned.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let m = &session.req_header().method;
+        let safe = m == http::Method::GET || m == http::Method::HEAD || m == http::Method::OPTIONS;
+        if safe && !session.as_ref().retry_buffer_truncated() {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            // PUT and DELETE are idempotent in theory; a legacy origin may still apply them
+            // twice. precond never sends a write a second time.
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        FailToProxy {
+            error_code: answer::proxy_failed(&self.s, session, e).await,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let (Some(key), Some(ticket)) = (ctx.key.as_ref(), ctx.ticket) else {
+            return;
+        };
+        if ctx.forwarded && !ctx.learned && ctx.method.is_write() {
+            // The write may or may not have been applied: forget what we believed.
+            self.s
+                .store
+                .learn(&key.as_key(), ticket, &Observation::broken(ctx.method));
+            warn!(key = %key, error = ?e.map(|e| e.to_string()), "write outcome unknown: validators forgotten");
+        }
+    }
+}

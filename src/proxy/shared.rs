@@ -1,0 +1,45 @@
+//! What every request handler of the proxy shares: settings, the store, the counters, the
+//! upstreams, the connector for precond's own requests, and the enforce write locks.
+//!
+//! Owns: [`Shared`]. Built once per process by the app; read-only but for the interior state of
+//! its parts (the store, the counters, the locks), each of which documents its own invariants.
+
+use std::sync::Arc;
+
+use pingora::connectors::http::Connector;
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+use super::enforce::locks::KeyedLocks;
+use super::upstream::Upstreams;
+
+/// The state request handlers share.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) upstreams: Upstreams,
+    /// Upstream connections for requests precond sends itself (`enforce` probes and reads).
+    pub(crate) connector: Connector,
+    pub(crate) locks: Arc<KeyedLocks>,
+}
+
+impl Shared {
+    /// The shared state for a validated configuration.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Shared> {
+        Ok(Shared {
+            upstreams: Upstreams::new(&config.upstreams)?,
+            config,
+            store,
+            metrics,
+            connector: Connector::new(None),
+            locks: Arc::new(KeyedLocks::default()),
+        })
+    }
+}

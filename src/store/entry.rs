@@ -1,0 +1,149 @@
+//! One resource's learned state: what precond believes about its representations.
+//!
+//! Owns: [`Entry`] and its owned tags ([`Tag`]), the bounds on what one entry holds, and the
+//! header fields kept for building 304s ([`META_HEADERS`]). Plain data with small helpers; the rules
+//! that change an entry live in [`learn`](super::learn).
+//!
+//! Invariants:
+//! - A tag is never both current and replaced.
+//! - `replaced` holds at most [`MAX_REPLACED`] tags (oldest dropped first: a dropped tag becomes
+//!   unknown, so requests carrying it are forwarded); `current` at most [`MAX_CURRENT`].
+//! - `last_modified` only moves forward.
+
+use crate::precondition::date::Timestamp;
+use crate::precondition::{EntityTag, Existence, Knowledge};
+
+/// Most tags remembered as replaced per resource.
+pub const MAX_REPLACED: usize = 8;
+/// Most tags held as current at once (several only with `Vary`).
+pub const MAX_CURRENT: usize = 4;
+
+/// An owned entity-tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tag {
+    weak: bool,
+    opaque: Box<[u8]>,
+}
+
+impl Tag {
+    /// Copies a borrowed tag.
+    pub fn from_ref(t: &EntityTag<'_>) -> Tag {
+        Tag {
+            weak: t.is_weak(),
+            opaque: t.opaque().into(),
+        }
+    }
+
+    /// Borrows it back.
+    #[inline]
+    pub fn as_ref(&self) -> EntityTag<'_> {
+        // `opaque` came from a parsed `EntityTag` (the only constructor is `from_ref`).
+        EntityTag::from_trusted(self.weak, &self.opaque)
+    }
+}
+
+/// Response header fields a 304 must repeat (RFC 9110 §15.4.5), kept for `enforce` routes.
+pub const META_HEADERS: [&str; 4] = ["cache-control", "expires", "vary", "content-location"];
+
+/// Values of [`META_HEADERS`], in that order.
+pub type Meta = [Option<Box<[u8]>>; 4];
+
+/// One resource's learned state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Whether the resource exists.
+    pub existence: Existence,
+    /// Current tags; `None` when unknown, empty when known to have no ETag.
+    pub current: Option<Vec<Tag>>,
+    /// Tags seen replaced, oldest first.
+    pub replaced: Vec<Tag>,
+    /// Latest `Last-Modified` seen.
+    pub last_modified: Option<Timestamp>,
+    /// Store sequence number of the last write outcome applied.
+    pub changed_at: u64,
+    /// The current tag was synthesised by precond (the origin never issued it).
+    pub synthetic: bool,
+    /// The current representation's `Last-Modified` (`last_modified` is the latest ever seen).
+    pub current_lm: Option<Timestamp>,
+    /// A write completed whose response carried no `Last-Modified`: `current_lm` may be older
+    /// than the resource.
+    pub lm_stale: bool,
+    /// Ticket or stamp of the exchange that set `current`: an older read never overrides it.
+    /// In a stored record, later confirming reads are counted in the record, not here.
+    pub(crate) current_since: u64,
+    /// Header fields of the last 200, for building 304s.
+    pub meta: Option<Box<Meta>>,
+}
+
+impl Entry {
+    /// A state that knows nothing.
+    pub fn blank() -> Entry {
+        Entry {
+            existence: Existence::Unknown,
+            current: None,
+            replaced: Vec::new(),
+            last_modified: None,
+            changed_at: 0,
+            synthetic: false,
+            current_lm: None,
+            lm_stale: false,
+            current_since: 0,
+            meta: None,
+        }
+    }
+
+    pub(super) fn unreplace(&mut self, tag: &Tag) {
+        self.replaced.retain(|r| r != tag);
+    }
+
+    pub(super) fn push_replaced(&mut self, tag: Tag) {
+        if self.replaced.contains(&tag) {
+            return;
+        }
+        if self.replaced.len() == MAX_REPLACED {
+            self.replaced.remove(0);
+        }
+        self.replaced.push(tag);
+    }
+
+    /// Moves every current tag to `replaced`, except `keep`.
+    pub(super) fn supersede_current(&mut self, keep: Option<&Tag>) {
+        for t in self.current.take().unwrap_or_default() {
+            if Some(&t) != keep {
+                self.push_replaced(t);
+            }
+        }
+    }
+
+    pub(super) fn note_last_modified(&mut self, lm: Option<Timestamp>) {
+        if let Some(lm) = lm {
+            self.last_modified = Some(self.last_modified.map_or(lm, |old| old.max(lm)));
+        }
+    }
+
+    /// The current tags, when known.
+    pub fn current_tags(&self) -> impl Iterator<Item = EntityTag<'_>> {
+        self.current.iter().flatten().map(Tag::as_ref)
+    }
+}
+
+impl Knowledge for Entry {
+    fn existence(&self) -> Existence {
+        self.existence
+    }
+    fn current_known(&self) -> bool {
+        self.current.is_some()
+    }
+    fn is_current_strong(&self, tag: &EntityTag<'_>) -> bool {
+        self.current_tags().any(|c| c.strong_eq(tag))
+    }
+    fn is_current_weak(&self, tag: &EntityTag<'_>) -> bool {
+        self.current_tags().any(|c| c.weak_eq(tag))
+    }
+    fn was_replaced(&self, tag: &EntityTag<'_>) -> bool {
+        self.replaced.iter().any(|r| r.as_ref() == *tag)
+    }
+    fn last_modified(&self) -> Option<Timestamp> {
+        self.last_modified
+    }
+}

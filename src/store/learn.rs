@@ -1,0 +1,244 @@
+//! The learning rules: how one upstream exchange changes a resource's learned state.
+//!
+//! Owns: [`Observation`] (what an exchange showed), [`Outcome`], [`Ticket`] (a request's place in
+//! the store's history) and [`apply`], the pure function from (old entry, observation) to new
+//! entry. No I/O and no shared state: the store calls it inside its per-key critical section.
+//!
+//! Invariants:
+//! - Race rule: every request takes a [`Ticket`] when it starts. A write outcome stamps the entry
+//!   with a new sequence number; a read whose ticket predates that stamp, or predates the read that
+//!   set the current tags, teaches nothing (its response may show an older representation).
+//! - Only a completed replacement (200/201/204 to PUT, PATCH or DELETE) proves that the previous
+//!   representation is gone; other 2xx make the current tags unknown.
+//! - `last_modified` is never later than the response's `Date` (RFC 9110 §8.8.2.1).
+
+use crate::precondition::date::{parse_http_date, Timestamp};
+use crate::precondition::{EntityTag, Existence, Method};
+
+use super::entry::{Entry, Tag, MAX_CURRENT};
+
+/// How an upstream exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The origin answered with this final status.
+    Status(u16),
+    /// The exchange broke (connect, write or read failure, timeout): the outcome is unknown.
+    Broken,
+}
+
+/// What one upstream exchange showed about its target resource.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation<'a> {
+    /// The request method.
+    pub method: Method,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The response's first `ETag` field value.
+    pub etag: Option<&'a [u8]>,
+    /// The response's `Last-Modified` field value.
+    pub last_modified: Option<&'a [u8]>,
+    /// The response's `Date` field value.
+    pub date: Option<&'a [u8]>,
+    /// Whether the response carries `Vary` (several current representations may coexist).
+    pub vary: bool,
+    /// `etag` was synthesised by precond from the representation.
+    pub synthetic: bool,
+    /// Values of [`META_HEADERS`](super::META_HEADERS) in a 200, when they are to be kept.
+    pub meta: Option<[Option<&'a [u8]>; 4]>,
+}
+
+impl Observation<'_> {
+    /// An exchange of `method` that broke before a final response (its outcome is unknown).
+    pub fn broken(method: Method) -> Observation<'static> {
+        Observation {
+            method,
+            outcome: Outcome::Broken,
+            etag: None,
+            last_modified: None,
+            date: None,
+            vary: false,
+            synthetic: false,
+            meta: None,
+        }
+    }
+
+    /// `Last-Modified`, ignored when invalid and clamped to `Date` when later (RFC 9110 §8.8.2.1).
+    fn last_modified(&self) -> Option<Timestamp> {
+        let lm = parse_http_date(self.last_modified?)?;
+        match self.date.and_then(parse_http_date) {
+            Some(date) if lm > date => Some(date),
+            _ => Some(lm),
+        }
+    }
+
+    fn etag(&self) -> Option<Tag> {
+        EntityTag::parse(self.etag?).as_ref().map(Tag::from_ref)
+    }
+}
+
+/// A request's place in the store's history, taken when the request starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket(pub(super) u64);
+
+/// Applies one observation to a resource's state. Returns `None` when nothing is to change.
+/// `confirmed_since` is the latest ticket of a read that confirmed `old` after it was stored
+/// (it counts as `old.current_since` when later; 0 when there is none).
+pub fn apply(
+    old: Option<&Entry>,
+    confirmed_since: u64,
+    obs: &Observation<'_>,
+    ticket: Ticket,
+    stamp: u64,
+) -> Option<Entry> {
+    let mut e = old.cloned().unwrap_or_else(Entry::blank);
+    e.current_since = e.current_since.max(confirmed_since);
+    let Outcome::Status(status) = obs.outcome else {
+        if !obs.method.is_write() {
+            return None;
+        }
+        // A write that broke may or may not have been applied: forget what we believed.
+        e.existence = Existence::Unknown;
+        e.current = None;
+        e.lm_stale = true;
+        e.changed_at = stamp;
+        return Some(e);
+    };
+    if obs.method.is_get_or_head() {
+        if e.changed_at > ticket.0 || e.current_since > ticket.0 {
+            // A write completed while this read was in flight, or a read that started later
+            // already answered: this response may show an older representation.
+            return None;
+        }
+        match status {
+            200 | 203 | 206 => {
+                e.existence = Existence::Exists;
+                e.current_since = ticket.0;
+                match obs.etag() {
+                    Some(tag) => {
+                        e.unreplace(&tag);
+                        if obs.vary {
+                            let cur = e.current.get_or_insert_with(Vec::new);
+                            if !cur.contains(&tag) {
+                                if cur.len() == MAX_CURRENT {
+                                    cur.remove(0);
+                                }
+                                cur.push(tag);
+                            }
+                        } else {
+                            // Tags equal under weak comparison are encodings of the same
+                            // representation (W/"x" for gzip, "x" for identity, without Vary):
+                            // they stay current rather than being retired.
+                            let (mut cur, retired): (Vec<Tag>, Vec<Tag>) = e
+                                .current
+                                .take()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(|t| *t != tag)
+                                .partition(|t| t.as_ref().weak_eq(&tag.as_ref()));
+                            for t in retired {
+                                e.push_replaced(t);
+                            }
+                            cur.truncate(MAX_CURRENT - 1);
+                            cur.push(tag);
+                            e.current = Some(cur);
+                        }
+                    }
+                    None if obs.vary => e.current = None,
+                    None => {
+                        e.supersede_current(None);
+                        e.current = Some(Vec::new());
+                    }
+                }
+                e.synthetic = obs.synthetic;
+                e.current_lm = obs.last_modified();
+                e.lm_stale = false;
+                if let Some(meta) = obs.meta {
+                    e.meta = meta
+                        .iter()
+                        .any(Option::is_some)
+                        .then(|| Box::new(meta.map(|v| v.map(Box::from))));
+                }
+                e.note_last_modified(obs.last_modified());
+            }
+            304 => {
+                let tag = obs.etag()?;
+                e.existence = Existence::Exists;
+                e.current_since = ticket.0;
+                e.unreplace(&tag);
+                let cur = e.current.get_or_insert_with(Vec::new);
+                if !cur.contains(&tag) {
+                    if cur.len() == MAX_CURRENT {
+                        cur.remove(0);
+                    }
+                    cur.push(tag);
+                }
+            }
+            404 | 410 => {
+                e.supersede_current(None);
+                e.existence = Existence::Absent;
+                e.current = Some(Vec::new());
+                e.current_since = ticket.0;
+            }
+            _ => return None,
+        }
+        return (old != Some(&e)).then_some(e);
+    }
+    if !obs.method.is_write() {
+        return None;
+    }
+    let concurrent = e.changed_at > ticket.0;
+    // Only a completed replacement or deletion proves that the previous representation is gone;
+    // a 202 (maybe never applied), a POST (an action, or a child created elsewhere) or another
+    // 2xx only makes the current tag unknown.
+    let proves_replacement = matches!(status, 200 | 201 | 204)
+        && matches!(obs.method, Method::Put | Method::Patch | Method::Delete);
+    match status {
+        200..=299 if !proves_replacement => {
+            e.synthetic = false;
+            e.current = None;
+            e.lm_stale = true;
+            if obs.method == Method::Delete {
+                e.existence = Existence::Unknown;
+            }
+        }
+        200..=299 => {
+            let new_tag = obs.etag();
+            e.synthetic = false;
+            e.current_since = stamp;
+            e.current_lm = obs.last_modified();
+            e.lm_stale = e.current_lm.is_none();
+            if concurrent {
+                // Another write finished while this one was in flight: their order at the
+                // origin is unknown, so neither result is trusted as current.
+                e.current = None;
+            } else {
+                e.supersede_current(new_tag.as_ref());
+                e.current = new_tag.clone().map(|t| vec![t]);
+            }
+            if let Some(t) = &new_tag {
+                e.unreplace(t);
+            }
+            match obs.method {
+                Method::Delete => {
+                    e.existence = Existence::Absent;
+                    e.current = Some(Vec::new());
+                }
+                Method::Put | Method::Patch => e.existence = Existence::Exists,
+                _ => {}
+            }
+            e.note_last_modified(obs.last_modified());
+        }
+        300..=399 | 412 | 500..=599 => {
+            // Invalidate (RFC 9111 §4.4); a 412 carries no representation's validators
+            // (RFC 9110 §15.5.13); a 5xx leaves the outcome unknown.
+            e.current = None;
+            e.lm_stale = true;
+            if status >= 500 {
+                e.existence = Existence::Unknown;
+            }
+        }
+        _ => return None,
+    }
+    e.changed_at = stamp;
+    Some(e)
+}
