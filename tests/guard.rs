@@ -147,7 +147,7 @@ fn preconditions_reach_the_origin_intact() {
     );
 }
 
-/// Table of design §2: what each policy does with each kind of precondition.
+/// The README's table "How it decides": what each policy does with each kind of precondition.
 #[test]
 fn policy_table_if_match_lists_and_weak_tags() {
     for policy in ["superseded", "mismatch"] {

@@ -107,7 +107,7 @@ def markdown(res, info):
         "high, that row is skewed."
     )
     out.append("")
-    out.append("Targets (issue #4):")
+    out.append("Performance targets:")
     out.append("")
     checks = [
         (

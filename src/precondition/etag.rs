@@ -247,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn r1_3_grammar_accepts_legal_tags() {
+    fn rfc9110_8_8_3_grammar_accepts_legal_tags() {
         assert_eq!(tag("\"abc\"").opaque(), b"abc");
         assert!(tag("W/\"abc\"").is_weak());
         assert_eq!(tag("\"\"").opaque(), b""); // empty tag is valid
@@ -262,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn r1_3_grammar_rejects_illegal_tags() {
+    fn rfc9110_8_8_3_grammar_rejects_illegal_tags() {
         for bad in [
             "abc",        // unquoted
             "w/\"x\"",    // lower-case weak prefix
@@ -282,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn r1_4_comparison_table() {
+    fn rfc9110_8_8_3_2_comparison_table() {
         let cases = [
             ("W/\"1\"", "W/\"1\"", false, true),
             ("W/\"1\"", "W/\"2\"", false, false),
@@ -297,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn r6_1_list_splits_only_outside_quotes() {
+    fn rfc9110_5_6_1_2_list_splits_only_outside_quotes() {
         let (shape, tags) = collect(&[b"\"a,b\", \"c\""]);
         assert_eq!(shape, ListShape::Tags { count: 2, weak: 0 });
         assert_eq!(tags[0].opaque(), b"a,b");
@@ -305,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn r6_1_list_accepts_empty_elements_and_htab() {
+    fn rfc9110_5_6_1_2_list_accepts_empty_elements_and_htab() {
         let (shape, tags) = collect(&[b" ,\t\"a\" ,, \t W/\"b\"\t, "]);
         assert_eq!(shape, ListShape::Tags { count: 2, weak: 1 });
         assert_eq!(tags[1], EntityTag::new(true, b"b").unwrap());
@@ -314,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn r6_2_several_field_lines_form_one_list() {
+    fn rfc9110_5_3_several_field_lines_form_one_list() {
         let (shape, tags) = collect(&[b"\"a\"", b"\"b\", \"c\""]);
         assert_eq!(shape, ListShape::Tags { count: 3, weak: 0 });
         assert_eq!(tags[2].opaque(), b"c");
@@ -322,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_1_8_star_alone_is_any_and_mixed_is_malformed() {
+    fn rfc9110_13_1_1_star_alone_is_any_and_mixed_is_malformed() {
         assert_eq!(collect(&[b"*"]).0, ListShape::Any);
         assert_eq!(collect(&[b" * "]).0, ListShape::Any);
         assert_eq!(collect(&[b"*, \"a\""]).0, ListShape::Malformed);
@@ -334,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn r6_1_bad_member_makes_whole_list_malformed() {
+    fn rfc9110_5_6_1_2_bad_member_makes_whole_list_malformed() {
         // Strict reading: the value is not a list of entity-tags.
         assert_eq!(collect(&[b"\"a\", b"]).0, ListShape::Malformed);
         // A prefix of a malformed member must not count as a tag (Go matches "inner" here).
@@ -344,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn r6_4_obs_text_tags_are_compared_as_bytes() {
+    fn rfc9110_8_8_3_obs_text_tags_are_compared_as_bytes() {
         let (shape, tags) = collect(&[b"\"\xe9t\xe9\""]);
         assert_eq!(shape, ListShape::Tags { count: 1, weak: 0 });
         assert!(tags[0].strong_eq(&EntityTag::new(false, b"\xe9t\xe9").unwrap()));

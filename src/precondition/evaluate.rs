@@ -171,8 +171,9 @@ pub enum Decision {
     PreconditionRequired,
 }
 
-/// What a request's preconditions amount to for the 428 check (RFC 6585 §3 with the digest's §5.3
-/// policy): a precondition that would be ignored or is unusable counts as absent.
+/// What a request's preconditions amount to for the 428 check (RFC 6585 §3, with precond's policy,
+/// docs/architecture.md "enforce"): a precondition that would be ignored or is unusable counts as
+/// absent.
 ///
 /// Counted: a well-formed `If-Match` (including `*`); `If-None-Match: *` (create only); a valid
 /// `If-Unmodified-Since` *when the resource has a modification date* (otherwise RFC 9110 §13.1.4
@@ -392,7 +393,7 @@ mod tests {
     use Method::*;
 
     #[test]
-    fn r2_1_if_match_strong_comparison() {
+    fn rfc9110_13_1_1_if_match_strong_comparison() {
         assert_eq!(Req::default().im("\"v2\"").eval(Put), Decision::Proceed);
         assert_eq!(
             Req::default().im("\"v1\"").eval(Put),
@@ -417,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_1_4a_if_match_star_depends_on_existence_not_etag() {
+    fn rfc9110_13_1_1_if_match_star_depends_on_existence_not_etag() {
         let no_etag = Current {
             existence: Existence::Exists,
             etag: None,
@@ -434,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_1_4b_no_current_etag_matches_nothing() {
+    fn rfc9110_13_1_1_no_current_etag_matches_nothing() {
         let no_etag = Current {
             existence: Existence::Exists,
             etag: None,
@@ -447,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_1_4c_malformed_if_match_is_false() {
+    fn rfc9110_13_1_1_malformed_if_match_is_false() {
         for v in ["v2", "*, \"v2\"", "\"v2\" junk", "W/ \"v2\""] {
             assert_eq!(
                 Req::default().im(v).eval(Put),
@@ -458,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_1_empty_if_match_list_is_false() {
+    fn rfc9110_13_1_1_empty_if_match_list_is_false() {
         assert_eq!(
             Req::default().im("").eval(Put),
             failed(Field::IfMatch, Reason::NoMatch)
@@ -466,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_2_if_none_match_weak_comparison() {
+    fn rfc9110_13_1_2_if_none_match_weak_comparison() {
         assert_eq!(
             Req::default().inm("W/\"v2\"").eval(Get),
             not_modified(Field::IfNoneMatch, Reason::TagMatches)
@@ -479,7 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_2_5a_if_none_match_star() {
+    fn rfc9110_13_1_2_if_none_match_star() {
         assert_eq!(
             Req::default().inm("*").eval(Put),
             failed(Field::IfNoneMatch, Reason::ResourceExists)
@@ -491,13 +492,13 @@ mod tests {
     }
 
     #[test]
-    fn r2_2_5c_malformed_if_none_match_is_true() {
+    fn rfc9110_13_1_2_malformed_if_none_match_is_true() {
         assert_eq!(Req::default().inm("v2").eval(Get), Decision::Proceed);
         assert_eq!(Req::default().inm("*, \"v2\"").eval(Put), Decision::Proceed);
     }
 
     #[test]
-    fn r2_2_6_failed_if_none_match_is_304_for_get_head_412_otherwise() {
+    fn rfc9110_13_1_2_failed_if_none_match_is_304_for_get_head_412_otherwise() {
         let r = Req::default().inm("\"v2\"");
         assert!(matches!(r.eval(Get), Decision::NotModified(_)));
         assert!(matches!(r.eval(Head), Decision::NotModified(_)));
@@ -510,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_3_if_modified_since() {
+    fn rfc9110_13_1_3_if_modified_since() {
         assert_eq!(
             Req::default().ims(LM_STR).eval(Get),
             not_modified(Field::IfModifiedSince, Reason::NotModifiedSince)
@@ -526,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_3_2_if_modified_since_ignored_cases() {
+    fn rfc9110_13_1_3_if_modified_since_ignored_cases() {
         // With If-None-Match present.
         assert_eq!(
             Req::default().inm("\"other\"").ims(AFTER).eval(Get),
@@ -551,7 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_4_if_unmodified_since() {
+    fn rfc9110_13_1_4_if_unmodified_since() {
         assert_eq!(Req::default().ius(LM_STR).eval(Put), Decision::Proceed);
         assert_eq!(Req::default().ius(AFTER).eval(Put), Decision::Proceed);
         assert_eq!(
@@ -566,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn r2_4_2_if_unmodified_since_ignored_cases() {
+    fn rfc9110_13_1_4_if_unmodified_since_ignored_cases() {
         // If-Match present (even malformed: If-Match decides).
         assert_eq!(
             Req::default().im("\"v2\"").ius(BEFORE).eval(Put),
@@ -594,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn r4_order_if_match_failure_beats_if_none_match_304() {
+    fn rfc9110_13_2_2_order_if_match_failure_beats_if_none_match_304() {
         assert_eq!(
             Req::default().im("\"v1\"").inm("\"v2\"").eval(Get),
             failed(Field::IfMatch, Reason::NoMatch)
@@ -602,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn r4_passing_if_match_does_not_skip_if_none_match() {
+    fn rfc9110_13_2_2_passing_if_match_does_not_skip_if_none_match() {
         assert_eq!(
             Req::default().im("\"v2\"").inm("\"v2\"").eval(Put),
             failed(Field::IfNoneMatch, Reason::TagMatches)
@@ -610,7 +611,7 @@ mod tests {
     }
 
     #[test]
-    fn r4_if_unmodified_since_failure_beats_if_none_match() {
+    fn rfc9110_13_2_2_if_unmodified_since_failure_beats_if_none_match() {
         assert_eq!(
             Req::default().ius(BEFORE).inm("\"v2\"").eval(Get),
             failed(Field::IfUnmodifiedSince, Reason::ModifiedSince)
@@ -618,7 +619,7 @@ mod tests {
     }
 
     #[test]
-    fn r3_2_missing_resource_404_beats_412() {
+    fn rfc9110_13_2_1_missing_resource_404_beats_412() {
         for m in [Delete, Get, Head, Post] {
             assert_eq!(
                 Req::default().im("*").eval_with(m, &absent(), false),
@@ -637,7 +638,7 @@ mod tests {
     }
 
     #[test]
-    fn r3_4_options_connect_trace_ignore_preconditions() {
+    fn rfc9110_13_2_1_options_connect_trace_ignore_preconditions() {
         assert_eq!(
             Req::default().im("\"nope\"").eval(Method::NoPreconditions),
             Decision::Proceed
@@ -645,7 +646,7 @@ mod tests {
     }
 
     #[test]
-    fn r0_4_no_cache_request_is_never_answered_304() {
+    fn rfc9111_4_3_2_no_cache_request_is_never_answered_304() {
         assert_eq!(
             Req::default().inm("\"v2\"").no_cache().eval(Get),
             Decision::Proceed
@@ -662,7 +663,7 @@ mod tests {
     }
 
     #[test]
-    fn r5_3_428_when_required_and_no_usable_precondition() {
+    fn rfc6585_3_when_required_and_no_usable_precondition() {
         let cur = exists("\"v2\"");
         assert_eq!(
             Req::default().eval_with(Put, &cur, true),

@@ -1,5 +1,5 @@
 //! The `guard` role: the origin is the judge; the edge refuses a write only when what it has
-//! learned *proves* a precondition false (design §2, "Proving staleness").
+//! learned *proves* a precondition false (docs/architecture.md, "guard: proving staleness").
 //!
 //! Owns: [`Policy`], the [`Knowledge`] a store entry must offer, and [`guard`], which maps a write's
 //! preconditions and that knowledge to forward-or-412.
@@ -366,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn r3_2_absent_resource_404_beats_412_for_delete() {
+    fn rfc9110_13_2_1_absent_resource_404_beats_412_for_delete() {
         for p in [S, M] {
             assert_eq!(
                 decide(Delete, &["\"v3\""], &[], &[], &absent(), p),

@@ -158,7 +158,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn r5_4_412_body_has_standard_and_recovery_members() {
+    fn rfc9457_3_body_has_standard_and_recovery_members() {
         let p = PreconditionFailed {
             method: "PUT",
             path: "/items/1",
@@ -182,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn r5_3_428_body_says_how_to_resubmit() {
+    fn rfc6585_3_body_says_how_to_resubmit() {
         let v: Value = serde_json::from_slice(&precondition_required("PUT", "/o/1")).unwrap();
         assert_eq!(v["status"], 428);
         assert_eq!(v["title"], "Precondition Required");
