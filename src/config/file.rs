@@ -162,9 +162,18 @@ pub(super) struct RawRoute {
     pub(super) require: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) write_wait: Option<Spanned<String>>,
     pub(super) synthesize_max_body: Option<Spanned<i64>>,
+    #[serde(default = "default_strict_targets")]
+    pub(super) strict_targets: bool,
+    #[serde(default)]
+    pub(super) trust_forwarded: bool,
 }
 pub(super) fn default_prefix() -> Spanned<String> {
     unspanned("/".into())
+}
+/// `strict_targets`: ambiguous targets (`//`, `%2F`, non-UTF-8 escapes) get 400 on guard and
+/// enforce routes. (`trust_forwarded` defaults to `false`, serde's default for `bool`.)
+pub(super) fn default_strict_targets() -> bool {
+    true
 }
 pub(super) fn default_mode() -> Spanned<Mode> {
     unspanned(Mode::Guard)

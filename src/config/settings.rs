@@ -138,6 +138,11 @@ pub struct Route {
     pub policy: Policy,
     /// Enforce settings.
     pub enforce: EnforceSettings,
+    /// Answer 400 to targets whose canonical form depends on the origin (guard and enforce).
+    pub strict_targets: bool,
+    /// Keep client-sent forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Original-URL`,
+    /// `X-Rewrite-URL`) instead of replacing them with precond's own.
+    pub trust_forwarded: bool,
 }
 
 impl Route {

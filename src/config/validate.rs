@@ -18,7 +18,7 @@ use super::settings::{
     strip_port, Config, EdgeSettings, EnforceSettings, Mode, Policy, Route, ServerSettings,
     StoreSettings, Upstream,
 };
-use crate::identity::RouteId;
+use crate::identity::{canonical_path, RouteId};
 
 /// A configuration error, located in the file when possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +253,16 @@ impl Validator<'_> {
                     format!("path_prefix {prefix:?} must start with \"/\""),
                 ));
             }
+            // Requests are routed by their canonical path: a prefix must be canonical too.
+            let prefix = match canonical_path(&prefix) {
+                (p, None) => p.into_owned(),
+                (_, Some(why)) => {
+                    return Err(self.err(
+                        r.path_prefix.span(),
+                        format!("path_prefix {prefix:?} is ambiguous: {}", why.explain()),
+                    ))
+                }
+            };
             let mode = *r.mode.get_ref();
             let enforce = self.enforce_settings(r, mode)?;
             let policy = match r.policy.as_ref() {
@@ -282,6 +292,8 @@ impl Validator<'_> {
                 mode,
                 policy,
                 enforce,
+                strict_targets: r.strict_targets,
+                trust_forwarded: r.trust_forwarded,
             });
         }
         Ok(Config {

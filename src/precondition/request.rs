@@ -69,6 +69,13 @@ impl Method {
         )
     }
 
+    /// Methods that may change the target's state: the writes, and any extension method (or a
+    /// standard method in the wrong case, which RFC 9110 §9.1 makes another method). Fails
+    /// closed: what precond does not know is treated as a write when learning and serialising.
+    pub fn changes_state(self) -> bool {
+        self.is_write() || self == Method::Other
+    }
+
     /// Methods that can create a missing resource, so that a precondition on a resource known to be
     /// absent is still evaluated (RFC 9110 §13.2.1: for the others the 404 takes precedence).
     pub fn may_create(self) -> bool {

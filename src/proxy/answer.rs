@@ -19,6 +19,7 @@ use pingora::proxy::Session;
 use pingora::ErrorSource;
 use tracing::{info, warn};
 
+use crate::identity::Ambiguous;
 use crate::precondition::date::format_http_date;
 use crate::precondition::{Failure, Field};
 use crate::store::{Entry, Meta, META_HEADERS};
@@ -103,6 +104,30 @@ pub(crate) async fn no_route(s: &Shared, session: &mut Session) -> Result<()> {
         &format!("No route of this precond matches host {host:?} and path {path:?}."),
     );
     respond(s, session, 404, "no-route", body, &[]).await
+}
+
+/// 400: the target's canonical form depends on how the origin reads it (`strict_targets`).
+pub(crate) async fn ambiguous_target(
+    s: &Shared,
+    session: &mut Session,
+    why: Ambiguous,
+) -> Result<()> {
+    let path = session.req_header().uri.path().to_string();
+    info!(
+        decision = "400",
+        path_len = path.len(),
+        "ambiguous target refused"
+    );
+    let body = problem::simple(
+        400,
+        "Bad Request",
+        &format!(
+            "precond cannot tell which resource this target names: {}. Send the path in its \
+             plain form (single slashes, no encoded separators, UTF-8 escapes only).",
+            why.explain()
+        ),
+    );
+    respond(s, session, 400, "ambiguous-target", body, &[]).await
 }
 
 /// Builds and writes the edge 412 for a failed precondition.

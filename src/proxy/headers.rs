@@ -96,3 +96,57 @@ pub(crate) fn etag_trim(v: &[u8]) -> &[u8] {
         .map_or(start, |e| e + 1);
     &v[start..end]
 }
+
+/// Forwarding fields a client could use to make the origin answer for another host, tenant or
+/// path than the one precond keyed the request by.
+const CLIENT_FORWARDING: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Sets the forwarding fields of a request precond sends upstream. Unless `trust` (the route's
+/// `trust_forwarded`), the client's own forwarding fields are removed first, so that what the
+/// origin answers is about the target precond keyed (and no client can pick the tenant). Then
+/// `X-Forwarded-For` (the client's address, appended to a trusted chain), `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the request's `Host`) are set.
+pub(crate) fn set_forwarding(
+    req: &mut RequestHeader,
+    client: Option<std::net::IpAddr>,
+    trust: bool,
+) {
+    if !trust {
+        for name in CLIENT_FORWARDING {
+            req.remove_header(name);
+        }
+    }
+    if let Some(ip) = client {
+        let chain = req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!("{v}, {ip}"))
+            .unwrap_or_else(|| ip.to_string());
+        let _ = req.insert_header("x-forwarded-for", chain);
+    }
+    if !(trust && req.headers.contains_key("x-forwarded-proto")) {
+        let _ = req.insert_header("x-forwarded-proto", "http");
+    }
+    if !(trust && req.headers.contains_key("x-forwarded-host")) {
+        if let Some(host) = req.headers.get(header::HOST).cloned() {
+            let _ = req.insert_header("x-forwarded-host", host);
+        }
+    }
+}
+
+/// The client's IP address, when the connection is over TCP.
+pub(crate) fn client_ip(session: &pingora::proxy::Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}

@@ -19,11 +19,11 @@
 //! - A forwarded write whose outcome is unknown (the exchange broke) makes the store forget what it
 //!   believed of the resource.
 
-mod answer;
+pub(crate) mod answer;
 mod ctx;
 pub(crate) mod enforce;
 mod guard;
-mod headers;
+pub(crate) mod headers;
 mod problem;
 mod shared;
 mod upstream;
@@ -38,14 +38,14 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::warn;
 
 use crate::config::{Config, Mode};
-use crate::identity::ResourceKey;
+use crate::identity::{canonical_host, canonical_path, OwnedKey};
 use crate::precondition::Method;
 use crate::store::{Observation, Outcome, Store};
 use crate::telemetry::Metrics;
 
 pub use answer::DECISION_HEADER;
 pub use ctx::Ctx;
-use headers::{path_and_query, request_host};
+use headers::{client_ip, request_host, set_forwarding};
 use shared::Shared;
 
 /// The precond proxy.
@@ -77,8 +77,11 @@ impl ProxyHttp for Precond {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let s = &self.s;
         let req = session.req_header();
-        let host = request_host(req);
-        let Some((idx, route)) = s.config.route_for(host, req.uri.path()) else {
+        // One function decides which resource the request names (identity.rs): routes match the
+        // canonical path too, so no spelling reaches another route than its resource's.
+        let host = request_host(req).map(canonical_host);
+        let (path, ambiguous) = canonical_path(req.uri.path());
+        let Some((idx, route)) = s.config.route_for(host.as_deref(), &path) else {
             s.metrics.no_route.fetch_add(1, Relaxed);
             answer::no_route(s, session).await?;
             return Ok(true);
@@ -88,12 +91,16 @@ impl ProxyHttp for Precond {
         if route.mode == Mode::Pass {
             return Ok(false);
         }
-        let key = ResourceKey {
-            route: route.id,
-            host: host.unwrap_or(""),
-            path: path_and_query(req),
+        if let (Some(why), true) = (ambiguous, route.strict_targets) {
+            answer::ambiguous_target(s, session, why).await?;
+            return Ok(true);
         }
-        .to_owned_key();
+        let key = OwnedKey::new(
+            route.id,
+            host.as_deref().unwrap_or(""),
+            &path,
+            req.uri.query(),
+        );
         ctx.ticket = Some(s.store.ticket());
         match route.mode {
             Mode::Enforce => enforce::request(s, session, ctx, route, key).await,
@@ -114,10 +121,14 @@ impl ProxyHttp for Precond {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let trust = ctx
+            .route
+            .is_some_and(|i| self.s.config.routes[i].trust_forwarded);
+        set_forwarding(upstream_request, client_ip(session), trust);
         if ctx.strip_tags {
             upstream_request.remove_header(&header::IF_MATCH);
             upstream_request.remove_header(&header::IF_NONE_MATCH);
@@ -131,6 +142,9 @@ impl ProxyHttp for Precond {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Only precond speaks for precond: an origin's (or a client-planted) decision header is
+        // removed, so that clients can trust it.
+        resp.remove_header(DECISION_HEADER);
         if resp.status.is_informational() {
             return Ok(());
         }
@@ -188,7 +202,7 @@ impl ProxyHttp for Precond {
         let (Some(key), Some(ticket)) = (ctx.key.as_ref(), ctx.ticket) else {
             return;
         };
-        if ctx.forwarded && !ctx.learned && ctx.method.is_write() {
+        if ctx.forwarded && !ctx.learned && ctx.method.changes_state() {
             // The write may or may not have been applied: forget what we believed.
             self.s
                 .store

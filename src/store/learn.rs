@@ -93,7 +93,7 @@ pub fn apply(
     let mut e = old.cloned().unwrap_or_else(Entry::blank);
     e.current_since = e.current_since.max(confirmed_since);
     let Outcome::Status(status) = obs.outcome else {
-        if !obs.method.is_write() {
+        if !obs.method.changes_state() {
             return None;
         }
         // A write that broke may or may not have been applied: forget what we believed.
@@ -183,7 +183,7 @@ pub fn apply(
         }
         return (old != Some(&e)).then_some(e);
     }
-    if !obs.method.is_write() {
+    if !obs.method.changes_state() {
         return None;
     }
     let concurrent = e.changed_at > ticket.0;

@@ -143,7 +143,7 @@ impl Store {
     /// Learns from one upstream exchange of a request that took `ticket` when it started.
     pub fn learn(&self, key: &ResourceKey<'_>, ticket: Ticket, obs: &Observation<'_>) {
         let hash = key.hash_with(&self.hash_state);
-        let stamp = if obs.method.is_write() {
+        let stamp = if obs.method.changes_state() {
             self.seq.fetch_add(1, Ordering::AcqRel) + 1
         } else {
             0
@@ -167,7 +167,10 @@ impl Store {
                 floor.fetch_max(r.last_stamp(), Ordering::AcqRel);
             }
             let old = old.filter(|r| r.is_for(key) && self.is_fresh(r));
-            if old.is_none() && !obs.method.is_write() && ticket.0 < floor.load(Ordering::Acquire) {
+            if old.is_none()
+                && !obs.method.changes_state()
+                && ticket.0 < floor.load(Ordering::Acquire)
+            {
                 return Op::Nop;
             }
             let confirmed_since = old.as_deref().map_or(0, Record::current_since);

@@ -32,7 +32,7 @@ use crate::config::{Probe, Route};
 use crate::identity::OwnedKey;
 use crate::precondition::date::parse_http_date;
 use crate::precondition::evaluate::has_usable_precondition;
-use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence};
+use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence, Method};
 use crate::store::{Entry, META_HEADERS};
 
 use super::answer;
@@ -76,12 +76,15 @@ pub(crate) async fn request(
     if ctx.method.is_get_or_head() {
         return read(s, session, ctx, route, key).await;
     }
-    if ctx.method.is_write() {
-        return write(s, session, ctx, route, key).await;
+    if session.req_header().method == http::Method::OPTIONS {
+        // Preconditions never apply (RFC 9110 §13.2.1): forwarded, and learned from like in guard.
+        ctx.key = Some(key);
+        return Ok(false);
     }
-    // OPTIONS and extension methods: forwarded, and learned from like in guard.
-    ctx.key = Some(key);
-    Ok(false)
+    // Every other method, exactly as spelled (RFC 9110 §9.1: `put` is not PUT), is a write: an
+    // extension method may change the resource, so it is serialised, may be required to be
+    // conditional, and invalidates what precond knew (fail closed).
+    write(s, session, ctx, route, key).await
 }
 
 async fn read(
@@ -171,8 +174,15 @@ async fn write(
     // Writes before this one (through this instance) have completed and been learned: this
     // write's place in the store's history starts now, not when it began waiting.
     ctx.ticket = Some(s.store.ticket());
-    let required = settings.require.contains(&ctx.method);
-    let has_any = conditional(&session.req_header().headers, ctx.method).has_any();
+    // Extension methods are judged like POST (a write that cannot create its target) and are
+    // required to be conditional whenever the route requires any method to be.
+    let judged = match ctx.method {
+        Method::Other => Method::Post,
+        m => m,
+    };
+    let required = settings.require.contains(&ctx.method)
+        || (ctx.method == Method::Other && !settings.require.is_empty());
+    let has_any = conditional(&session.req_header().headers, judged).has_any();
     if has_any || required {
         let mut entry = s
             .store
@@ -209,7 +219,7 @@ async fn write(
         }
         match entry {
             Some(entry) => {
-                let cond = conditional(&session.req_header().headers, ctx.method);
+                let cond = conditional(&session.req_header().headers, judged);
                 match evaluate(&cond, &current_of(&entry), required) {
                     Decision::PreconditionFailed(f) => {
                         answer::reject(s, session, f, Some(&entry)).await?;
@@ -227,7 +237,7 @@ async fn write(
                 // 3xx, ...): the origin's answer takes precedence (RFC 9110 §13.2.1).
                 if required
                     && !has_usable_precondition(
-                        &conditional(&session.req_header().headers, ctx.method),
+                        &conditional(&session.req_header().headers, judged),
                         None,
                     )
                 {

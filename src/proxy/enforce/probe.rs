@@ -25,7 +25,8 @@ use crate::identity::OwnedKey;
 use crate::precondition::{EntityTag, Method};
 use crate::store::{Observation, Outcome, META_HEADERS};
 
-use crate::proxy::headers::{etag_trim, header_bytes};
+use crate::proxy::answer::DECISION_HEADER;
+use crate::proxy::headers::{client_ip, etag_trim, header_bytes, set_forwarding};
 use crate::proxy::shared::Shared;
 
 /// Hop-by-hop fields never relayed from a fetched response.
@@ -167,7 +168,7 @@ fn validators_of(f: &Fetched, was_get: bool) -> (Option<Vec<u8>>, bool) {
 
 /// The request precond sends to learn a representation: the client's header (credentials,
 /// `Accept*`, `Host`) as a GET or HEAD without preconditions, ranges or body framing.
-fn probe_request(session: &Session, head: bool) -> Result<RequestHeader> {
+fn probe_request(session: &Session, head: bool, trust_forwarded: bool) -> Result<RequestHeader> {
     let mut req = session.req_header().clone();
     req.set_method(if head {
         http::Method::HEAD
@@ -189,6 +190,7 @@ fn probe_request(session: &Session, head: bool) -> Result<RequestHeader> {
     ] {
         req.remove_header(&name);
     }
+    set_forwarding(&mut req, client_ip(session), trust_forwarded);
     Ok(req)
 }
 
@@ -201,7 +203,7 @@ pub(super) async fn fetch_and_learn(
     head: bool,
 ) -> Result<(Fetched, HttpPeer, Option<Vec<u8>>, bool)> {
     let peer = s.upstreams.peer_for(route.upstream)?;
-    let req = probe_request(session, head)?;
+    let req = probe_request(session, head, route.trust_forwarded)?;
     // The ticket is taken when the fetch starts: a write that completes while the fetch is in
     // flight makes its answer unteachable (store race rule).
     let ticket = s.store.ticket();
@@ -238,6 +240,7 @@ pub(super) async fn relay(
     for name in HOP_BY_HOP {
         resp.remove_header(name);
     }
+    resp.remove_header(DECISION_HEADER);
     if let Some(tag) = etag {
         let v = HeaderValue::from_bytes(&tag)
             .map_err(|e| Error::because(ErrorType::InternalError, "etag", e))?;
