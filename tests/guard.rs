@@ -576,3 +576,142 @@ fn no_route_and_dead_upstream_get_problem_bodies() {
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["status"], 502);
 }
+
+/// A raw origin: answers GETs with the `ETag` bytes `tags[n]` for its n-th GET (the last one
+/// repeats) and any other method with 204.
+fn raw_tag_origin(tags: Vec<Vec<u8>>) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let (tags, gets) = (tags.clone(), gets.clone());
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    let resp = if line.starts_with("GET") {
+                        let n = gets.fetch_add(1, Ordering::SeqCst).min(tags.len() - 1);
+                        let mut v = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nETag: ".to_vec();
+                        v.extend_from_slice(&tags[n]);
+                        v.extend_from_slice(b"\r\n\r\n{}");
+                        v
+                    } else {
+                        b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()
+                    };
+                    let _ = r.get_mut().write_all(&resp);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A tag with obs-text bytes (not UTF-8) is shown in the 412's `ETag` field as the origin sent it:
+/// a client that copies it into `If-Match` must match. (The JSON body can only show text.)
+#[test]
+fn the_412_etag_field_carries_the_stored_tag_bytes() {
+    use std::io::{Read, Write};
+    let old = b"\"\xe9v1\"".to_vec();
+    let current = b"\"\xe9v2\"".to_vec();
+    let p = proxy(
+        &guard_config("superseded"),
+        raw_tag_origin(vec![old.clone(), current.clone()]),
+    );
+    let raw = |req: &[u8]| {
+        let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+        s.write_all(req).unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        resp
+    };
+    for _ in 0..2 {
+        let r = raw(b"GET /r HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n");
+        assert!(r.starts_with(b"HTTP/1.1 200"));
+    }
+    let mut req = b"PUT /r HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\nContent-Length: 2\r\nIf-Match: ".to_vec();
+    req.extend_from_slice(&old);
+    req.extend_from_slice(b"\r\n\r\n{}");
+    let resp = raw(&req);
+    assert!(
+        resp.starts_with(b"HTTP/1.1 412"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = &resp[..head_end];
+    let mut want = b"etag: ".to_vec();
+    want.extend_from_slice(&current);
+    let lower: Vec<u8> = head.iter().map(u8::to_ascii_lowercase).collect();
+    let want_lower: Vec<u8> = want.iter().map(u8::to_ascii_lowercase).collect();
+    assert!(
+        lower
+            .windows(want_lower.len())
+            .any(|w| w == want_lower.as_slice()),
+        "{}",
+        String::from_utf8_lossy(head)
+    );
+}
+
+/// One later `Last-Modified` (another server, a variant) used to stay the stored date for good,
+/// refusing every `If-Unmodified-Since` write while the resource kept being read. The date is the
+/// current representation's.
+#[test]
+fn a_later_date_seen_once_does_not_refuse_later_dated_writes() {
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let origin = ScriptedOrigin::start(move |r: SeenRequest| {
+        let gets = gets.clone();
+        async move {
+            if r.method != "GET" {
+                return (204, vec![], String::new());
+            }
+            let lm = if gets.fetch_add(1, Ordering::SeqCst) == 0 {
+                "Sun, 06 Nov 1994 10:00:00 GMT"
+            } else {
+                "Sun, 06 Nov 1994 08:00:00 GMT"
+            };
+            (
+                200,
+                vec![("Last-Modified", lm.to_string())],
+                "{}".to_string(),
+            )
+        }
+    });
+    let p = proxy(&guard_config("superseded"), origin.addr);
+    assert_eq!(request(p.addr, "GET", "/r", &[], "").status, 200);
+    let ius = |d: &str| request(p.addr, "PUT", "/r", &[("If-Unmodified-Since", d)], "{}").status;
+    assert_eq!(
+        ius("Sun, 06 Nov 1994 09:00:00 GMT"),
+        412,
+        "10:00 is later than 09:00"
+    );
+    assert_eq!(request(p.addr, "GET", "/r", &[], "").status, 200);
+    assert_eq!(
+        ius("Sun, 06 Nov 1994 09:00:00 GMT"),
+        204,
+        "the current date is 08:00"
+    );
+    assert_eq!(
+        ius("Sun, 06 Nov 1994 07:00:00 GMT"),
+        412,
+        "still refused before 08:00"
+    );
+}

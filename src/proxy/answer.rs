@@ -65,7 +65,7 @@ pub(crate) async fn respond(
     status: u16,
     decision: &str,
     body: Vec<u8>,
-    extra: &[(HeaderName, String)],
+    extra: &[(HeaderName, HeaderValue)],
 ) -> Result<()> {
     drain_small_body(s, session).await;
     let mut resp = ResponseHeader::build(status, Some(6 + extra.len()))?;
@@ -78,7 +78,7 @@ pub(crate) async fn respond(
     )?;
     resp.insert_header(DECISION_HEADER, decision)?;
     for (name, value) in extra {
-        resp.insert_header(name.clone(), value.as_str())?;
+        resp.insert_header(name.clone(), value.clone())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session
@@ -163,11 +163,23 @@ pub(crate) async fn reject(
         .and_then(|e| e.last_modified)
         .map(format_http_date);
     let mut extra = Vec::new();
-    if let Some([one]) = current_etags.as_deref() {
-        extra.push((header::ETAG, one.clone()));
+    // The `ETag` field carries the stored tag's wire bytes (obs-text included), so a client that
+    // copies it into `If-Match` sends exactly the tag; the JSON body can only show text.
+    if let Some(e) = entry.filter(|e| disclose && e.current.as_ref().is_some_and(|c| c.len() == 1))
+    {
+        if let Some(v) = e
+            .current_tags()
+            .next()
+            .and_then(|t| HeaderValue::from_bytes(&t.to_wire()).ok())
+        {
+            extra.push((header::ETAG, v));
+        }
     }
-    if let Some(lm) = &current_lm {
-        extra.push((header::LAST_MODIFIED, lm.clone()));
+    if let Some(lm) = current_lm
+        .as_deref()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
+        extra.push((header::LAST_MODIFIED, lm));
     }
     let code = failure.reason.code();
     info!(
@@ -221,7 +233,7 @@ pub(crate) async fn write_busy(
         "Service Unavailable",
         &format!("Another write to this resource did not finish within {wait:?}; retry shortly."),
     );
-    let extra = [(header::RETRY_AFTER, "1".to_string())];
+    let extra = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
     respond(s, session, 503, "write-busy", body, &extra).await
 }
 
@@ -240,7 +252,7 @@ pub(crate) async fn unknown_state(
              unprotected. Retry shortly."
         ),
     );
-    let extra = [(header::RETRY_AFTER, "1".to_string())];
+    let extra = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
     respond(s, session, 503, "state-unknown", body, &extra).await
 }
 

@@ -8,7 +8,7 @@
 //! - A tag is never both current and replaced.
 //! - `replaced` holds at most [`MAX_REPLACED`] tags (oldest dropped first: a dropped tag becomes
 //!   unknown, so requests carrying it are forwarded); `current` at most [`MAX_CURRENT`].
-//! - `last_modified` only moves forward.
+//! - `last_modified` only moves forward on writes; a read sets it to what it showed.
 
 use crate::precondition::date::Timestamp;
 use crate::precondition::{EntityTag, Existence, Knowledge};
@@ -57,7 +57,9 @@ pub struct Entry {
     pub current: Option<Vec<Tag>>,
     /// Tags seen replaced, oldest first.
     pub replaced: Vec<Tag>,
-    /// Latest `Last-Modified` seen.
+    /// The date guard compares `If-Unmodified-Since` with: the current representation's
+    /// `Last-Modified` as the last read showed it (with `Vary`, the earliest among the variants),
+    /// moved forward by completed writes.
     pub last_modified: Option<Timestamp>,
     /// Store sequence number of the last write outcome applied.
     pub changed_at: u64,

@@ -10,7 +10,8 @@
 //!   set the current tags, teaches nothing (its response may show an older representation).
 //! - Only a completed replacement (200/201/204 to PUT, PATCH or DELETE) proves that the previous
 //!   representation is gone; other 2xx make the current tags unknown.
-//! - `last_modified` is never later than the response's `Date` (RFC 9110 §8.8.2.1).
+//! - `last_modified` is never later than the response's `Date` (RFC 9110 §8.8.2.1); a read sets it
+//!   to the current representation's date, a completed write only moves it forward.
 
 use crate::precondition::date::{parse_http_date, Timestamp};
 use crate::precondition::{EntityTag, Existence, Method};
@@ -158,7 +159,14 @@ pub fn apply(
                         .any(Option::is_some)
                         .then(|| Box::new(meta.map(|v| v.map(Box::from))));
                 }
-                e.note_last_modified(obs.last_modified());
+                // The date guard compares `If-Unmodified-Since` with is the current
+                // representation's, not the latest ever seen: one later date (another variant, a
+                // skewed server) must not refuse every later write while the resource is read.
+                // With `Vary`, the earliest date among the variants seen.
+                e.last_modified = match (obs.vary, e.last_modified, obs.last_modified()) {
+                    (true, Some(old), Some(new)) => Some(old.min(new)),
+                    (_, _, lm) => lm,
+                };
             }
             304 => {
                 let tag = obs.etag()?;

@@ -429,17 +429,29 @@ mod tests {
     }
 
     #[test]
-    fn last_modified_is_clamped_to_date_and_only_moves_forward() {
+    fn last_modified_is_clamped_to_date_and_follows_the_current_representation() {
         let s = store();
         let mut o = obs(Method::Get, 200, None);
         o.last_modified = Some(b"Sun, 06 Nov 1994 08:49:40 GMT");
         o.date = Some(b"Sun, 06 Nov 1994 08:49:37 GMT");
         s.learn(&k("/a"), s.ticket(), &o);
         assert_eq!(s.get(&k("/a")).unwrap().last_modified, Some(784_111_777));
+        // A later read showing an older date (another server, a restored version): the current
+        // representation's date is what If-Unmodified-Since is compared with.
         o.last_modified = Some(b"Sun, 06 Nov 1994 08:00:00 GMT");
         o.date = None;
         s.learn(&k("/a"), s.ticket(), &o);
-        assert_eq!(s.get(&k("/a")).unwrap().last_modified, Some(784_111_777));
+        assert_eq!(s.get(&k("/a")).unwrap().last_modified, Some(784_108_800));
+        // With Vary, the earliest of the variants' dates.
+        o.vary = true;
+        o.last_modified = Some(b"Sun, 06 Nov 1994 09:00:00 GMT");
+        s.learn(&k("/a"), s.ticket(), &o);
+        assert_eq!(s.get(&k("/a")).unwrap().last_modified, Some(784_108_800));
+        // A completed write moves it forward.
+        let mut w = obs(Method::Put, 200, None);
+        w.last_modified = Some(b"Sun, 06 Nov 1994 10:00:00 GMT");
+        s.learn(&k("/a"), s.ticket(), &w);
+        assert_eq!(s.get(&k("/a")).unwrap().last_modified, Some(784_116_000));
     }
 
     #[test]
