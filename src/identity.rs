@@ -167,18 +167,15 @@ impl std::fmt::Display for OwnedKey {
     }
 }
 
-/// The port a request's authority may omit (precond's listeners speak plain HTTP).
-pub const DEFAULT_PORT: &str = "80";
-
-/// A host (`Host` field or target authority) in canonical form: lower case, without the default
-/// port, without a trailing dot. Allocates only when something changes.
+/// A host (`Host` field or target authority) in canonical form: lower case, without a port,
+/// without a trailing dot. Allocates only when something changes.
+///
+/// Every port is dropped, not only the default one: routes match hosts without their port, the
+/// port in `Host` is the client's to choose (the listener does not depend on it), and a port that
+/// made a new key would make a new write lock for the same resource.
 pub fn canonical_host(host: &str) -> Cow<'_, str> {
-    let mut h = host.trim();
-    if let Some((name, port)) = split_port(h) {
-        if port == DEFAULT_PORT || port.is_empty() {
-            h = name;
-        }
-    }
+    let h = host.trim();
+    let h = split_port(h).map_or(h, |(name, _)| name);
     let h = h.strip_suffix('.').unwrap_or(h);
     if h.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(h.to_ascii_lowercase())
@@ -204,8 +201,13 @@ pub enum Ambiguous {
     EmptySegment,
     /// An encoded `/` (`%2F`) or `\` (`%5C`), or a raw `\`: a separator for some servers only.
     EncodedSeparator,
-    /// Percent-encoded bytes that are not UTF-8 (or an invalid `%` escape).
+    /// Percent-encoded bytes that are not UTF-8 (or an invalid `%` escape), or raw bytes outside
+    /// ASCII in the target.
     NotUtf8,
+    /// Path parameters (`;`): servlet containers and others strip them (`/a;x/b` is `/a/b` there).
+    PathParameter,
+    /// A target that is not a path (asterisk-form, absolute-form, or no leading `/`).
+    NotOriginForm,
 }
 
 impl Ambiguous {
@@ -216,7 +218,11 @@ impl Ambiguous {
             Ambiguous::EncodedSeparator => {
                 "the path has an encoded or backslash separator (%2F, %5C or \\)"
             }
-            Ambiguous::NotUtf8 => "the path has a percent-encoding that is invalid or not UTF-8",
+            Ambiguous::NotUtf8 => {
+                "the path has a percent-encoding that is invalid or not UTF-8, or bytes outside ASCII"
+            }
+            Ambiguous::PathParameter => "the path has a path parameter (\";\")",
+            Ambiguous::NotOriginForm => "the target is not a path starting with \"/\"",
         }
     }
 }
@@ -240,6 +246,11 @@ pub fn canonical_path(path: &str) -> (Cow<'_, str>, Option<Ambiguous>) {
         let b = bytes[i];
         if b != b'%' {
             check_run(&mut run, &mut ambiguous);
+            if b == b';' {
+                ambiguous.get_or_insert(Ambiguous::PathParameter);
+            } else if !b.is_ascii() {
+                ambiguous.get_or_insert(Ambiguous::NotUtf8);
+            }
             if b == b'\\' {
                 ambiguous.get_or_insert(Ambiguous::EncodedSeparator);
                 text.push('/');
@@ -325,7 +336,10 @@ fn is_plain(path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
     };
-    if rest.bytes().any(|b| b == b'%' || b == b'\\') {
+    if rest
+        .bytes()
+        .any(|b| b == b'%' || b == b'\\' || b == b';' || !b.is_ascii())
+    {
         return false;
     }
     let mut segments = rest.split('/').peekable();
@@ -408,6 +422,17 @@ mod tests {
             ("/a%FF", "/a%FF", Some(Ambiguous::NotUtf8)),
             ("/a%C3", "/a%C3", Some(Ambiguous::NotUtf8)),
             ("/a%zz", "/a%25zz", Some(Ambiguous::NotUtf8)),
+            (
+                "/legacy;x/items/1",
+                "/legacy;x/items/1",
+                Some(Ambiguous::PathParameter),
+            ),
+            (
+                "/static/..;/legacy",
+                "/static/..;/legacy",
+                Some(Ambiguous::PathParameter),
+            ),
+            ("/caf\u{e9}", "/caf\u{e9}", Some(Ambiguous::NotUtf8)),
         ];
         for (input, want, why) in cases {
             let (got, amb) = canonical_path(input);
@@ -422,9 +447,10 @@ mod tests {
             ("Test.Local", "test.local"),
             ("test.local:80", "test.local"),
             ("test.local.", "test.local"),
-            ("test.local:8080", "test.local:8080"),
+            ("test.local:8080", "test.local"),
+            ("test.local.:1", "test.local"),
             ("[::1]:80", "[::1]"),
-            ("[::1]:8080", "[::1]:8080"),
+            ("[::1]:8080", "[::1]"),
             ("[::1]", "[::1]"),
         ] {
             assert_eq!(canonical_host(input), want, "{input}");

@@ -131,6 +131,11 @@ fn a_host_with_the_default_port_or_in_upper_case_is_the_same_resource() {
 }
 
 #[test]
+fn a_host_with_any_port_or_a_trailing_dot_is_the_same_resource() {
+    stale_write_through_an_alias(("test.local", "/items/9"), ("test.local.:1", "/items/9"));
+}
+
+#[test]
 fn dot_segments_name_the_same_resource() {
     stale_write_through_an_alias(
         ("test.local", "/items/8"),
@@ -158,6 +163,14 @@ fn route_bypass_spellings_reach_their_route_or_a_400() {
     assert!(r.header("content-type").unwrap().contains("problem+json"));
     let r = request(p.addr, "PUT", "/legacy%2Fitems/1", &[], "{}");
     assert_eq!(r.status, 400, "an encoded slash is ambiguous");
+    for target in [
+        "/legacy;x/items/1",
+        "/static/..;/legacy/items/1",
+        "legacy/items/1",
+    ] {
+        let r = request(p.addr, "PUT", target, &[], "{}");
+        assert_eq!(r.status, 400, "{target}: {}", r.body_str());
+    }
     assert!(
         origin.writes.lock().unwrap().is_empty(),
         "no write reached the origin"
@@ -247,6 +260,8 @@ fn client_forwarding_headers_are_replaced_by_preconds_own() {
         ("X-Rewrite-URL", "/admin"),
         ("X-Forwarded-For", "10.9.8.7"),
         ("X-Forwarded-Proto", "https"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X_Forwarded_Host", "other-tenant.example"),
     ];
     for mode in ["guard", "pass", "enforce"] {
         let p = proxy(&route_config(&format!("mode = \"{mode}\"")), origin.addr);
@@ -267,7 +282,13 @@ fn client_forwarding_headers_are_replaced_by_preconds_own() {
             Some("http"),
             "{mode}"
         );
-        for name in ["forwarded", "x-original-url", "x-rewrite-url"] {
+        for name in [
+            "forwarded",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x_forwarded_host",
+        ] {
             assert!(!h.contains_key(name), "{mode}: {name} reached the origin");
         }
     }

@@ -9,7 +9,7 @@
 //! - Anything not proven false is forwarded with its preconditions intact, including malformed
 //!   fields (the origin is the judge of syntax in this role).
 //! - `Superseded` never trusts the *current* tag to refuse: only tags seen replaced, and
-//!   modification dates seen (they only move forward). `Mismatch` also trusts the current tag and
+//!   the current representation's modification date (as last read, moved forward by writes). `Mismatch` also trusts the current tag and
 //!   existence while the entry is alive (younger than the store's TTL).
 //! - A resource known absent with a method that cannot create it is forwarded: the origin's 404
 //!   takes precedence over any precondition (RFC 9110 §13.2.1).
@@ -44,7 +44,7 @@ pub trait Knowledge {
     fn is_current_weak(&self, tag: &EntityTag<'_>) -> bool;
     /// Whether `tag` (same weakness, same bytes) was seen replaced by a newer representation.
     fn was_replaced(&self, tag: &EntityTag<'_>) -> bool;
-    /// The latest `Last-Modified` seen for the resource.
+    /// The current representation's `Last-Modified`, as the store knows it (the date compared with `If-Unmodified-Since`).
     fn last_modified(&self) -> Option<Timestamp>;
     /// All three comparisons of one tag at once (implementations that hash a tag before
     /// comparing it override this to hash it once).

@@ -97,9 +97,9 @@ pub(crate) fn etag_trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// Forwarding fields a client could use to make the origin answer for another host, tenant or
-/// path than the one precond keyed the request by.
-const CLIENT_FORWARDING: [&str; 7] = [
+/// Fields a client could use to make the origin answer for another host, tenant, path or method
+/// than the one precond keyed and judged the request by (forwarding and method-override fields).
+const CLIENT_FORWARDING: [&str; 10] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
@@ -107,6 +107,9 @@ const CLIENT_FORWARDING: [&str; 7] = [
     "x-forwarded-port",
     "x-original-url",
     "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 /// Sets the forwarding fields of a request precond sends upstream. Unless `trust` (the route's
@@ -120,17 +123,32 @@ pub(crate) fn set_forwarding(
     trust: bool,
 ) {
     if !trust {
-        for name in CLIENT_FORWARDING {
-            req.remove_header(name);
+        // Also the spellings with `_` (CGI-style gateways read `X_Forwarded_Host` as the same).
+        let forged: Vec<http::header::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|k| {
+                let k = k.as_str().replace('_', "-");
+                CLIENT_FORWARDING.contains(&k.as_str())
+            })
+            .cloned()
+            .collect();
+        for name in forged {
+            req.remove_header(&name);
         }
     }
     if let Some(ip) = client {
-        let chain = req
+        let lines: Vec<&str> = req
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| format!("{v}, {ip}"))
-            .unwrap_or_else(|| ip.to_string());
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let chain = if lines.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{}, {ip}", lines.join(", "))
+        };
         let _ = req.insert_header("x-forwarded-for", chain);
     }
     if !(trust && req.headers.contains_key("x-forwarded-proto")) {

@@ -38,7 +38,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::warn;
 
 use crate::config::{Config, Mode};
-use crate::identity::{canonical_host, canonical_path, OwnedKey};
+use crate::identity::{canonical_host, canonical_path, Ambiguous, OwnedKey};
 use crate::precondition::Method;
 use crate::store::{Observation, Outcome, Store};
 use crate::telemetry::Metrics;
@@ -80,7 +80,11 @@ impl ProxyHttp for Precond {
         // One function decides which resource the request names (identity.rs): routes match the
         // canonical path too, so no spelling reaches another route than its resource's.
         let host = request_host(req).map(canonical_host);
-        let (path, ambiguous) = canonical_path(req.uri.path());
+        let (path, mut ambiguous) = canonical_path(req.uri.path());
+        let asterisk = req.raw_path() == b"*" && req.method == http::Method::OPTIONS;
+        if !req.raw_path().starts_with(b"/") && !asterisk {
+            ambiguous.get_or_insert(Ambiguous::NotOriginForm);
+        }
         let Some((idx, route)) = s.config.route_for(host.as_deref(), &path) else {
             s.metrics.no_route.fetch_add(1, Relaxed);
             answer::no_route(s, session).await?;

@@ -65,7 +65,7 @@ pub struct Entry {
     pub changed_at: u64,
     /// The current tag was synthesised by precond (the origin never issued it).
     pub synthetic: bool,
-    /// The current representation's `Last-Modified` (`last_modified` is the latest ever seen).
+    /// The current representation's `Last-Modified` (`last_modified` is what guard compares with).
     pub current_lm: Option<Timestamp>,
     /// A write completed whose response carried no `Last-Modified`: `current_lm` may be older
     /// than the resource.
