@@ -415,7 +415,7 @@ fn a_write_is_never_sent_twice_to_the_origin() {
     // A raw origin that reads a request, answers GETs with keep-alive, and closes the socket
     // without answering any write: the classic case where a proxy retries on a "stale" reused
     // connection and sends the write again.
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     use std::sync::atomic::AtomicU64;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -428,23 +428,9 @@ fn a_write_is_never_sent_twice_to_the_origin() {
             std::thread::spawn(move || {
                 let mut r = BufReader::new(stream);
                 loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    let Some(line) = read_request(&mut r) else {
                         return;
-                    }
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        r.read_line(&mut h).unwrap();
-                        if h.trim().is_empty() {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    r.read_exact(&mut body).unwrap();
+                    };
                     if line.starts_with("GET") {
                         let _ = r.get_mut().write_all(
                             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nETag: \"v1\"\r\n\r\n{}",
@@ -580,7 +566,7 @@ fn no_route_and_dead_upstream_get_problem_bodies() {
 /// A raw origin: answers GETs with the `ETag` bytes `tags[n]` for its n-th GET (the last one
 /// repeats) and any other method with 204.
 fn raw_tag_origin(tags: Vec<Vec<u8>>) -> std::net::SocketAddr {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -591,23 +577,9 @@ fn raw_tag_origin(tags: Vec<Vec<u8>>) -> std::net::SocketAddr {
             std::thread::spawn(move || {
                 let mut r = BufReader::new(stream);
                 loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    let Some(line) = read_request(&mut r) else {
                         return;
-                    }
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        r.read_line(&mut h).unwrap();
-                        if h.trim().is_empty() {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    r.read_exact(&mut body).unwrap();
+                    };
                     let resp = if line.starts_with("GET") {
                         let n = gets.fetch_add(1, Ordering::SeqCst).min(tags.len() - 1);
                         let mut v = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nETag: ".to_vec();
@@ -714,4 +686,28 @@ fn a_later_date_seen_once_does_not_refuse_later_dated_writes() {
         412,
         "still refused before 08:00"
     );
+}
+
+/// Reads one request (request line, header, `Content-Length` body) from a raw origin's
+/// connection; its request line, or `None` at the end of the connection.
+fn read_request(r: &mut std::io::BufReader<std::net::TcpStream>) -> Option<String> {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    if r.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    Some(line)
 }
