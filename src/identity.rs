@@ -283,7 +283,10 @@ pub fn canonical_path(path: &str) -> (Cow<'_, str>, Option<Ambiguous>) {
             ambiguous.get_or_insert(Ambiguous::EncodedSeparator);
             text.push('/');
         } else {
-            text.push_str(&format!("%{v:02X}"));
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            text.push('%');
+            text.push(char::from(HEX[usize::from(v >> 4)]));
+            text.push(char::from(HEX[usize::from(v & 15)]));
         }
         i += 3;
     }

@@ -222,19 +222,27 @@ pub(crate) async fn require(s: &Shared, session: &mut Session) -> Result<()> {
     respond(s, session, 428, "required", body, &[]).await
 }
 
-/// 503 + `Retry-After` when another write to the resource held it for longer than `wait`.
+/// 503 + `Retry-After: 1`: the write could not be handled safely now (`decision` says why).
+async fn retry_shortly(
+    s: &Shared,
+    session: &mut Session,
+    decision: &str,
+    detail: &str,
+) -> Result<()> {
+    let body = problem::simple(503, "Service Unavailable", detail);
+    let extra = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+    respond(s, session, 503, decision, body, &extra).await
+}
+
+/// 503 when another write to the resource held it for longer than `wait`.
 pub(crate) async fn write_busy(
     s: &Shared,
     session: &mut Session,
     wait: std::time::Duration,
 ) -> Result<()> {
-    let body = problem::simple(
-        503,
-        "Service Unavailable",
-        &format!("Another write to this resource did not finish within {wait:?}; retry shortly."),
-    );
-    let extra = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
-    respond(s, session, 503, "write-busy", body, &extra).await
+    let detail =
+        format!("Another write to this resource did not finish within {wait:?}; retry shortly.");
+    retry_shortly(s, session, "write-busy", &detail).await
 }
 
 /// 503 when the validators a conditional write needs could not be established.
@@ -243,17 +251,12 @@ pub(crate) async fn unknown_state(
     session: &mut Session,
     probe_status: u16,
 ) -> Result<()> {
-    let body = problem::simple(
-        503,
-        "Service Unavailable",
-        &format!(
-            "precond could not establish the resource's current validators (the origin \
-             answered {probe_status} when asked for it), so the write was not forwarded \
-             unprotected. Retry shortly."
-        ),
+    let detail = format!(
+        "precond could not establish the resource's current validators (the origin \
+         answered {probe_status} when asked for it), so the write was not forwarded \
+         unprotected. Retry shortly."
     );
-    let extra = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
-    respond(s, session, 503, "state-unknown", body, &extra).await
+    retry_shortly(s, session, "state-unknown", &detail).await
 }
 
 /// 304 with the fields RFC 9110 §15.4.5 requires: `ETag`, `Date`, and the stored

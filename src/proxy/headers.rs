@@ -112,6 +112,15 @@ const CLIENT_FORWARDING: [&str; 10] = [
     "x-method-override",
 ];
 
+/// Whether header name `name` (lower case, as `http` keeps it) is `field` when `_` is read as `-`.
+fn same_field(name: &str, field: &str) -> bool {
+    name.len() == field.len()
+        && name
+            .bytes()
+            .zip(field.bytes())
+            .all(|(n, f)| n == f || (n == b'_' && f == b'-'))
+}
+
 /// Sets the forwarding fields of a request precond sends upstream. Unless `trust` (the route's
 /// `trust_forwarded`), the client's own forwarding fields are removed first, so that what the
 /// origin answers is about the target precond keyed (and no client can pick the tenant). Then
@@ -124,13 +133,11 @@ pub(crate) fn set_forwarding(
 ) {
     if !trust {
         // Also the spellings with `_` (CGI-style gateways read `X_Forwarded_Host` as the same).
+        // Names are compared in place: nothing is allocated unless a field is to be removed.
         let forged: Vec<http::header::HeaderName> = req
             .headers
             .keys()
-            .filter(|k| {
-                let k = k.as_str().replace('_', "-");
-                CLIENT_FORWARDING.contains(&k.as_str())
-            })
+            .filter(|k| CLIENT_FORWARDING.iter().any(|f| same_field(k.as_str(), f)))
             .cloned()
             .collect();
         for name in forged {
