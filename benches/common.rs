@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-use precond::identity::{ResourceKey, RouteId};
+use precond::identity::{Principal, PrincipalKey, ResourceKey, RouteId};
 use precond::precondition::Method;
 use precond::store::{Observation, Outcome, Store};
 
@@ -44,20 +44,59 @@ pub fn learn_get(store: &Store, path: &str, tag: &str) {
 
 /// A GET 200 with `tag` and a `Last-Modified` (an HTTP-date), learned by the store.
 pub fn learn_get_dated(store: &Store, path: &str, tag: &str, last_modified: Option<&str>) {
+    learn_get_as(store, path, tag, last_modified, Principal::SHARED);
+}
+
+/// A GET 200 with `tag` shown to `who`, learned by the store.
+pub fn learn_get_as(
+    store: &Store,
+    path: &str,
+    tag: &str,
+    last_modified: Option<&str>,
+    who: Principal,
+) {
     store.learn(
         &rkey(path),
         store.ticket(),
         &Observation {
-            method: Method::Get,
-            outcome: Outcome::Status(200),
             etag: Some(tag.as_bytes()),
             last_modified: last_modified.map(str::as_bytes),
-            date: None,
-            vary: false,
-            synthetic: false,
-            meta: None,
+            principal: who,
+            ..Observation::of(Method::Get, Outcome::Status(200))
         },
     );
+}
+
+/// The key of principal hashes in the benches.
+pub fn principal_key() -> PrincipalKey {
+    PrincipalKey::new(*b"bench-secret-key")
+}
+
+/// The `Authorization` value of bench user `j`.
+pub fn authorization(j: usize) -> String {
+    format!("Bearer user-{j}-0123456789abcdef0123456789abcdef")
+}
+
+/// The principal of bench user `j` (the default sources: `authorization`, then `cookie`, absent).
+pub fn principal_of_user(key: &PrincipalKey, j: usize) -> Principal {
+    let auth = authorization(j);
+    key.principal([vec![auth.as_bytes()], vec![]])
+}
+
+/// Like [`precond_store`], each resource read by `users` principals (`i % users` first).
+pub fn precond_store_principals(n: usize, users: usize) -> Store {
+    let store = Store::new(n as u64 * 2, Duration::from_secs(3600));
+    let key = principal_key();
+    let who: Vec<Principal> = (0..users).map(|j| principal_of_user(&key, j)).collect();
+    for i in 0..n {
+        let p = path(i);
+        for w in &who {
+            learn_get_as(&store, &p, &replaced_tag(i), None, *w);
+            learn_get_as(&store, &p, &current_tag(i), None, *w);
+        }
+    }
+    store.len();
+    store
 }
 
 /// precond's store with `n` resources: tag `-1` seen replaced by tag `-2`.
@@ -73,15 +112,12 @@ pub fn precond_store(n: usize) -> Store {
 }
 
 /// Baseline: plain moka `get` on String keys, holding the same records as precond.
-pub fn moka_baseline(
-    store: &Store,
-    n: usize,
-) -> moka::sync::Cache<String, Arc<precond::store::Record>> {
+pub fn moka_baseline(store: &Store, n: usize) -> moka::sync::Cache<String, precond::store::View> {
     let cache = moka::sync::Cache::builder()
         .max_capacity(n as u64 * 2)
         .build();
     for i in 0..n {
-        if let Some(r) = store.get(&rkey(&path(i))) {
+        if let Some(r) = store.get(&rkey(&path(i)), Principal::SHARED) {
             cache.insert(key(i), r);
         }
     }

@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use precond::identity::Principal;
 use precond::precondition::{guard, Conditional, Decision, Method, Policy};
 use precond::store::guard_decision;
 
 const SAMPLE: usize = 4096;
+/// Callers per resource in the principal cases.
+const USERS: usize = 2;
+const SHARED: Principal = Principal::SHARED;
 
 /// A request sample: paths and If-Match values for random resources.
 struct Sample {
@@ -85,6 +89,9 @@ fn sizes() -> Vec<usize> {
 fn decisions(c: &mut Criterion) {
     for n in sizes() {
         let store = precond_store(n);
+        let pstore = precond_store_principals(n, USERS);
+        let pkey = principal_key();
+        let auths: Vec<String> = (0..USERS).map(authorization).collect();
         let moka = moka_baseline(&store, n);
         let mutex = mutex_baseline(n);
         let rwlock = rwlock_baseline(n);
@@ -98,7 +105,7 @@ fn decisions(c: &mut Criterion) {
             {
                 let h = [s.headers[0].as_bytes()];
                 let key = rkey(&s.paths[0]);
-                let d = guard_decision(&store, &key, &cond(&h), Policy::Superseded);
+                let d = guard_decision(&store, &key, SHARED, &cond(&h), Policy::Superseded);
                 assert_eq!(
                     matches!(d, Decision::PreconditionFailed(_)),
                     expect_412,
@@ -111,7 +118,46 @@ fn decisions(c: &mut Criterion) {
                     i = (i + 1) % SAMPLE;
                     let h = [s.headers[i].as_bytes()];
                     let key = rkey(&s.paths[i]);
-                    black_box(guard_decision(&store, &key, &cond(&h), Policy::Superseded))
+                    black_box(guard_decision(
+                        &store,
+                        &key,
+                        SHARED,
+                        &cond(&h),
+                        Policy::Superseded,
+                    ))
+                })
+            });
+            // Principals on: each resource was read by `USERS` callers, and every request
+            // derives its caller's principal from its `Authorization` value first.
+            {
+                let h = [s.headers[0].as_bytes()];
+                let key = rkey(&s.paths[0]);
+                let who = principal_of_user(&pkey, 0);
+                let d = guard_decision(&pstore, &key, who, &cond(&h), Policy::Superseded);
+                assert_eq!(
+                    matches!(d, Decision::PreconditionFailed(_)),
+                    expect_412,
+                    "{case} with principals"
+                );
+            }
+            g.bench_function(BenchmarkId::new("precond_principal", case), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % SAMPLE;
+                    let h = [s.headers[i].as_bytes()];
+                    let key = rkey(&s.paths[i]);
+                    let auth = auths[i % USERS].as_bytes();
+                    // As the proxy does: each configured source's values, in order.
+                    let mut hasher = pkey.hasher();
+                    hasher.add(0, auth);
+                    let who = hasher.finish();
+                    black_box(guard_decision(
+                        &pstore,
+                        &key,
+                        who,
+                        &cond(&h),
+                        Policy::Superseded,
+                    ))
                 })
             });
             g.bench_function(BenchmarkId::new("precond_lookup_only", case), |b| {
@@ -119,7 +165,7 @@ fn decisions(c: &mut Criterion) {
                 b.iter(|| {
                     i = (i + 1) % SAMPLE;
                     let key = rkey(&s.paths[i]);
-                    black_box(store.with(&key, |r| r.is_some()))
+                    black_box(store.with(&key, SHARED, |r| r.is_some()))
                 })
             });
             g.bench_function(BenchmarkId::new("moka_get", case), |b| {
@@ -128,11 +174,7 @@ fn decisions(c: &mut Criterion) {
                     i = (i + 1) % SAMPLE;
                     let h = [s.headers[i].as_bytes()];
                     let r = moka.get(&s.keys[i]);
-                    black_box(guard(
-                        &cond(&h),
-                        r.as_deref().map(|r| &r.entry),
-                        Policy::Superseded,
-                    ))
+                    black_box(guard(&cond(&h), r.as_deref(), Policy::Superseded))
                 })
             });
             g.bench_function(BenchmarkId::new("mutex_hashmap_split", case), |b| {
@@ -219,7 +261,13 @@ fn churn(c: &mut Criterion) {
                 timed_under_churn(iters, w, n, write, |i| {
                     let h = [s.headers[i].as_bytes()];
                     let key = rkey(&s.paths[i]);
-                    black_box(guard_decision(&store, &key, &cond(&h), Policy::Superseded));
+                    black_box(guard_decision(
+                        &store,
+                        &key,
+                        SHARED,
+                        &cond(&h),
+                        Policy::Superseded,
+                    ));
                 })
             })
         });

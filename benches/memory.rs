@@ -33,7 +33,9 @@ fn measure(variant: &str, n: usize) {
         "precond" => {
             let store = precond_store(n);
             let per = (rss_bytes() - before) as f64 / n as f64;
-            assert!(store.get(&rkey(&path(0))).is_some());
+            assert!(store
+                .get(&rkey(&path(0)), precond::identity::Principal::SHARED)
+                .is_some());
             println!("{per:.0} {key_len:.0}");
         }
         "moka" => {

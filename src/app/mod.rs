@@ -20,6 +20,7 @@ use pingora::services::listening::Service;
 use tokio::sync::Notify;
 
 mod metrics_listener;
+pub mod secret;
 
 use crate::config::Config;
 use crate::proxy::Precond;
@@ -51,7 +52,8 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
     let config = Arc::new(config);
     let store = Arc::new(Store::new(config.store.capacity, config.store.ttl));
     let metrics = Arc::new(Metrics::default());
-    let proxy = Precond::new(config.clone(), store.clone(), metrics.clone())?;
+    let keys = secret::load(&config.secret)?;
+    let proxy = Precond::new(config.clone(), store.clone(), metrics.clone(), keys)?;
     let mut service = http_proxy_service(&server.configuration, proxy);
     for addr in &config.server.listen {
         service.add_tcp(&addr.to_string());

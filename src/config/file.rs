@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::settings::{Mode, Probe};
+use super::settings::{Mode, Probe, Scope};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +21,8 @@ pub(super) struct RawFile {
     pub(super) store: RawStore,
     #[serde(default)]
     pub(super) edge: RawEdge,
+    #[serde(default)]
+    pub(super) enforce: RawEnforce,
     #[serde(default, rename = "upstream")]
     pub(super) upstreams: Vec<Spanned<RawUpstream>>,
     #[serde(default, rename = "route")]
@@ -123,6 +125,14 @@ pub(super) fn default_drain_timeout() -> Spanned<String> {
     unspanned("2s".into())
 }
 
+/// `[enforce]`: settings shared by every enforce route (no default: without a file, the secret
+/// comes from `PRECOND_TAG_SECRET` or is generated at start).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnforce {
+    pub(super) tag_secret_file: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
@@ -166,6 +176,21 @@ pub(super) struct RawRoute {
     pub(super) strict_targets: bool,
     #[serde(default)]
     pub(super) trust_forwarded: bool,
+    #[serde(default = "default_principal")]
+    pub(super) principal: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_scope")]
+    pub(super) scope: Spanned<Scope>,
+}
+/// `principal`: what identifies a caller (header names, or `cookie:NAME`).
+pub(super) fn default_principal() -> Spanned<Vec<Spanned<String>>> {
+    unspanned(vec![
+        unspanned("authorization".into()),
+        unspanned("cookie".into()),
+    ])
+}
+/// `scope`: partitions per principal, writes retire every partition's tags.
+pub(super) fn default_scope() -> Spanned<Scope> {
+    unspanned(Scope::Auto)
 }
 pub(super) fn default_prefix() -> Spanned<String> {
     unspanned("/".into())

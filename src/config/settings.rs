@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::identity::RouteId;
+use crate::identity::{PrincipalSource, RouteId};
 pub use crate::precondition::Policy;
 
 /// A validated configuration.
@@ -25,6 +25,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// What edge answers disclose.
     pub edge: EdgeSettings,
+    /// Where the deployment secret of synthesised tags and principals comes from.
+    pub secret: SecretSource,
     /// Upstream groups, referenced by index from routes.
     pub upstreams: Vec<Upstream>,
     /// Routes, in file order.
@@ -65,6 +67,30 @@ pub struct EdgeSettings {
     pub drain_limit: u64,
     /// Longest time spent draining such a body.
     pub drain_timeout: Duration,
+}
+
+/// Where the deployment secret comes from (read by the app at start, and by `precond check`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `[enforce] tag_secret_file`: a file's bytes (a trailing newline excluded).
+    File(std::path::PathBuf),
+    /// The `PRECOND_TAG_SECRET` environment variable, else a secret generated at start (with a
+    /// warning: fine for one instance, wrong for several behind one balancer).
+    EnvOrGenerated,
+}
+
+/// Whose truth a route's learned state is (see design.md §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Reads teach the caller's partition; a completed write retires every partition's tags,
+    /// unless the origin marks the resource per-caller.
+    Auto,
+    /// One partition for every caller (an explicit opt-in for APIs whose answers never depend
+    /// on the caller).
+    Shared,
+    /// Writes stay in the writer's partition too.
+    Principal,
 }
 
 /// One upstream group.
@@ -143,6 +169,10 @@ pub struct Route {
     /// Keep client-sent forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Original-URL`,
     /// `X-Rewrite-URL`) instead of replacing them with precond's own.
     pub trust_forwarded: bool,
+    /// What identifies a caller (in order; hashed, with the deployment secret, into a principal).
+    pub principal: Vec<PrincipalSource>,
+    /// Whose truth learned state is.
+    pub scope: Scope,
 }
 
 impl Route {

@@ -15,10 +15,10 @@ use std::fmt;
 
 use super::file::{self, RawFile, RawPolicy, RawRoute};
 use super::settings::{
-    strip_port, Config, EdgeSettings, EnforceSettings, Mode, Policy, Route, ServerSettings,
-    StoreSettings, Upstream,
+    strip_port, Config, EdgeSettings, EnforceSettings, Mode, Policy, Route, SecretSource,
+    ServerSettings, StoreSettings, Upstream,
 };
-use crate::identity::{canonical_path, RouteId};
+use crate::identity::{canonical_path, PrincipalSource, RouteId};
 
 /// A configuration error, located in the file when possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,6 +284,22 @@ impl Validator<'_> {
                 Some(h) => Some(strip_port(h.get_ref().trim()).to_ascii_lowercase()),
                 None => None,
             };
+            let mut principal = Vec::new();
+            for p in r.principal.get_ref() {
+                match PrincipalSource::parse(p.get_ref().trim()) {
+                    Some(src) if !principal.contains(&src) => principal.push(src),
+                    Some(_) => return Err(self.err(p.span(), format!("principal {:?} is listed twice", p.get_ref()))),
+                    None => {
+                        return Err(self.err(
+                            p.span(),
+                            format!(
+                                "principal {:?} is not a header name (e.g. \"authorization\") or \"cookie:NAME\"",
+                                p.get_ref()
+                            ),
+                        ))
+                    }
+                }
+            }
             routes.push(Route {
                 id: RouteId::of(host.as_deref(), &prefix),
                 host,
@@ -294,12 +310,22 @@ impl Validator<'_> {
                 enforce,
                 strict_targets: r.strict_targets,
                 trust_forwarded: r.trust_forwarded,
+                principal,
+                scope: *r.scope.get_ref(),
             });
         }
+        let secret = match &raw.enforce.tag_secret_file {
+            Some(f) if f.get_ref().trim().is_empty() => {
+                return Err(self.err(f.span(), "tag_secret_file is empty: name a file"))
+            }
+            Some(f) => SecretSource::File(f.get_ref().trim().into()),
+            None => SecretSource::EnvOrGenerated,
+        };
         Ok(Config {
             server,
             store,
             edge,
+            secret,
             upstreams,
             routes,
         })

@@ -38,6 +38,11 @@ pub trait Knowledge {
     /// Whether the set of current entity-tags is known (an unknown set matches nothing and
     /// refutes nothing).
     fn current_known(&self) -> bool;
+    /// Whether the known current tags are all of them (not only the variants seen of a
+    /// resource that varies): only then does "not among them" prove a mismatch.
+    fn current_complete(&self) -> bool {
+        self.current_known()
+    }
     /// Whether `tag` strongly matches a current entity-tag.
     fn is_current_strong(&self, tag: &EntityTag<'_>) -> bool;
     /// Whether `tag` weakly matches a current entity-tag.
@@ -90,7 +95,7 @@ pub fn guard<'a, L: FieldLines<'a>, K: Knowledge>(
     if existence == Existence::Absent && !req.method.may_create() {
         return Decision::Proceed;
     }
-    let trust_current = policy == Policy::Mismatch && k.current_known();
+    let trust_current = policy == Policy::Mismatch && k.current_complete();
 
     // Step 1: If-Match.
     let mut any_current = false;

@@ -3,7 +3,7 @@
 //! Owns: [`Ctx`]. Invariant: `key` is set only on `guard` and `enforce` routes (the store learns
 //! only there), and `ticket` whenever `key` is.
 
-use crate::identity::OwnedKey;
+use crate::identity::{OwnedKey, Principal};
 use crate::precondition::Method;
 use crate::store::Ticket;
 
@@ -18,6 +18,8 @@ pub struct Ctx {
     /// Resource key, set on `guard` and `enforce` routes (the store learns only there).
     pub(crate) key: Option<OwnedKey>,
     pub(crate) ticket: Option<Ticket>,
+    /// Whose partition the request reads and teaches.
+    pub(crate) principal: Principal,
     pub(crate) forwarded: bool,
     pub(crate) learned: bool,
     /// `enforce`: the per-resource write lock, held until the origin's answer is learned.
@@ -35,6 +37,7 @@ impl Ctx {
             method: Method::Other,
             key: None,
             ticket: None,
+            principal: Principal::SHARED,
             forwarded: false,
             learned: false,
             write_lock: None,

@@ -35,10 +35,11 @@ pub(crate) async fn request(
     let req = session.req_header();
     let cond = conditional(&req.headers, ctx.method);
     if ctx.method.is_write() && cond.has_any() {
-        match guard_decision(&s.store, &key.as_key(), &cond, route.policy) {
+        match guard_decision(&s.store, &key.as_key(), ctx.principal, &cond, route.policy) {
             Decision::PreconditionFailed(failure) => {
-                let record = s.store.get(&key.as_key());
-                answer::reject(s, session, failure, record.as_deref().map(|r| &r.entry)).await?;
+                // Only what this caller's partition holds: validators the origin showed them.
+                let known = s.store.get(&key.as_key(), ctx.principal);
+                answer::reject(s, session, failure, known.as_deref()).await?;
                 return Ok(true);
             }
             _ => {

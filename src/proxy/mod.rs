@@ -24,6 +24,7 @@ mod ctx;
 pub(crate) mod enforce;
 mod guard;
 pub(crate) mod headers;
+mod principal;
 mod problem;
 mod shared;
 mod upstream;
@@ -46,6 +47,7 @@ use crate::telemetry::Metrics;
 pub use answer::DECISION_HEADER;
 pub use ctx::Ctx;
 use headers::{client_ip, request_host, set_forwarding};
+pub use shared::Keys;
 use shared::Shared;
 
 /// The precond proxy.
@@ -59,9 +61,10 @@ impl Precond {
         config: Arc<Config>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
+        keys: Keys,
     ) -> std::io::Result<Self> {
         Ok(Precond {
-            s: Shared::new(config, store, metrics)?,
+            s: Shared::new(config, store, metrics, keys)?,
         })
     }
 }
@@ -106,6 +109,7 @@ impl ProxyHttp for Precond {
             req.uri.query(),
         );
         ctx.ticket = Some(s.store.ticket());
+        ctx.principal = principal::principal_of(route, &req.headers, &s.keys.principal);
         match route.mode {
             Mode::Enforce => enforce::request(s, session, ctx, route, key).await,
             _ => guard::request(s, session, ctx, route, key).await,
@@ -152,19 +156,27 @@ impl ProxyHttp for Precond {
         if resp.status.is_informational() {
             return Ok(());
         }
-        let (Some(key), Some(ticket)) = (ctx.key.as_ref(), ctx.ticket) else {
+        let (Some(key), Some(ticket), Some(route)) = (
+            ctx.key.as_ref(),
+            ctx.ticket,
+            ctx.route.map(|i| &self.s.config.routes[i]),
+        ) else {
             return Ok(());
         };
         let h = &resp.headers;
         let obs = Observation {
-            method: ctx.method,
-            outcome: Outcome::Status(resp.status.as_u16()),
             etag: h.get(header::ETAG).map(HeaderValue::as_bytes),
             last_modified: h.get(header::LAST_MODIFIED).map(HeaderValue::as_bytes),
             date: h.get(header::DATE).map(HeaderValue::as_bytes),
             vary: h.contains_key(header::VARY),
-            synthetic: false,
-            meta: None,
+            principal: ctx.principal,
+            reach: principal::reach_of(route),
+            private: principal::marks_private(route, h),
+            // On enforce routes the store is precond's own record as the judge (it must keep
+            // serialising writes); on guard routes a no-store answer teaches nothing.
+            no_store: route.mode == Mode::Guard && principal::no_store(h),
+            complete: route.mode == Mode::Enforce,
+            ..Observation::of(ctx.method, Outcome::Status(resp.status.as_u16()))
         };
         self.s.store.learn(&key.as_key(), ticket, &obs);
         ctx.learned = true;
@@ -208,9 +220,11 @@ impl ProxyHttp for Precond {
         };
         if ctx.forwarded && !ctx.learned && ctx.method.changes_state() {
             // The write may or may not have been applied: forget what we believed.
-            self.s
-                .store
-                .learn(&key.as_key(), ticket, &Observation::broken(ctx.method));
+            let obs = Observation {
+                principal: ctx.principal,
+                ..Observation::broken(ctx.method)
+            };
+            self.s.store.learn(&key.as_key(), ticket, &obs);
             warn!(key = %key, error = ?e.map(|e| e.to_string()), "write outcome unknown: validators forgotten");
         }
     }

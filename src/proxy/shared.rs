@@ -9,6 +9,7 @@ use std::sync::Arc;
 use pingora::connectors::http::Connector;
 
 use crate::config::Config;
+use crate::identity::PrincipalKey;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -24,6 +25,17 @@ pub(crate) struct Shared {
     /// Upstream connections for requests precond sends itself (`enforce` probes and reads).
     pub(crate) connector: Connector,
     pub(crate) locks: Arc<KeyedLocks>,
+    /// Keys derived from the deployment secret.
+    pub(crate) keys: Keys,
+}
+
+/// Keys derived from the deployment secret (by the app, which reads it).
+#[derive(Clone, Debug)]
+pub struct Keys {
+    /// MAC key of synthesised entity-tags.
+    pub tag: [u8; 32],
+    /// Key of principal hashes.
+    pub principal: PrincipalKey,
 }
 
 impl Shared {
@@ -32,6 +44,7 @@ impl Shared {
         config: Arc<Config>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
+        keys: Keys,
     ) -> std::io::Result<Shared> {
         Ok(Shared {
             upstreams: Upstreams::new(&config.upstreams)?,
@@ -40,6 +53,7 @@ impl Shared {
             metrics,
             connector: Connector::new(None),
             locks: Arc::new(KeyedLocks::default()),
+            keys,
         })
     }
 }

@@ -75,6 +75,9 @@ pub struct Entry {
     pub(crate) current_since: u64,
     /// Header fields of the last 200, for building 304s.
     pub meta: Option<Box<Meta>>,
+    /// The last 200 carried `Vary`: `current` holds the variants seen, maybe not all of them,
+    /// so "not among the current tags" proves nothing.
+    pub vary: bool,
 }
 
 impl Entry {
@@ -91,6 +94,7 @@ impl Entry {
             lm_stale: false,
             current_since: 0,
             meta: None,
+            vary: false,
         }
     }
 
@@ -135,6 +139,9 @@ impl Knowledge for Entry {
     }
     fn current_known(&self) -> bool {
         self.current.is_some()
+    }
+    fn current_complete(&self) -> bool {
+        self.current.is_some() && !self.vary
     }
     fn is_current_strong(&self, tag: &EntityTag<'_>) -> bool {
         self.current_tags().any(|c| c.strong_eq(tag))

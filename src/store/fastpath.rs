@@ -3,30 +3,32 @@
 //! Owns: [`guard_decision`], the one function both the proxy and the benches call.
 //!
 //! Invariants:
-//! - No lock and no allocation: the resource is found through the store's lock-free index (a
-//!   64-bit hash of the key parts), the precondition lists are scanned in place, and tags
+//! - No lock and no allocation: the requester's partition of the resource is found through the
+//!   store's lock-free index (a 64-bit hash of the key parts and the principal), the precondition lists are scanned in place, and tags
 //!   are compared by their fingerprints in the slot's [`Summary`](super::summary::Summary).
 //! - Forwarding needs no proof, a refusal does: a refusal found on the summary is decided again on
-//!   the exact record, after comparing its key byte for byte (a slot found by hash may be another
-//!   key's, and then this key is unknown: forwarding is right) and checking its age against the TTL
+//!   the exact record, after comparing its key byte for byte and its principal (a slot found by
+//!   hash may be another key's or another caller's, and then this partition is unknown:
+//!   forwarding is right) and checking its age against the TTL
 //!   (the only clock read, on the refusal path). The answer is therefore the exact `guard`
 //!   decision, except that a fingerprint collision (2^-31 per pair of tags) may forward a write
 //!   the exact decision would refuse.
 
-use crate::identity::ResourceKey;
+use crate::identity::{Principal, ResourceKey};
 use crate::precondition::{guard, Conditional, Decision, FieldLines, Policy};
 
 use super::Store;
 
-/// Decides a request on a `guard` route.
+/// Decides a request of `who` on a `guard` route, on what `who`'s partition knows.
 #[inline]
 pub fn guard_decision<'a, L: FieldLines<'a>>(
     store: &Store,
     key: &ResourceKey<'_>,
+    who: Principal,
     cond: &Conditional<L>,
     policy: Policy,
 ) -> Decision {
-    store.with(key, |slot| {
+    store.with(key, who, |slot| {
         let Some(slot) = slot else {
             return Decision::Proceed;
         };
@@ -36,14 +38,10 @@ pub fn guard_decision<'a, L: FieldLines<'a>>(
             policy,
         ) {
             Decision::Proceed => Decision::Proceed,
-            _ => {
-                let r = slot.record();
-                if r.is_for(key) && store.is_fresh(r) {
-                    guard(cond, Some(&r.entry), policy)
-                } else {
-                    Decision::Proceed
-                }
-            }
+            _ => match slot.entry_for(key, who) {
+                Some(entry) if store.is_fresh(slot.record()) => guard(cond, Some(entry), policy),
+                _ => Decision::Proceed,
+            },
         }
     })
 }
@@ -69,14 +67,10 @@ mod tests {
             &key(path),
             store.ticket(),
             &Observation {
-                method,
-                outcome: Outcome::Status(status),
                 etag: etag.map(str::as_bytes),
                 last_modified: Some(b"Sun, 06 Nov 1994 08:49:37 GMT"),
-                date: None,
-                vary: false,
-                synthetic: false,
-                meta: None,
+                complete: true,
+                ..Observation::of(method, Outcome::Status(status))
             },
         );
     }
@@ -115,7 +109,7 @@ mod tests {
         let mut refusals = 0;
         for path in ["/a", "/gone", "/blank", "/unknown"] {
             let key = key(path);
-            let exact = store.get(&key);
+            let exact = store.get(&key, Principal::SHARED);
             for method in [Method::Put, Method::Delete, Method::Post, Method::Get] {
                 for policy in [Policy::Superseded, Policy::Mismatch] {
                     for im in tags {
@@ -137,8 +131,9 @@ mod tests {
                                     if_unmodified_since: &ius[..],
                                     no_cache: false,
                                 };
-                                let want = guard(&cond, exact.as_deref().map(|r| &r.entry), policy);
-                                let got = guard_decision(&store, &key, &cond, policy);
+                                let want = guard(&cond, exact.as_deref(), policy);
+                                let got =
+                                    guard_decision(&store, &key, Principal::SHARED, &cond, policy);
                                 assert_eq!(got, want, "{path} {method:?} {policy:?} {cond:?}");
                                 refusals += usize::from(got != Decision::Proceed);
                             }

@@ -1,11 +1,14 @@
 //! The lock-free index's parts: what it holds per resource and how its keys are hashed.
 //!
-//! Owns: [`Record`] (a resource's key, learned state, age and confirming-read stamp), [`Slot`] (the
-//! index entry: the fast path's [`Summary`] inline, beside the record) and [`PassThrough`], the
-//! hasher for keys that already are 64-bit hashes.
+//! Owns: [`Record`] (a resource's key, its partitions' learned state, age and confirming-read
+//! stamp), [`Slot`] (the index entry of one partition: the fast path's [`Summary`] inline,
+//! beside the record), [`View`] (one partition of a record, for slower paths), [`slot_hash`]
+//! and [`PassThrough`], the hasher for keys that already are 64-bit hashes.
 //!
 //! Invariants:
-//! - A slot's summary is the summary of its record's entry (both are written together, once).
+//! - The index holds one slot per partition, under [`slot_hash`] of the resource's hash and the
+//!   partition's principal; moka holds one record per resource, under the resource's hash.
+//! - A slot's summary is the summary of its partition's entry (both are written together, once).
 //! - A record is immutable but for `read_since`, which only grows.
 //! - Matching a key against a record ([`Record::is_for`]) compares the key itself, never only its
 //!   hash: a slot found by hash may belong to another key.
@@ -14,10 +17,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::identity::{OwnedKey, ResourceKey};
+use crate::identity::{OwnedKey, Principal, ResourceKey};
 
 use super::entry::Entry;
+use super::partition::Parts;
 use super::summary::{Prints, Summary};
+
+/// The index key of `who`'s partition of the resource whose hash is `resource`.
+#[inline]
+pub fn slot_hash(resource: u64, who: Principal) -> u64 {
+    resource ^ who.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+}
 
 /// What the store holds per resource: its key (to verify a hash match), its learned state, and
 /// when it was learned (the fast path checks the TTL itself: moka expires entries lazily).
@@ -25,21 +35,27 @@ use super::summary::{Prints, Summary};
 pub struct Record {
     key: OwnedKey,
     learned_at: Instant,
-    /// Ticket of the latest read that confirmed the entry without changing it (it then
-    /// stands for `entry.current_since`, which is the ticket of the read that created it).
+    /// Ticket of the latest read that confirmed a partition without changing it (it then
+    /// stands for that entry's `current_since`; counted for every partition, which only makes
+    /// older reads more cautious).
     read_since: AtomicU64,
-    /// The learned state.
-    pub entry: Entry,
+    /// The learned state, per partition.
+    pub parts: Parts,
 }
 
 impl Record {
-    pub(super) fn new(key: &ResourceKey<'_>, entry: Entry) -> Record {
+    pub(super) fn new(key: &ResourceKey<'_>, parts: Parts) -> Record {
         Record {
             key: key.to_owned_key(),
             learned_at: Instant::now(),
             read_since: AtomicU64::new(0),
-            entry,
+            parts,
         }
+    }
+
+    /// The state of `who`'s partition, if the record has one.
+    pub fn part(&self, who: Principal) -> Option<&Entry> {
+        self.parts.find(who).map(|(_, e)| e)
     }
 
     /// Whether this record is `key`'s (no allocation).
@@ -53,16 +69,18 @@ impl Record {
         self.learned_at.elapsed()
     }
 
-    /// The latest ticket or stamp that set or confirmed `current`.
-    pub(super) fn current_since(&self) -> u64 {
-        self.entry
-            .current_since
-            .max(self.read_since.load(Ordering::Acquire))
+    /// The ticket of the latest read that confirmed a partition in place.
+    pub(super) fn read_since(&self) -> u64 {
+        self.read_since.load(Ordering::Acquire)
     }
 
     /// The latest ticket or stamp this record's state depends on.
     pub(super) fn last_stamp(&self) -> u64 {
-        self.entry.changed_at.max(self.current_since())
+        self.parts
+            .parts
+            .iter()
+            .map(|p| p.entry.changed_at.max(p.entry.current_since))
+            .fold(self.parts.changed_at.max(self.read_since()), u64::max)
     }
 
     /// Records that a read with ticket `since` confirmed the state without changing it.
@@ -71,10 +89,29 @@ impl Record {
     }
 }
 
-impl std::ops::Deref for Record {
+/// One partition of a record (an `Arc` clone: for refusals and slower paths).
+#[derive(Clone, Debug)]
+pub struct View {
+    record: Arc<Record>,
+    part: usize,
+}
+
+impl View {
+    /// The partition at `part` of `record`.
+    pub(super) fn new(record: Arc<Record>, part: usize) -> View {
+        View { record, part }
+    }
+
+    /// The whole record.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+}
+
+impl std::ops::Deref for View {
     type Target = Entry;
     fn deref(&self) -> &Entry {
-        &self.entry
+        &self.record.parts.parts[self.part].entry
     }
 }
 
@@ -96,21 +133,36 @@ impl std::hash::Hasher for PassThrough {
     }
 }
 
-/// What the index holds per resource: the fast path's [`Summary`] and the full record. Lives
-/// inline in the index's entry, so the fast path reads one allocation (summary first).
+/// What the index holds per partition: the fast path's [`Summary`] of it and the full record.
+/// Lives inline in the index's entry, so the fast path reads one allocation (summary first).
 #[repr(C)]
 pub struct Slot {
     summary: Summary,
     record: Arc<Record>,
+    part: usize,
 }
 
 impl Slot {
-    /// A slot for `record`, summarised with `prints`.
-    pub(super) fn new(record: Arc<Record>, prints: &Prints) -> Slot {
+    /// A slot for partition `part` of `record`, summarised with `prints`.
+    pub(super) fn new(record: Arc<Record>, part: usize, prints: &Prints) -> Slot {
         Slot {
-            summary: Summary::of(&record.entry, prints),
+            summary: Summary::of(&record.parts.parts[part].entry, prints),
             record,
+            part,
         }
+    }
+
+    /// The exact state of this slot's partition, when it is `key`'s and `who`'s (compares the
+    /// key byte for byte: a slot found by hash may be another key's or another principal's).
+    #[inline]
+    pub fn entry_for(&self, key: &ResourceKey<'_>, who: Principal) -> Option<&Entry> {
+        let p = &self.record.parts.parts[self.part];
+        (p.principal == who && self.record.is_for(key)).then_some(&p.entry)
+    }
+
+    /// This slot's partition as a [`View`].
+    pub(super) fn view(&self) -> View {
+        View::new(self.record.clone(), self.part)
     }
 
     /// The digest the fast path decides on.
@@ -128,11 +180,6 @@ impl Slot {
     /// Whether this slot holds exactly `record`.
     pub(super) fn holds(&self, record: &Arc<Record>) -> bool {
         Arc::ptr_eq(&self.record, record)
-    }
-
-    /// A new reference to the record.
-    pub(super) fn record_arc(&self) -> Arc<Record> {
-        self.record.clone()
     }
 }
 

@@ -13,6 +13,7 @@
 //! - `last_modified` is never later than the response's `Date` (RFC 9110 §8.8.2.1); a read sets it
 //!   to the current representation's date, a completed write only moves it forward.
 
+use crate::identity::Principal;
 use crate::precondition::date::{parse_http_date, Timestamp};
 use crate::precondition::{EntityTag, Existence, Method};
 
@@ -46,21 +47,65 @@ pub struct Observation<'a> {
     pub synthetic: bool,
     /// Values of [`META_HEADERS`](super::META_HEADERS) in a 200, when they are to be kept.
     pub meta: Option<[Option<&'a [u8]>; 4]>,
+    /// Who was shown the answer: the partition a read teaches, and a write's own partition.
+    pub principal: Principal,
+    /// How far a write's effects may reach across partitions (the route's `scope`).
+    pub reach: Reach,
+    /// The origin marked the answer per-caller (`Cache-Control: private`, or `Vary` naming a
+    /// credential): a write's effects stay in the writer's partition.
+    pub private: bool,
+    /// `Cache-Control: no-store`: a read teaches nothing; a write still retires and forgets, but
+    /// its new validators are not learned.
+    pub no_store: bool,
+    /// precond's own complete view of the representation (`enforce` fetches): a 200 without
+    /// `ETag` means that the representation has none. Otherwise (`guard`: a HEAD handler, a
+    /// compressing middleware, a 206 may drop the field) it means the current tag is unknown.
+    pub complete: bool,
+}
+
+/// How far a write's effects reach across the partitions of its resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// A completed write retires the prior tags in every partition (`scope = "auto"`, unless
+    /// the origin marks the resource per-caller).
+    Resource,
+    /// A write's effects stay in the writer's partition; the others only forget their current
+    /// tags (`scope = "principal"`).
+    Partition,
 }
 
 impl Observation<'_> {
-    /// An exchange of `method` that broke before a final response (its outcome is unknown).
-    pub fn broken(method: Method) -> Observation<'static> {
+    /// An exchange of `method` that ended with `outcome`, showing nothing else, seen by the
+    /// shared partition: the base that callers fill in (`..Observation::of(m, o)`).
+    pub fn of(method: Method, outcome: Outcome) -> Observation<'static> {
         Observation {
             method,
-            outcome: Outcome::Broken,
+            outcome,
             etag: None,
             last_modified: None,
             date: None,
             vary: false,
             synthetic: false,
             meta: None,
+            principal: Principal::SHARED,
+            reach: Reach::Resource,
+            private: false,
+            no_store: false,
+            complete: false,
         }
+    }
+
+    /// An exchange of `method` that broke before a final response (its outcome is unknown).
+    pub fn broken(method: Method) -> Observation<'static> {
+        Observation::of(method, Outcome::Broken)
+    }
+
+    /// A completed replacement or deletion: the only write outcome that proves the previous
+    /// representation gone (a 202 may never be applied; a POST is an action, or creates a child
+    /// elsewhere).
+    fn proves_replacement(&self) -> bool {
+        matches!(self.outcome, Outcome::Status(200 | 201 | 204))
+            && matches!(self.method, Method::Put | Method::Patch | Method::Delete)
     }
 
     /// `Last-Modified`, ignored when invalid and clamped to `Date` when later (RFC 9110 §8.8.2.1).
@@ -105,6 +150,9 @@ pub fn apply(
         return Some(e);
     };
     if obs.method.is_get_or_head() {
+        if obs.no_store {
+            return None;
+        }
         if e.changed_at > ticket.0 || e.current_since > ticket.0 {
             // A write completed while this read was in flight, or a read that started later
             // already answered: this response may show an older representation.
@@ -144,12 +192,16 @@ pub fn apply(
                             e.current = Some(cur);
                         }
                     }
-                    None if obs.vary => e.current = None,
-                    None => {
+                    // precond's own complete fetch: the representation has no tag.
+                    None if obs.complete && !obs.vary => {
                         e.supersede_current(None);
                         e.current = Some(Vec::new());
                     }
+                    // The field may have been dropped on the way (a HEAD handler, a
+                    // compressing middleware, a 206): unknown, and nothing proven replaced.
+                    None => e.current = None,
                 }
+                e.vary = obs.vary;
                 e.synthetic = obs.synthetic;
                 e.current_lm = obs.last_modified();
                 e.lm_stale = false;
@@ -195,13 +247,8 @@ pub fn apply(
         return None;
     }
     let concurrent = e.changed_at > ticket.0;
-    // Only a completed replacement or deletion proves that the previous representation is gone;
-    // a 202 (maybe never applied), a POST (an action, or a child created elsewhere) or another
-    // 2xx only makes the current tag unknown.
-    let proves_replacement = matches!(status, 200 | 201 | 204)
-        && matches!(obs.method, Method::Put | Method::Patch | Method::Delete);
     match status {
-        200..=299 if !proves_replacement => {
+        200..=299 if !obs.proves_replacement() => {
             e.synthetic = false;
             e.current = None;
             e.lm_stale = true;
@@ -210,11 +257,13 @@ pub fn apply(
             }
         }
         200..=299 => {
-            let new_tag = obs.etag();
+            // `no-store`: the write happened (retire, forget), its validators are not kept.
+            let new_tag = obs.etag().filter(|_| !obs.no_store);
             e.synthetic = false;
             e.current_since = stamp;
-            e.current_lm = obs.last_modified();
+            e.current_lm = obs.last_modified().filter(|_| !obs.no_store);
             e.lm_stale = e.current_lm.is_none();
+            e.vary = false;
             if concurrent {
                 // Another write finished while this one was in flight: their order at the
                 // origin is unknown, so neither result is trusted as current.
@@ -234,7 +283,7 @@ pub fn apply(
                 Method::Put | Method::Patch => e.existence = Existence::Exists,
                 _ => {}
             }
-            e.note_last_modified(obs.last_modified());
+            e.note_last_modified(e.current_lm);
         }
         300..=399 | 412 | 500..=599 => {
             // Invalidate (RFC 9111 §4.4); a 412 carries no representation's validators
@@ -247,6 +296,54 @@ pub fn apply(
         }
         _ => return None,
     }
+    e.changed_at = stamp;
+    Some(e)
+}
+
+/// Applies a write by *another* principal to one partition's state. Returns `None` when
+/// nothing is to change.
+///
+/// What a partition learns from someone else's write is only ever a loss: its current tags are
+/// retired (when `retire`: a completed replacement of a resource whose answers do not depend on
+/// the caller) or forgotten; it never learns the writer's new validators (they were shown to the
+/// writer, not to this partition's caller), so an edge answer to this caller never carries them.
+pub fn apply_foreign(
+    old: &Entry,
+    obs: &Observation<'_>,
+    retire: bool,
+    stamp: u64,
+) -> Option<Entry> {
+    let mut e = old.clone();
+    match obs.outcome {
+        Outcome::Status(_) if obs.proves_replacement() && retire => {
+            e.supersede_current(None);
+            if let Some(t) = obs.etag() {
+                // A revert to a tag this partition saw replaced makes it current again.
+                e.unreplace(&t);
+            }
+            e.current = None;
+            if obs.method == Method::Delete {
+                e.existence = Existence::Absent;
+                e.current = Some(Vec::new());
+            } else {
+                e.existence = Existence::Exists;
+            }
+        }
+        Outcome::Status(200..=399 | 412) => {
+            e.current = None;
+            if obs.method == Method::Delete {
+                e.existence = Existence::Unknown;
+            }
+        }
+        Outcome::Status(500..=599) | Outcome::Broken => {
+            e.current = None;
+            e.existence = Existence::Unknown;
+        }
+        // Refused by the origin (401, 403, 409, ...): nothing changed.
+        Outcome::Status(_) => return None,
+    }
+    e.synthetic = false;
+    e.lm_stale = true;
     e.changed_at = stamp;
     Some(e)
 }

@@ -48,6 +48,7 @@ pub struct Summary {
     n_current: u8,
     n_replaced: u8,
     current_known: bool,
+    current_complete: bool,
     existence: Existence,
     current: [u32; MAX_CURRENT],
     replaced: [u32; MAX_REPLACED],
@@ -64,6 +65,7 @@ impl Summary {
             n_current: 0,
             n_replaced: 0,
             current_known: entry.current.is_some(),
+            current_complete: entry.current_complete(),
             existence: entry.existence,
         };
         for (slot, t) in s.current.iter_mut().zip(entry.current_tags()) {
@@ -111,6 +113,9 @@ impl Knowledge for Summarised<'_> {
     }
     fn current_known(&self) -> bool {
         self.summary.current_known
+    }
+    fn current_complete(&self) -> bool {
+        self.summary.current_complete
     }
     fn is_current_strong(&self, tag: &EntityTag<'_>) -> bool {
         self.compare(tag).current_strong

@@ -98,7 +98,7 @@ async fn read(
     // 1. Known validators: answer 304/412 without the origin.
     if let Some(entry) = s
         .store
-        .get(&key.as_key())
+        .get(&key.as_key(), ctx.principal)
         .filter(|e| decidable(e, needs_date))
     {
         let cond = conditional(&session.req_header().headers, ctx.method);
@@ -120,7 +120,7 @@ async fn read(
     }
     // 2. Fetch the representation; learn (and synthesise) its validators.
     let (fetched, peer, tag, synthetic) =
-        match fetch_and_learn(s, session, route, &key, false).await {
+        match fetch_and_learn(s, session, ctx, route, &key, false).await {
             Ok(f) => f,
             Err(e) => return answer::upstream_failed(s, session, &e).await.map(|()| true),
         };
@@ -143,8 +143,8 @@ async fn read(
                 return Ok(true);
             }
             Decision::PreconditionFailed(f) => {
-                let entry = s.store.get(&key.as_key());
-                answer::reject(s, session, f, entry.as_deref().map(|r| &r.entry)).await?;
+                let entry = s.store.get(&key.as_key(), ctx.principal);
+                answer::reject(s, session, f, entry.as_deref()).await?;
                 fetched.finish(&s.connector, &peer).await;
                 return Ok(true);
             }
@@ -186,11 +186,11 @@ async fn write(
     if has_any || required {
         let mut entry = s
             .store
-            .get(&key.as_key())
+            .get(&key.as_key(), ctx.principal)
             .filter(|e| decidable(e, needs_date));
         if entry.is_none() {
             let head = settings.probe == Probe::Head;
-            match fetch_and_learn(s, session, route, &key, head).await {
+            match fetch_and_learn(s, session, ctx, route, &key, head).await {
                 Ok((fetched, peer, _, _)) => {
                     let status = fetched.header.status.as_u16();
                     fetched.finish(&s.connector, &peer).await;
@@ -201,7 +201,7 @@ async fn write(
                     }
                     entry = s
                         .store
-                        .get(&key.as_key())
+                        .get(&key.as_key(), ctx.principal)
                         .filter(|e| decidable(e, needs_date));
                     if entry.is_none() && matches!(status, 200..=299 | 404 | 410) {
                         // The origin showed the state but it could not be recorded: never

@@ -2,7 +2,8 @@
 //! representation so that its validators are known, or synthesised, before a decision.
 //!
 //! Owns: [`fetch`] (one request through Pingora's connector, buffering up to a limit),
-//! [`synthesize_etag`] (a strong entity-tag derived from a representation), the probe request
+//! [`synthesize_etag`] (a strong entity-tag derived from a representation: a keyed MAC, so a
+//! disclosed tag does not let anyone test guesses of a body offline), the probe request
 //! built from a client's, learning what a fetch showed ([`fetch_and_learn`]), and relaying a
 //! fetched response to the client ([`relay`]).
 //!
@@ -18,7 +19,7 @@ use pingora::connectors::http::Connector;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::config::Route;
 use crate::identity::OwnedKey;
@@ -26,7 +27,9 @@ use crate::precondition::{EntityTag, Method};
 use crate::store::{Observation, Outcome, META_HEADERS};
 
 use crate::proxy::answer::DECISION_HEADER;
+use crate::proxy::ctx::Ctx;
 use crate::proxy::headers::{client_ip, etag_trim, header_bytes, set_forwarding};
+use crate::proxy::principal::marks_private;
 use crate::proxy::shared::Shared;
 
 /// Hop-by-hop fields never relayed from a fetched response.
@@ -149,7 +152,7 @@ async fn fetch_once(
 /// one, else a synthesised tag when the response is a 200 to a GET whose whole body was read (a
 /// HEAD has no body to hash: a tag synthesised from it would never change). Second value: whether
 /// the tag was synthesised.
-fn validators_of(f: &Fetched, was_get: bool) -> (Option<Vec<u8>>, bool) {
+fn validators_of(f: &Fetched, was_get: bool, key: &[u8; 32]) -> (Option<Vec<u8>>, bool) {
     let raw = header_bytes(&f.header, "etag");
     let origin = raw.and_then(EntityTag::parse);
     match origin {
@@ -157,7 +160,10 @@ fn validators_of(f: &Fetched, was_get: bool) -> (Option<Vec<u8>>, bool) {
         _ if was_get && f.header.status == 200 && f.complete => {
             let ct = header_bytes(&f.header, "content-type").unwrap_or_default();
             let ce = header_bytes(&f.header, "content-encoding").unwrap_or_default();
-            (Some(synthesize_etag(ct, ce, &f.body).into_bytes()), true)
+            (
+                Some(synthesize_etag(key, ct, ce, &f.body).into_bytes()),
+                true,
+            )
         }
         // A weak origin tag that cannot be replaced: keep it (it still serves If-None-Match);
         // it can never satisfy If-Match.
@@ -198,6 +204,7 @@ fn probe_request(session: &Session, head: bool, trust_forwarded: bool) -> Result
 pub(super) async fn fetch_and_learn(
     s: &Shared,
     session: &Session,
+    ctx: &Ctx,
     route: &Route,
     key: &OwnedKey,
     head: bool,
@@ -211,18 +218,21 @@ pub(super) async fn fetch_and_learn(
     s.metrics
         .forwarded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (tag, synthetic) = validators_of(&fetched, !head);
+    let (tag, synthetic) = validators_of(&fetched, !head, &s.keys.tag);
     let h = &fetched.header;
     let meta = META_HEADERS.map(|n| header_bytes(h, n));
     let obs = Observation {
-        method: Method::Get,
-        outcome: Outcome::Status(h.status.as_u16()),
         etag: tag.as_deref(),
         last_modified: header_bytes(h, "last-modified"),
         date: header_bytes(h, "date"),
         vary: h.headers.contains_key(header::VARY),
         synthetic,
         meta: Some(meta),
+        // The probe carried the caller's own credentials: what it shows is theirs.
+        principal: ctx.principal,
+        private: marks_private(route, &h.headers),
+        complete: true,
+        ..Observation::of(Method::Get, Outcome::Status(h.status.as_u16()))
     };
     s.store.learn(&key.as_key(), ticket, &obs);
     Ok((fetched, peer, tag, synthetic))
@@ -277,21 +287,30 @@ pub(super) async fn relay(
     Ok(())
 }
 
-/// A strong entity-tag for a representation: SHA-256 over its content coding, media type and
-/// bytes (strong validators must differ between encodings, RFC 9110 §8.8.3.3), first 128 bits in
-/// hex, prefixed `s-` so that synthesised tags are recognisable. Returned with its quotes.
-pub fn synthesize_etag(content_type: &[u8], content_encoding: &[u8], body: &[u8]) -> String {
-    let mut h = Sha256::new();
+/// A strong entity-tag for a representation: HMAC-SHA-256, under the deployment's tag key, of
+/// its content coding, media type and bytes (strong validators must differ between encodings,
+/// RFC 9110 §8.8.3.3), first 128 bits in hex, prefixed `s-` so that synthesised tags are
+/// recognisable. Returned with its quotes. Without the key, a tag is not a function of the body
+/// alone: a small private body cannot be recovered by hashing guesses.
+pub fn synthesize_etag(
+    key: &[u8; 32],
+    content_type: &[u8],
+    content_encoding: &[u8],
+    body: &[u8],
+) -> String {
+    use hmac::Mac;
+    let mut h = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
     for part in [content_encoding, content_type] {
-        h.update((part.len() as u64).to_be_bytes());
+        h.update(&(part.len() as u64).to_be_bytes());
         h.update(part);
     }
     h.update(body);
-    let digest = h.finalize();
+    let digest = h.finalize().into_bytes();
     let mut tag = String::with_capacity(36);
     tag.push_str("\"s-");
     for b in &digest[..16] {
-        tag.push_str(&format!("{b:02x}"));
+        use std::fmt::Write;
+        let _ = write!(tag, "{b:02x}");
     }
     tag.push('"');
     tag
@@ -301,17 +320,41 @@ pub fn synthesize_etag(content_type: &[u8], content_encoding: &[u8], body: &[u8]
 mod tests {
     use super::*;
     use crate::precondition::EntityTag;
+    use sha2::Digest;
 
     #[test]
     fn synthesised_tag_is_stable_valid_and_content_sensitive() {
-        let a = synthesize_etag(b"application/json", b"", b"{\"n\":1}");
-        assert_eq!(a, synthesize_etag(b"application/json", b"", b"{\"n\":1}"));
-        assert_ne!(a, synthesize_etag(b"application/json", b"", b"{\"n\":2}"));
+        let k = &[1u8; 32];
+        let a = synthesize_etag(k, b"application/json", b"", b"{\"n\":1}");
+        assert_eq!(
+            a,
+            synthesize_etag(k, b"application/json", b"", b"{\"n\":1}")
+        );
         assert_ne!(
             a,
-            synthesize_etag(b"application/json", b"gzip", b"{\"n\":1}")
+            synthesize_etag(k, b"application/json", b"", b"{\"n\":2}")
         );
-        assert_ne!(a, synthesize_etag(b"text/plain", b"", b"{\"n\":1}"));
+        assert_ne!(
+            a,
+            synthesize_etag(k, b"application/json", b"gzip", b"{\"n\":1}")
+        );
+        assert_ne!(a, synthesize_etag(k, b"text/plain", b"", b"{\"n\":1}"));
+        // Keyed: another deployment secret, another tag; and not the plain hash of the body.
+        assert_ne!(
+            a,
+            synthesize_etag(&[2u8; 32], b"application/json", b"", b"{\"n\":1}")
+        );
+        let mut plain = Sha256::new();
+        for part in [&b""[..], b"application/json"] {
+            plain.update((part.len() as u64).to_be_bytes());
+            plain.update(part);
+        }
+        plain.update(b"{\"n\":1}");
+        let plain: String = plain.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!a.contains(&plain));
         let t = EntityTag::parse(a.as_bytes()).expect("a valid entity-tag");
         assert!(!t.is_weak());
         assert_eq!(t.opaque().len(), 34);

@@ -1,5 +1,6 @@
-//! Which resource a request names: the resource key the store is indexed by. Pure: no I/O, no
-//! Pingora types; imports nothing of the crate.
+//! Which resource a request names, and who is asking: the resource key the store is indexed by,
+//! and the principal whose partition of it a request reads and teaches ([`principal`]). Pure: no
+//! I/O, no Pingora types; imports nothing of the crate.
 //!
 //! Owns: [`RouteId`] (a route's stable name in keys), [`ResourceKey`] (a borrowed key, built once
 //! per request from the fields it is made of, hashed without allocating) and [`OwnedKey`] (the same
@@ -23,6 +24,10 @@
 //! query as sent. Spellings whose meaning depends on the origin (an empty segment `//`, an
 //! encoded `/` or `\`, percent-encoded bytes that are not UTF-8, a `\`) are reported as
 //! [`Ambiguous`], with a lenient reading for route selection.
+
+pub mod principal;
+
+pub use principal::{cookie_values, Principal, PrincipalHasher, PrincipalKey, PrincipalSource};
 
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
