@@ -495,3 +495,30 @@ fn range_requests_get_the_whole_tagged_representation() {
     assert_ne!(r.etag(), t1);
     assert_eq!(String::from_utf8(r.body).unwrap(), r#"{"id":1,"stock":2}"#);
 }
+
+/// An origin that sends its own weak tag (a compressing server, say): precond answers with a
+/// synthesised strong tag, but a client that holds the origin's tag (from before precond, or from
+/// a direct path) gets the RFC answer: `If-None-Match` compares weakly, so it is a 304.
+#[test]
+fn the_origins_own_weak_tag_is_evaluated_as_an_alias() {
+    let origin = ScriptedOrigin::start(|r: SeenRequest| async move {
+        if r.method == "GET" {
+            return (200, vec![("etag", "W/\"o1\"".into())], "body".into());
+        }
+        (204, vec![], String::new())
+    });
+    let p = proxy(&enforce_config(""), origin.addr);
+    // A fresh fetch (nothing known yet), then the stored state, both honour the alias.
+    let r = request(p.addr, "GET", "/doc", &[("If-None-Match", "W/\"o1\"")], "");
+    assert_eq!(r.status, 304);
+    let synthesised = r.etag();
+    assert!(synthesised.starts_with("\"s-"), "{synthesised}");
+    let r = request(p.addr, "GET", "/doc", &[("If-None-Match", "W/\"o1\"")], "");
+    assert_eq!((r.status, r.etag()), (304, synthesised.clone()));
+    assert_eq!(origin.requests(), 1, "the second was answered at the edge");
+    // If-Match compares strongly: a weak tag never matches (RFC 9110 §13.1.1).
+    let r = request(p.addr, "PUT", "/doc", &[("If-Match", "W/\"o1\"")], "x");
+    assert_eq!(r.status, 412);
+    let r = request(p.addr, "PUT", "/doc", &[("If-None-Match", "W/\"o1\"")], "x");
+    assert_eq!(r.status, 412, "the representation exists under that tag");
+}

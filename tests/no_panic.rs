@@ -48,7 +48,7 @@ struct Known {
     existence: Existence,
     current: Option<Vec<u8>>,
     replaced: Vec<Vec<u8>>,
-    lm: Option<u64>,
+    lm: Option<i64>,
 }
 
 impl Knowledge for Known {
@@ -73,7 +73,7 @@ impl Knowledge for Known {
     fn was_replaced(&self, tag: &EntityTag<'_>) -> bool {
         !tag.is_weak() && self.replaced.iter().any(|r| r.as_slice() == tag.opaque())
     }
-    fn last_modified(&self) -> Option<u64> {
+    fn last_modified(&self) -> Option<i64> {
         self.lm
     }
 }
@@ -104,7 +104,7 @@ proptest! {
         ius in lines(),
         exists in any::<bool>(),
         cur in prop::option::of(prop::sample::select(vec![b"a".to_vec(), b"1".to_vec(), b"".to_vec()])),
-        lm in prop::option::of(0u64..2_000_000_000),
+        lm in prop::option::of(-2_000_000_000i64..2_000_000_000),
         no_cache in any::<bool>(),
     ) {
         let (im, inm, ims, ius) = (refs(&im), refs(&inm), refs(&ims), refs(&ius));
@@ -120,6 +120,7 @@ proptest! {
         let current = Current {
             existence,
             etag: cur.as_deref().and_then(|c| EntityTag::new(false, c)),
+            alias: None,
             last_modified: lm,
         };
         let truth = evaluate(&req, &current, false);

@@ -1,20 +1,28 @@
 //! HTTP-date fields (RFC 9110 §5.6.7) for `If-Modified-Since` and `If-Unmodified-Since`.
 //!
 //! Owns: turning the field lines of a date-valued precondition into a usable timestamp, or into
-//! "ignore". Parsing of the three date formats is delegated to `httpdate`.
+//! "ignore". The common path (IMF-fixdate and asctime within 1970–9999) is `httpdate`'s;
+//! [`grammar`] parses what the RFC 9110 §5.6.7 grammar accepts and `httpdate` rejects, and every
+//! rfc850-date (two-digit years follow the RFC's 50-year rule, which `httpdate` does not).
 //!
 //! Invariants:
-//! - Timestamps are whole seconds since the Unix epoch (RFC 9110 compares at 1 s resolution).
-//! - A field with more than one line, a value that is a list of dates, an invalid date, or a date
-//!   `httpdate` rejects (years before 1970, a day-name that contradicts the date, `UTC` instead of
-//!   `GMT`) yields `None`, which callers treat as "field absent" (RFC 9110 §13.1.3, §13.1.4).
+//! - Timestamps are whole seconds since the Unix epoch, signed (years 0000 to 9999 are valid in
+//!   the grammar; RFC 9110 compares at 1 s resolution).
+//! - A value the grammar accepts is parsed: a day-name is not checked against the date (the RFC
+//!   says nothing; RFC 5322 binds generators only), years before 1970 and asctime years below
+//!   1000 are taken literally, `23:59:60` is a second after `23:59:59`.
+//! - A field with more than one line, a value that is a list of dates, or a value outside the
+//!   grammar (`UTC` instead of `GMT`, lower-case names, extra spaces, an impossible date such as
+//!   31 Feb) yields `None`, which callers treat as "field absent" (RFC 9110 §13.1.3, §13.1.4).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::etag::trim_ows;
 
-/// Seconds since the Unix epoch.
-pub type Timestamp = u64;
+pub mod grammar;
+
+/// Seconds since the Unix epoch (negative before 1970).
+pub type Timestamp = i64;
 
 /// What a date-valued precondition field turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,19 +66,48 @@ where
 
 /// Parses one HTTP-date in any of the three formats. Surrounding OWS is tolerated.
 pub fn parse_http_date(value: &[u8]) -> Option<Timestamp> {
-    let s = std::str::from_utf8(trim_ows(value)).ok()?;
-    let t = httpdate::parse_http_date(s).ok()?;
-    to_timestamp(t)
+    let value = trim_ows(value);
+    // An rfc850-date (the only format with `-`) needs the RFC's two-digit-year rule.
+    if !value.contains(&b'-') {
+        if let Some(t) = std::str::from_utf8(value)
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .and_then(to_timestamp)
+        {
+            return Some(t);
+        }
+    }
+    grammar::parse(value, current_year())
+}
+
+/// The current year (UTC), for the two-digit years of rfc850-dates.
+fn current_year() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    grammar::civil_from_days(now.div_euclid(86_400)).0
 }
 
 /// Converts a `SystemTime` to whole seconds (truncating sub-second parts, RFC 9110 §13.1.3 note).
 pub fn to_timestamp(t: SystemTime) -> Option<Timestamp> {
-    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).ok(),
+        Err(e) => i64::try_from(e.duration().as_secs_f64().ceil() as u64)
+            .ok()
+            .map(|s| -s),
+    }
 }
 
-/// Formats a timestamp as an IMF-fixdate, the only form a sender may generate.
+/// Formats a timestamp as an IMF-fixdate, the only form a sender may generate. Years beyond
+/// 9999 (only `9999-12-31 23:59:60`) are written as the last second of 9999.
 pub fn format_http_date(t: Timestamp) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(t))
+    const FIRST_AFTER_9999: Timestamp = 253_402_300_800;
+    match u64::try_from(t) {
+        Ok(secs) if t < FIRST_AFTER_9999 => {
+            httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        }
+        _ => grammar::format(t.min(FIRST_AFTER_9999 - 1)),
+    }
 }
 
 #[cfg(test)]
@@ -99,14 +136,82 @@ mod tests {
     }
 
     #[test]
-    fn rfc9110_5_6_7_contradicting_day_name_is_invalid() {
-        // httpdate rejects it; we document that the field is then ignored.
-        assert_eq!(parse_http_date(b"Mon, 06 Nov 1994 08:49:37 GMT"), None);
+    fn rfc9110_5_6_7_a_contradicting_day_name_is_not_checked() {
+        // httpdate rejects it; the grammar accepts it, and so do we (documented).
+        assert_eq!(
+            parse_http_date(b"Mon, 06 Nov 1994 08:49:37 GMT"),
+            Some(T_1994)
+        );
+        assert_eq!(parse_http_date(b"Mon Nov  6 08:49:37 1994"), Some(T_1994));
+        assert_eq!(
+            parse_http_date(b"Monday, 06-Nov-94 08:49:37 GMT"),
+            Some(T_1994)
+        );
+        // ... but it must be a day-name.
+        assert_eq!(parse_http_date(b"Xyz, 06 Nov 1994 08:49:37 GMT"), None);
     }
 
     #[test]
-    fn rfc9110_5_6_7_years_before_1970_are_invalid() {
-        assert_eq!(parse_http_date(b"Thu, 01 Jan 1950 00:00:00 GMT"), None);
+    fn rfc9110_5_6_7_years_before_1970_are_taken_literally() {
+        assert_eq!(
+            parse_http_date(b"Sun, 01 Jan 1950 00:00:00 GMT"),
+            Some(-631_152_000)
+        );
+        // asctime with a year below 1000: year 37, not 2037.
+        let y37 = parse_http_date(b"Thu Jan  1 00:00:00 0037").unwrap();
+        assert_eq!(y37, -60_999_523_200);
+        assert_eq!(format_http_date(y37), "Thu, 01 Jan 0037 00:00:00 GMT");
+        assert_eq!(
+            format_http_date(-631_152_000),
+            "Sun, 01 Jan 1950 00:00:00 GMT"
+        );
+    }
+
+    #[test]
+    fn rfc9110_5_6_7_two_digit_years_more_than_50_years_ahead_are_in_the_past() {
+        let now = current_year();
+        let ahead = |y: i64| format!("Sunday, 06-Nov-{:02} 08:49:37 GMT", y.rem_euclid(100));
+        let year_of = |t: Timestamp| grammar::civil_from_days(t.div_euclid(86_400)).0;
+        let in_50 = parse_http_date(ahead(now + 50).as_bytes()).unwrap();
+        assert_eq!(year_of(in_50), now + 50);
+        let in_51 = parse_http_date(ahead(now + 51).as_bytes()).unwrap();
+        assert_eq!(year_of(in_51), now + 51 - 100);
+        assert_eq!(
+            parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(T_1994)
+        );
+    }
+
+    #[test]
+    fn rfc9110_5_6_7_leap_seconds_and_impossible_dates() {
+        assert_eq!(
+            parse_http_date(b"Sat, 31 Dec 2016 23:59:60 GMT"),
+            parse_http_date(b"Sun, 01 Jan 2017 00:00:00 GMT")
+        );
+        for bad in [
+            &b"Sun, 31 Feb 1994 08:49:37 GMT"[..],
+            b"Sun, 29 Feb 1900 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 24:00:00 GMT",
+            b"Sun, 06 Nov 1994 08:60:00 GMT",
+            b"Sun, 06 Nov 1994 08:49:61 GMT",
+            b"Sun,  06 Nov 1994 08:49:37 GMT",
+            b"Sun, 6 Nov 1994 08:49:37 GMT",
+            b"Sun Nov 6 08:49:37 1994",
+            b"Sunday, 06-Nov-1994 08:49:37 GMT",
+            b"Sun, 06-Nov-94 08:49:37 GMT",
+        ] {
+            assert_eq!(
+                parse_http_date(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(parse_http_date(b"Tue, 29 Feb 2000 08:49:37 GMT").is_some());
+        assert_eq!(
+            format_http_date(parse_http_date(b"Fri, 31 Dec 9999 23:59:60 GMT").unwrap()),
+            "Fri, 31 Dec 9999 23:59:59 GMT"
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Current<'a> {
     pub existence: Existence,
     /// Its entity-tag, if it has one.
     pub etag: Option<EntityTag<'a>>,
+    /// Another entity-tag of the same representation: the origin's own (weak) tag, where precond
+    /// answers with a synthesised strong one. A client that holds it gets the answer the origin
+    /// would give (strong comparison for `If-Match`, weak for `If-None-Match`).
+    pub alias: Option<EntityTag<'a>>,
     /// Its modification date, if it has one.
     pub last_modified: Option<Timestamp>,
 }
@@ -222,7 +226,8 @@ pub fn evaluate<'a, 'c, L: FieldLines<'a>>(
     // Step 1: If-Match (strong comparison).
     let mut strong_match = false;
     let im = scan_list(req.if_match.lines(), |t| {
-        strong_match |= current.etag.is_some_and(|c| t.strong_eq(&c));
+        strong_match |= current.etag.is_some_and(|c| t.strong_eq(&c))
+            || current.alias.is_some_and(|c| t.strong_eq(&c));
     });
     let im_fail = |reason| {
         Decision::PreconditionFailed(Failure {
@@ -260,7 +265,9 @@ pub fn evaluate<'a, 'c, L: FieldLines<'a>>(
     // Step 3: If-None-Match (weak comparison).
     let mut weak_match = false;
     let inm = scan_list(req.if_none_match.lines(), |t| {
-        weak_match |= exists && current.etag.is_some_and(|c| t.weak_eq(&c));
+        weak_match |= exists
+            && (current.etag.is_some_and(|c| t.weak_eq(&c))
+                || current.alias.is_some_and(|c| t.weak_eq(&c)));
     });
     let inm_false = match inm {
         ListShape::Absent => None,
@@ -370,6 +377,7 @@ mod tests {
         Current {
             existence: Existence::Exists,
             etag: EntityTag::parse(tag.as_bytes()),
+            alias: None,
             last_modified: Some(LM),
         }
     }
@@ -378,6 +386,7 @@ mod tests {
         Current {
             existence: Existence::Absent,
             etag: None,
+            alias: None,
             last_modified: None,
         }
     }
@@ -422,6 +431,7 @@ mod tests {
         let no_etag = Current {
             existence: Existence::Exists,
             etag: None,
+            alias: None,
             last_modified: None,
         };
         assert_eq!(
@@ -439,6 +449,7 @@ mod tests {
         let no_etag = Current {
             existence: Existence::Exists,
             etag: None,
+            alias: None,
             last_modified: None,
         };
         assert_eq!(
@@ -543,6 +554,7 @@ mod tests {
         let no_lm = Current {
             existence: Existence::Exists,
             etag: None,
+            alias: None,
             last_modified: None,
         };
         assert_eq!(
@@ -586,6 +598,7 @@ mod tests {
         let no_lm = Current {
             existence: Existence::Exists,
             etag: EntityTag::parse(b"\"v2\""),
+            alias: None,
             last_modified: None,
         };
         assert_eq!(
@@ -714,10 +727,41 @@ mod tests {
     }
 
     #[test]
+    fn the_origins_own_tag_is_an_alias_of_the_current_state() {
+        let mut current = exists("\"s-synth\"");
+        current.alias = EntityTag::parse(b"W/\"o1\"");
+        // If-None-Match compares weakly: the origin's weak tag matches.
+        assert_eq!(
+            Req::default()
+                .inm("W/\"o1\"")
+                .eval_with(Get, &current, false),
+            not_modified(Field::IfNoneMatch, Reason::TagMatches)
+        );
+        assert_eq!(
+            Req::default().inm("\"o1\"").eval_with(Put, &current, false),
+            failed(Field::IfNoneMatch, Reason::TagMatches)
+        );
+        // If-Match compares strongly: a weak tag never matches.
+        assert_eq!(
+            Req::default()
+                .im("W/\"o1\"")
+                .eval_with(Put, &current, false),
+            failed(Field::IfMatch, Reason::WeakOnly)
+        );
+        // A strong alias does.
+        current.alias = EntityTag::parse(b"\"o2\"");
+        assert_eq!(
+            Req::default().im("\"o2\"").eval_with(Put, &current, false),
+            Decision::Proceed
+        );
+    }
+
+    #[test]
     fn unknown_state_decides_nothing() {
         let unknown = Current {
             existence: Existence::Unknown,
             etag: None,
+            alias: None,
             last_modified: None,
         };
         assert_eq!(

@@ -267,7 +267,7 @@ pub(crate) async fn not_modified(
     session: &mut Session,
     failure: Failure,
     etag: Option<Vec<u8>>,
-    last_modified: Option<u64>,
+    last_modified: Option<crate::precondition::Timestamp>,
     meta: &Meta,
 ) -> Result<()> {
     s.metrics.not_modified(failure.field);

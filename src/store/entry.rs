@@ -65,6 +65,9 @@ pub struct Entry {
     pub changed_at: u64,
     /// The current tag was synthesised by precond (the origin never issued it).
     pub synthetic: bool,
+    /// With a synthesised current tag: the origin's own tag for the same representation (a weak
+    /// one precond replaced), evaluated as an alias of the current state.
+    pub alias: Option<Tag>,
     /// The current representation's `Last-Modified` (`last_modified` is what guard compares with).
     pub current_lm: Option<Timestamp>,
     /// A write completed whose response carried no `Last-Modified`: `current_lm` may be older
@@ -90,6 +93,7 @@ impl Entry {
             last_modified: None,
             changed_at: 0,
             synthetic: false,
+            alias: None,
             current_lm: None,
             lm_stale: false,
             current_since: 0,

@@ -45,6 +45,8 @@ pub struct Observation<'a> {
     pub vary: bool,
     /// `etag` was synthesised by precond from the representation.
     pub synthetic: bool,
+    /// With a synthesised `etag`: the origin's own `ETag` field value it replaced.
+    pub alias: Option<&'a [u8]>,
     /// Values of [`META_HEADERS`](super::META_HEADERS) in a 200, when they are to be kept.
     pub meta: Option<[Option<&'a [u8]>; 4]>,
     /// Who was shown the answer: the partition a read teaches, and a write's own partition.
@@ -86,6 +88,7 @@ impl Observation<'_> {
             date: None,
             vary: false,
             synthetic: false,
+            alias: None,
             meta: None,
             principal: Principal::SHARED,
             reach: Reach::Resource,
@@ -203,6 +206,12 @@ pub fn apply(
                 }
                 e.vary = obs.vary;
                 e.synthetic = obs.synthetic;
+                e.alias = obs
+                    .alias
+                    .filter(|_| obs.synthetic)
+                    .and_then(EntityTag::parse)
+                    .as_ref()
+                    .map(Tag::from_ref);
                 e.current_lm = obs.last_modified();
                 e.lm_stale = false;
                 if let Some(meta) = obs.meta {
@@ -250,6 +259,7 @@ pub fn apply(
     match status {
         200..=299 if !obs.proves_replacement() => {
             e.synthetic = false;
+            e.alias = None;
             e.current = None;
             e.lm_stale = true;
             if obs.method == Method::Delete {
@@ -260,6 +270,7 @@ pub fn apply(
             // `no-store`: the write happened (retire, forget), its validators are not kept.
             let new_tag = obs.etag().filter(|_| !obs.no_store);
             e.synthetic = false;
+            e.alias = None;
             e.current_since = stamp;
             e.current_lm = obs.last_modified().filter(|_| !obs.no_store);
             e.lm_stale = e.current_lm.is_none();
@@ -343,6 +354,7 @@ pub fn apply_foreign(
         Outcome::Status(_) => return None,
     }
     e.synthetic = false;
+    e.alias = None;
     e.lm_stale = true;
     e.changed_at = stamp;
     Some(e)

@@ -58,6 +58,7 @@ fn current_of(e: &Entry) -> Current<'_> {
     Current {
         existence: e.existence,
         etag: e.current_tags().last(),
+        alias: e.alias.as_ref().map(|t| t.as_ref()),
         last_modified: e.current_lm,
     }
 }
@@ -119,17 +120,18 @@ async fn read(
         }
     }
     // 2. Fetch the representation; learn (and synthesise) its validators.
-    let (fetched, peer, tag, synthetic) =
-        match fetch_and_learn(s, session, ctx, route, &key, false).await {
-            Ok(f) => f,
-            Err(e) => return answer::upstream_failed(s, session, &e).await.map(|()| true),
-        };
+    let (fetched, peer, v) = match fetch_and_learn(s, session, ctx, route, &key, false).await {
+        Ok(f) => f,
+        Err(e) => return answer::upstream_failed(s, session, &e).await.map(|()| true),
+    };
+    let (tag, synthetic) = (v.tag, v.synthetic);
     // 3. Evaluate against what the origin just showed.
     if fetched.header.status == 200 {
         let lm = header_bytes(&fetched.header, "last-modified").and_then(parse_http_date);
         let current = Current {
             existence: Existence::Exists,
             etag: tag.as_deref().and_then(EntityTag::parse),
+            alias: v.alias.as_deref().and_then(EntityTag::parse),
             last_modified: lm,
         };
         let mut cond = conditional(&session.req_header().headers, ctx.method);
@@ -191,7 +193,7 @@ async fn write(
         if entry.is_none() {
             let head = settings.probe == Probe::Head;
             match fetch_and_learn(s, session, ctx, route, &key, head).await {
-                Ok((fetched, peer, _, _)) => {
+                Ok((fetched, peer, _)) => {
                     let status = fetched.header.status.as_u16();
                     fetched.finish(&s.connector, &peer).await;
                     if status >= 500 {

@@ -148,27 +148,51 @@ async fn fetch_once(
     })
 }
 
-/// Validators of a fetched response, as raw `ETag` bytes: the origin's strong ETag if it sent
-/// one, else a synthesised tag when the response is a 200 to a GET whose whole body was read (a
-/// HEAD has no body to hash: a tag synthesised from it would never change). Second value: whether
-/// the tag was synthesised.
-fn validators_of(f: &Fetched, was_get: bool, key: &[u8; 32]) -> (Option<Vec<u8>>, bool) {
+/// What a fetched response's validators are for precond.
+pub(super) struct Validators {
+    /// The `ETag` precond answers with (raw bytes): the origin's strong tag, else a synthesised
+    /// one, else the origin's weak tag.
+    pub(super) tag: Option<Vec<u8>>,
+    /// `tag` was synthesised.
+    pub(super) synthetic: bool,
+    /// With a synthesised tag: the origin's own (weak) tag it replaced.
+    pub(super) alias: Option<Vec<u8>>,
+}
+
+/// Validators of a fetched response: the origin's strong ETag if it sent one, else a synthesised
+/// tag when the response is a 200 to a GET whose whole body was read (a HEAD has no body to hash:
+/// a tag synthesised from it would never change).
+fn validators_of(f: &Fetched, was_get: bool, key: &[u8; 32]) -> Validators {
     let raw = header_bytes(&f.header, "etag");
     let origin = raw.and_then(EntityTag::parse);
+    let raw = raw.map(|r| etag_trim(r).to_vec());
     match origin {
-        Some(t) if !t.is_weak() => (raw.map(|r| etag_trim(r).to_vec()), false),
+        Some(t) if !t.is_weak() => Validators {
+            tag: raw,
+            synthetic: false,
+            alias: None,
+        },
         _ if was_get && f.header.status == 200 && f.complete => {
             let ct = header_bytes(&f.header, "content-type").unwrap_or_default();
             let ce = header_bytes(&f.header, "content-encoding").unwrap_or_default();
-            (
-                Some(synthesize_etag(key, ct, ce, &f.body).into_bytes()),
-                true,
-            )
+            Validators {
+                tag: Some(synthesize_etag(key, ct, ce, &f.body).into_bytes()),
+                synthetic: true,
+                alias: raw.filter(|_| origin.is_some()),
+            }
         }
         // A weak origin tag that cannot be replaced: keep it (it still serves If-None-Match);
         // it can never satisfy If-Match.
-        Some(_) => (raw.map(|r| etag_trim(r).to_vec()), false),
-        None => (None, false),
+        Some(_) => Validators {
+            tag: raw,
+            synthetic: false,
+            alias: None,
+        },
+        None => Validators {
+            tag: None,
+            synthetic: false,
+            alias: None,
+        },
     }
 }
 
@@ -208,7 +232,7 @@ pub(super) async fn fetch_and_learn(
     route: &Route,
     key: &OwnedKey,
     head: bool,
-) -> Result<(Fetched, HttpPeer, Option<Vec<u8>>, bool)> {
+) -> Result<(Fetched, HttpPeer, Validators)> {
     let peer = s.upstreams.peer_for(route.upstream)?;
     let req = probe_request(session, head, route.trust_forwarded)?;
     // The ticket is taken when the fetch starts: a write that completes while the fetch is in
@@ -218,15 +242,16 @@ pub(super) async fn fetch_and_learn(
     s.metrics
         .forwarded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (tag, synthetic) = validators_of(&fetched, !head, &s.keys.tag);
+    let v = validators_of(&fetched, !head, &s.keys.tag);
     let h = &fetched.header;
     let meta = META_HEADERS.map(|n| header_bytes(h, n));
     let obs = Observation {
-        etag: tag.as_deref(),
+        etag: v.tag.as_deref(),
+        alias: v.alias.as_deref(),
         last_modified: header_bytes(h, "last-modified"),
         date: header_bytes(h, "date"),
         vary: h.headers.contains_key(header::VARY),
-        synthetic,
+        synthetic: v.synthetic,
         meta: Some(meta),
         // The probe carried the caller's own credentials: what it shows is theirs.
         principal: ctx.principal,
@@ -235,7 +260,7 @@ pub(super) async fn fetch_and_learn(
         ..Observation::of(Method::Get, Outcome::Status(h.status.as_u16()))
     };
     s.store.learn(&key.as_key(), ticket, &obs);
-    Ok((fetched, peer, tag, synthetic))
+    Ok((fetched, peer, v))
 }
 
 /// Sends a fetched response to the client, with `etag` added when it was synthesised.
