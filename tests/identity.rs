@@ -386,3 +386,55 @@ fn an_upstream_decision_header_is_removed() {
         assert_eq!(r.header("precond-decision"), None, "{mode}");
     }
 }
+
+/// Behind a trusted balancer (`trust_forwarded = true`) the origin answers for the forwarded
+/// host: two tenants behind one `Host` are two resources, so one tenant's read never refuses the
+/// other's write.
+#[test]
+fn a_trusted_forwarded_host_is_part_of_the_resource() {
+    let origin = ScriptedOrigin::start(|r: SeenRequest| async move {
+        let tenant = r
+            .headers
+            .get("x-forwarded-host")
+            .cloned()
+            .unwrap_or_default();
+        if r.method == "GET" {
+            return (200, vec![("etag", format!("\"{tenant}-1\""))], tenant);
+        }
+        (204, vec![], String::new())
+    });
+    let p = proxy(
+        &route_config("mode = \"guard\"\ntrust_forwarded = true"),
+        origin.addr,
+    );
+    let as_tenant = |t: &'static str| [("X-Forwarded-Host", t)];
+    let r = request(p.addr, "GET", "/doc", &as_tenant("a.example"), "");
+    assert_eq!(r.etag(), "\"a.example-1\"");
+    let r = request(p.addr, "GET", "/doc", &as_tenant("b.example"), "");
+    assert_eq!(r.etag(), "\"b.example-1\"");
+    let h = [
+        ("X-Forwarded-Host", "a.example"),
+        ("If-Match", "\"a.example-1\""),
+    ];
+    let r = request(p.addr, "PUT", "/doc", &h, "x");
+    assert_eq!(
+        r.status,
+        204,
+        "tenant b's read refused nothing: {}",
+        r.body_str()
+    );
+    // One tenant, one truth: its own stale tag is still refused after its own change.
+    let r = request(
+        p.addr,
+        "GET",
+        "/doc",
+        &[("X-Forwarded-Host", "A.example")],
+        "",
+    );
+    assert_eq!(r.etag(), "\"A.example-1\"");
+    let r = request(p.addr, "PUT", "/doc", &h, "x");
+    assert_eq!(
+        r.status, 412,
+        "a.example-1 was replaced for tenant a.example"
+    );
+}

@@ -74,6 +74,33 @@ pub(crate) fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.host())
 }
 
+/// The host a trusted balancer says the client asked for: the first `X-Forwarded-Host` value,
+/// else the first `host=` parameter of `Forwarded` (RFC 7239). Read only on routes with
+/// `trust_forwarded`, where the origin may answer for it rather than for `Host`.
+pub(crate) fn forwarded_host(req: &RequestHeader) -> Option<&str> {
+    fn first(v: &HeaderValue) -> Option<&str> {
+        let s = v.to_str().ok()?.split(',').next()?.trim();
+        (!s.is_empty()).then_some(s)
+    }
+    if let Some(h) = req.headers.get("x-forwarded-host").and_then(first) {
+        return Some(h);
+    }
+    req.headers.get("forwarded").and_then(|v| {
+        v.to_str()
+            .ok()?
+            .split(',')
+            .next()?
+            .split(';')
+            .find_map(|p| {
+                let (k, v) = p.trim().split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("host")
+                    .then(|| v.trim().trim_matches('"'))
+            })
+            .filter(|h| !h.is_empty())
+    })
+}
+
 /// The request's path and query, as received (`/` when the target has none).
 pub(crate) fn path_and_query(req: &RequestHeader) -> &str {
     req.uri.path_and_query().map_or("/", |p| p.as_str())

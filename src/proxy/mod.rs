@@ -29,6 +29,7 @@ mod problem;
 mod shared;
 mod upstream;
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -46,7 +47,7 @@ use crate::telemetry::Metrics;
 
 pub use answer::DECISION_HEADER;
 pub use ctx::Ctx;
-use headers::{client_ip, request_host, set_forwarding};
+use headers::{client_ip, forwarded_host, request_host, set_forwarding};
 pub use shared::Keys;
 use shared::Shared;
 
@@ -102,12 +103,19 @@ impl ProxyHttp for Precond {
             answer::ambiguous_target(s, session, why).await?;
             return Ok(true);
         }
-        let key = OwnedKey::new(
-            route.id,
-            host.as_deref().unwrap_or(""),
-            &path,
-            req.uri.query(),
-        );
+        // Behind a trusted balancer the origin may answer for the forwarded host: it is part of
+        // the resource's identity (`host>forwarded` in the key).
+        let trusted = route
+            .trust_forwarded
+            .then(|| forwarded_host(req).map(canonical_host))
+            .flatten()
+            .filter(|f| Some(f) != host.as_ref());
+        let key_host = match (&host, &trusted) {
+            (h, Some(f)) => Cow::Owned(format!("{}>{f}", h.as_deref().unwrap_or(""))),
+            (Some(h), None) => Cow::Borrowed(h.as_ref()),
+            (None, None) => Cow::Borrowed(""),
+        };
+        let key = OwnedKey::new(route.id, &key_host, &path, req.uri.query());
         ctx.ticket = Some(s.store.ticket());
         ctx.principal = principal::principal_of(route, &req.headers, &s.keys.principal);
         match route.mode {
