@@ -99,12 +99,15 @@ pub fn guard<'a, L: FieldLines<'a>, K: Knowledge>(
 
     // Step 1: If-Match.
     let mut any_current = false;
-    let mut all_strong_replaced = true;
+    // Every listed tag proven stale: seen replaced, and (a weak one) not weakly current either.
+    // A weak tag never satisfies If-Match (RFC 9110 §13.1.1), so refusing it is always correct;
+    // requiring it seen replaced keeps guard from refusing what a lenient origin would accept.
+    let mut all_replaced = true;
     let im = scan_list(req.if_match.lines(), |t| {
         let c = k.compare(&t);
         any_current |= c.current_strong;
-        if !t.is_weak() && !c.replaced {
-            all_strong_replaced = false;
+        if !c.replaced || (t.is_weak() && c.current_weak) {
+            all_replaced = false;
         }
     });
     match im {
@@ -129,7 +132,7 @@ pub fn guard<'a, L: FieldLines<'a>, K: Knowledge>(
         ListShape::Malformed => {}
         ListShape::Tags { count, weak } => {
             let strong = count - weak;
-            if strong > 0 && all_strong_replaced && !any_current {
+            if count > 0 && all_replaced && !any_current {
                 return failed(Field::IfMatch, Reason::Superseded);
             }
             if policy == Policy::Mismatch && count > 0 {
@@ -294,6 +297,42 @@ mod tests {
         assert_eq!(decide(Put, &["v1"], &[], &[], &k(), S), Decision::Proceed);
         assert_eq!(decide(Put, &[""], &[], &[], &k(), S), Decision::Proceed);
         assert_eq!(decide(Put, &[], &["*"], &[], &k(), S), Decision::Proceed);
+    }
+
+    #[test]
+    fn superseded_refuses_weak_tags_seen_replaced_and_not_weakly_current() {
+        let weak = K {
+            existence: Existence::Exists,
+            current: Some(vec!["W/\"w2\""]),
+            replaced: vec!["W/\"w1\"", "W/\"w0\""],
+            lm: None,
+        };
+        for policy in [S, M] {
+            assert_eq!(
+                decide(Put, &["W/\"w1\""], &[], &[], &weak, policy),
+                Decision::PreconditionFailed(Failure {
+                    field: Field::IfMatch,
+                    reason: Reason::Superseded
+                })
+            );
+            assert!(is_412(
+                decide(Put, &["W/\"w1\", W/\"w0\""], &[], &[], &weak, policy),
+                Field::IfMatch
+            ));
+        }
+        // Current, unknown, or in a list with an unknown tag: forwarded (superseded).
+        for tags in [&["W/\"w2\""][..], &["W/\"w9\""], &["W/\"w1\", W/\"w9\""]] {
+            assert_eq!(decide(Put, tags, &[], &[], &weak, S), Decision::Proceed, "{tags:?}");
+        }
+        // Seen replaced as a weak tag, but weakly equal to a current strong one: forwarded.
+        let both = K {
+            current: Some(vec!["\"w1\""]),
+            ..weak
+        };
+        assert_eq!(
+            decide(Put, &["W/\"w1\""], &[], &[], &both, S),
+            Decision::Proceed
+        );
     }
 
     #[test]
