@@ -322,7 +322,11 @@ mod tests {
         }
         // Current, unknown, or in a list with an unknown tag: forwarded (superseded).
         for tags in [&["W/\"w2\""][..], &["W/\"w9\""], &["W/\"w1\", W/\"w9\""]] {
-            assert_eq!(decide(Put, tags, &[], &[], &weak, S), Decision::Proceed, "{tags:?}");
+            assert_eq!(
+                decide(Put, tags, &[], &[], &weak, S),
+                Decision::Proceed,
+                "{tags:?}"
+            );
         }
         // Seen replaced as a weak tag, but weakly equal to a current strong one: forwarded.
         let both = K {

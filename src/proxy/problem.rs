@@ -78,17 +78,39 @@ fn explain(p: &PreconditionFailed<'_>) -> String {
     }
 }
 
+/// An action that can succeed against the state that refused the request (issue 17: every 412
+/// leads somewhere).
 fn next_step(p: &PreconditionFailed<'_>) -> String {
-    match p.field {
-        Field::IfNoneMatch => format!(
-            "The resource already exists: GET {} to see it, or send If-Match with its ETag to \
-             replace it.",
-            p.path
+    let path = p.path;
+    match p.reason {
+        Reason::ResourceExists | Reason::TagMatches => format!(
+            "The resource already exists: GET {path} to see it, or send If-Match with its ETag \
+             to replace it."
         ),
-        _ => format!(
-            "GET {} to fetch the current representation and its ETag, merge your change into it, \
-             and retry with If-Match set to that ETag.",
-            p.path
+        Reason::ResourceAbsent => format!(
+            "The resource does not exist: to create it, send PUT {path} with If-None-Match: * \
+             instead of If-Match."
+        ),
+        Reason::WeakOnly => format!(
+            "This origin issues weak entity-tags, and a weak tag never satisfies If-Match, so \
+             no If-Match retry can succeed here. GET {path}, merge your change, and retry with \
+             If-Unmodified-Since set to its Last-Modified if it sends one (or with a strong \
+             ETag if the API offers one). Operators: policy = \"superseded\", \
+             mode = \"enforce\", or strong ETags at the origin remove this refusal."
+        ),
+        Reason::ModifiedSince => format!(
+            "GET {path} to fetch the current representation, merge your change into it, and \
+             retry with If-Unmodified-Since set to its Last-Modified (or If-Match set to its \
+             ETag)."
+        ),
+        Reason::Malformed => format!(
+            "Send {} as * or a comma-separated list of quoted entity-tags (\"...\" or \
+             W/\"...\"), for example the ETag GET {path} returns.",
+            p.field.header_name()
+        ),
+        Reason::Superseded | Reason::NoMatch | Reason::NotModifiedSince => format!(
+            "GET {path} to fetch the current representation and its ETag, merge your change \
+             into it, and retry with If-Match set to that ETag."
         ),
     }
 }
@@ -179,6 +201,39 @@ mod tests {
         assert!(v["detail"].as_str().unwrap().contains("/items/1"));
         assert!(v["next_step"].as_str().unwrap().contains("If-Match"));
         assert!(v.get("current_last_modified").is_none());
+    }
+
+    /// Each reason's advice names an action that can succeed against the state that refused
+    /// the request; for `weak_only` no If-Match retry can, so none is advised.
+    #[test]
+    fn every_reason_leads_somewhere() {
+        let step = |field, reason| {
+            next_step(&PreconditionFailed {
+                method: "PUT",
+                path: "/x",
+                field,
+                reason,
+                sent: vec![],
+                current_etags: None,
+                current_last_modified: None,
+            })
+        };
+        let weak = step(Field::IfMatch, Reason::WeakOnly);
+        assert!(!weak.contains("retry with If-Match"), "{weak}");
+        assert!(weak.contains("If-Unmodified-Since") && weak.contains("superseded"));
+        let absent = step(Field::IfMatch, Reason::ResourceAbsent);
+        assert!(absent.contains("If-None-Match: *"), "{absent}");
+        let date = step(Field::IfUnmodifiedSince, Reason::ModifiedSince);
+        assert!(
+            date.contains("If-Unmodified-Since set to its Last-Modified"),
+            "{date}"
+        );
+        for r in [Reason::ResourceExists, Reason::TagMatches] {
+            assert!(step(Field::IfNoneMatch, r).contains("If-Match with its ETag"));
+        }
+        for r in [Reason::Superseded, Reason::NoMatch] {
+            assert!(step(Field::IfMatch, r).contains("retry with If-Match"));
+        }
     }
 
     #[test]
