@@ -36,8 +36,8 @@ pub struct Record {
     key: OwnedKey,
     learned_at: Instant,
     /// Ticket of the latest read that confirmed a partition without changing it (it then
-    /// stands for that entry's `current_since`; counted for every partition, which only makes
-    /// older reads more cautious).
+    /// stands for that entry's `current_since`). Counted for every partition, which only makes
+    /// older reads more cautious, and carried into the record that replaces this one.
     read_since: AtomicU64,
     /// The learned state, per partition.
     pub parts: Parts,

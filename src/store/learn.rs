@@ -337,15 +337,17 @@ pub fn apply_foreign(
                 e.existence = Existence::Absent;
                 e.current = Some(Vec::new());
             } else {
-                e.existence = Existence::Exists;
-            }
-        }
-        Outcome::Status(200..=399 | 412) => {
-            e.current = None;
-            if obs.method == Method::Delete {
+                // Not "exists": the origin may hide the resource from this caller (a 404 to
+                // them), and an edge 412 to their `If-None-Match: *` would disclose it.
                 e.existence = Existence::Unknown;
             }
         }
+        // A 2xx that retires nothing here may still have created or deleted the resource.
+        Outcome::Status(200..=299) => {
+            e.current = None;
+            e.existence = Existence::Unknown;
+        }
+        Outcome::Status(300..=399 | 412) => e.current = None,
         Outcome::Status(500..=599) | Outcome::Broken => {
             e.current = None;
             e.existence = Existence::Unknown;

@@ -165,6 +165,12 @@ impl Store {
             0
         };
         let floor = &self.removed[(hash as usize) % REMOVED_SLOTS];
+        if stamp > 0 {
+            // Whatever happens to the record later (expiry, eviction), a read that started
+            // before this write cannot create state for any caller (one without a partition
+            // included: its own index slot would not show the expired record).
+            floor.fetch_max(stamp, Ordering::AcqRel);
+        }
         // moka hides expired entries before its listener runs; the index still has them (found
         // here through this principal's slot).
         if let Some(r) = self
@@ -224,6 +230,10 @@ impl Store {
                     }
                 };
             let record = Arc::new(Record::new(key, parts));
+            // Confirmations counted in the replaced record still order later reads.
+            if let Some(o) = old {
+                record.confirm(o.read_since());
+            }
             let index = self.index.pin();
             for (i, p) in record.parts.parts.iter().enumerate() {
                 let slot = Slot::new(record.clone(), i, &self.prints);
@@ -647,6 +657,64 @@ mod tests {
             .get(&k("/a"), P0)
             .unwrap()
             .is_current_strong(&tag("\"v2\"")));
+    }
+
+    fn as_(
+        who: u64,
+        method: Method,
+        status: u16,
+        etag: Option<&'static str>,
+    ) -> Observation<'static> {
+        Observation {
+            principal: Principal(who),
+            ..obs(method, status, etag)
+        }
+    }
+
+    /// A confirmation stored in one record orders reads after another caller rebuilds it.
+    #[test]
+    fn a_confirmation_survives_another_callers_rebuild() {
+        let s = store();
+        s.learn(
+            &k("/a"),
+            s.ticket(),
+            &as_(1, Method::Get, 200, Some("\"v1\"")),
+        );
+        let (slow, confirm) = (s.ticket(), s.ticket());
+        s.learn(&k("/a"), confirm, &as_(1, Method::Get, 200, Some("\"v1\"")));
+        s.learn(
+            &k("/a"),
+            s.ticket(),
+            &as_(2, Method::Get, 200, Some("\"v1\"")),
+        );
+        s.learn(&k("/a"), slow, &as_(1, Method::Get, 200, Some("\"v0\"")));
+        let e = s.get(&k("/a"), Principal(1)).unwrap();
+        assert!(
+            e.is_current_strong(&tag("\"v1\"")),
+            "the slow read taught nothing"
+        );
+        assert!(!e.was_replaced(&tag("\"v1\"")));
+    }
+
+    /// A caller without a partition, whose read started before a write, cannot re-create the
+    /// older state once the record has expired.
+    #[test]
+    fn a_stale_read_cannot_create_a_partition_after_expiry() {
+        let s = Store::new(10, Duration::from_millis(40));
+        s.learn(
+            &k("/a"),
+            s.ticket(),
+            &as_(1, Method::Get, 200, Some("\"v1\"")),
+        );
+        let slow = s.ticket();
+        s.learn(
+            &k("/a"),
+            s.ticket(),
+            &as_(2, Method::Put, 200, Some("\"v2\"")),
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        s.learn(&k("/a"), slow, &as_(3, Method::Get, 200, Some("\"v1\"")));
+        assert!(s.get(&k("/a"), Principal(3)).is_none());
     }
 
     #[test]

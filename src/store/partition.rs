@@ -15,8 +15,9 @@
 //!   other partitions forget at least.
 //! - Every write stamps [`Parts::changed_at`]; a partition created later starts from that stamp,
 //!   so a read that started before a write cannot create a partition showing the older state.
-//! - At most [`MAX_PARTS`] partitions per resource; the least recently taught is dropped first
-//!   (its caller's requests are then forwarded, as for any unknown state).
+//! - At most [`MAX_PARTS`] partitions per resource; callers beyond them are not admitted (their
+//!   requests are forwarded, as for any unknown state): no caller can evict another's partition.
+//! - A write the origin refused (no partition changed) stamps, renews and rebuilds nothing.
 //! - No partition is created by someone else's write: a caller the origin never answered has no
 //!   state, and its requests are forwarded.
 
@@ -37,7 +38,7 @@ pub struct Part {
     pub entry: Entry,
 }
 
-/// Every partition of one resource, least recently taught first.
+/// Every partition of one resource, in the order they were admitted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Parts {
     /// The partitions.
@@ -113,19 +114,22 @@ pub fn apply_parts(
     }
     ps.private |= marks_private;
     let retire = obs.reach == Reach::Resource && !ps.private;
+    let mut changed = own_new.is_some();
     for p in ps.parts.iter_mut().filter(|p| p.principal != who) {
         if let Some(e) = apply_foreign(&p.entry, obs, retire, stamp) {
             p.entry = e;
+            changed = true;
         }
     }
+    if !changed {
+        // Refused by the origin (401, 403, 409, ...): nothing happened to the resource, so
+        // nothing is stamped, renewed or rebuilt (a stream of refused writes must not keep
+        // reads from teaching).
+        return Change::None;
+    }
     ps.changed_at = ps.changed_at.max(stamp);
-    match own_new {
-        Some(entry) => put(&mut ps, own, who, entry),
-        None => {
-            if let Some(i) = own {
-                ps.parts[i].entry.changed_at = stamp;
-            }
-        }
+    if let Some(entry) = own_new {
+        put(&mut ps, own, who, entry);
     }
     if old == Some(&ps) {
         Change::None
@@ -134,19 +138,18 @@ pub fn apply_parts(
     }
 }
 
-/// Stores `who`'s new state as the most recently taught partition, dropping the least recently
-/// taught one beyond [`MAX_PARTS`].
+/// Stores `who`'s new state. A caller beyond [`MAX_PARTS`] gets no partition (its requests are
+/// forwarded): evicting another caller's partition instead would let one caller with many
+/// credential values (junk cookies) erase what protects everyone else.
 fn put(ps: &mut Parts, at: Option<usize>, who: Principal, entry: Entry) {
-    if let Some(i) = at {
-        ps.parts.remove(i);
+    match at {
+        Some(i) => ps.parts[i].entry = entry,
+        None if ps.parts.len() < MAX_PARTS => ps.parts.push(Part {
+            principal: who,
+            entry,
+        }),
+        None => {}
     }
-    if ps.parts.len() == MAX_PARTS {
-        ps.parts.remove(0);
-    }
-    ps.parts.push(Part {
-        principal: who,
-        entry,
-    });
 }
 
 #[cfg(test)]
@@ -268,16 +271,62 @@ mod tests {
         assert_eq!(late, Change::None);
     }
 
+    /// One caller with many credential values (junk cookies) must not evict the partition that
+    /// lets another caller's write refuse a stale one.
     #[test]
-    fn partitions_are_bounded_least_recently_taught_first() {
+    fn partitions_are_bounded_and_newcomers_beyond_the_bound_are_not_admitted() {
         let mut s = Sim::new();
+        s.see(obs(A, Method::Get, 200, Some("\"v1\"")));
         for i in 0..(MAX_PARTS as u64 + 2) {
-            s.see(obs(Principal(100 + i), Method::Get, 200, Some("\"v\"")));
+            s.see(obs(Principal(100 + i), Method::Get, 200, Some("\"v1\"")));
         }
         let ps = s.parts.as_ref().unwrap();
         assert_eq!(ps.parts.len(), MAX_PARTS);
-        assert!(s.of(Principal(100)).is_none() && s.of(Principal(101)).is_none());
-        assert!(s.of(Principal(100 + MAX_PARTS as u64 + 1)).is_some());
+        assert!(s.of(Principal(100 + MAX_PARTS as u64)).is_none());
+        s.see(obs(B, Method::Put, 200, Some("\"v2\"")));
+        assert!(s.of(A).unwrap().was_replaced(&tag("\"v1\"")));
+    }
+
+    #[test]
+    fn a_refused_write_changes_nothing() {
+        let mut s = Sim::new();
+        s.see(obs(A, Method::Get, 200, Some("\"v1\"")));
+        let before = s.parts.clone();
+        let c = apply_parts(
+            s.parts.as_ref(),
+            0,
+            &obs(B, Method::Put, 401, None),
+            Ticket(50),
+            51,
+        );
+        assert_eq!(c, Change::None);
+        assert_eq!(s.parts, before);
+    }
+
+    /// Another caller's create or forgetting write: "absent" or "exists" would be stale (a
+    /// lost update in enforce, or a disclosure under `mismatch`).
+    #[test]
+    fn another_callers_create_leaves_existence_unknown() {
+        for (private, reach, status) in [
+            (true, Reach::Resource, 201),
+            (false, Reach::Partition, 201),
+            (false, Reach::Resource, 201),
+        ] {
+            let mut s = Sim::new();
+            s.see(Observation {
+                private,
+                ..obs(A, Method::Get, 404, None)
+            });
+            s.see(Observation {
+                reach,
+                ..obs(B, Method::Put, status, Some("\"v1\""))
+            });
+            assert_eq!(
+                s.of(A).unwrap().existence,
+                Existence::Unknown,
+                "{private} {reach:?}"
+            );
+        }
     }
 
     #[test]
