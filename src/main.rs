@@ -63,21 +63,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match config::load(&config) {
-            // A configured secret file is read too (the environment and a generated secret are
-            // the running process's business).
-            Ok(c)
-                if matches!(c.secret, config::SecretSource::File(_))
-                    && precond::app::secret::read(&c.secret).is_err() =>
-            {
-                let e = precond::app::secret::read(&c.secret).err();
-                eprintln!(
-                    "{}: {}",
-                    config.display(),
-                    e.map(|e| e.to_string()).unwrap_or_default()
-                );
-                ExitCode::FAILURE
-            }
             Ok(c) => {
+                // A configured secret file is read too (the environment and a generated secret
+                // are the running process's business).
+                if let config::SecretSource::File(_) = c.secret {
+                    if let Err(e) = precond::app::secret::read(&c.secret) {
+                        eprintln!("{}: {e}", config.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
                 println!(
                     "{}: OK ({} upstream(s), {} route(s), listening on {:?})",
                     config.display(),

@@ -82,36 +82,44 @@ pub fn apply_parts(
     ticket: Ticket,
     stamp: u64,
 ) -> Change {
-    let mut ps = old.cloned().unwrap_or_default();
     let who = obs.principal;
-    let own = ps.find(who).map(|(i, _)| i);
+    let own = old.and_then(|ps| ps.find(who));
+    let blank;
     let base = match own {
-        Some(i) => ps.parts[i].entry.clone(),
+        Some((_, e)) => e,
         None => {
-            let mut e = Entry::blank();
-            e.changed_at = ps.changed_at;
-            e
+            // A new partition starts from the resource's last write.
+            blank = Entry {
+                changed_at: old.map_or(0, |ps| ps.changed_at),
+                ..Entry::blank()
+            };
+            &blank
         }
     };
-    let own_new = apply(Some(&base), confirmed_since, obs, ticket, stamp);
+    let own_new = apply(Some(base), confirmed_since, obs, ticket, stamp);
+    let own = own.map(|(i, _)| i);
+    let was_private = old.is_some_and(|ps| ps.private);
     let marks_private = obs.private && matches!(obs.outcome, Outcome::Status(200..=299 | 304));
     if !obs.method.changes_state() {
+        // Reads decide on the borrowed state: the partitions are copied only when they change.
         let Some(mut entry) = own_new else {
             return Change::None;
         };
-        if !marks_private || ps.private {
+        if !marks_private || was_private {
             // Only `current_since` moved: a confirmation.
             let since = entry.current_since;
             entry.current_since = base.current_since;
-            if own.is_some() && entry == base {
+            if own.is_some() && entry == *base {
                 return Change::Confirmed(since);
             }
             entry.current_since = since;
         }
+        let mut ps = old.cloned().unwrap_or_default();
         ps.private |= marks_private;
         put(&mut ps, own, who, entry);
         return Change::New(ps);
     }
+    let mut ps = old.cloned().unwrap_or_default();
     ps.private |= marks_private;
     let retire = obs.reach == Reach::Resource && !ps.private;
     let mut changed = own_new.is_some();
