@@ -1,8 +1,10 @@
 //! A bundled legacy origin: a small in-memory JSON API for the quick start and the tests.
 //!
 //! Owns: [`DemoOrigin`], an HTTP/1.1 server (hyper) on its own thread, and its request counters.
-//! It behaves like the APIs precond is put in front of: with `etags` on it sends `ETag` and
-//! `Last-Modified` but **never checks a precondition**; with `etags` off it sends no validators.
+//! It behaves like the APIs precond is put in front of: it **never checks a precondition**, and
+//! sends validators as [`Tags`] says: strong `ETag`s and `Last-Modified`, weak ones (as Express,
+//! Koa and Rails do by default, and nginx when it compresses: on every response, write responses
+//! included), or none at all (a legacy API).
 //!
 //! Resources: any path. `GET`/`HEAD` read, `PUT` creates or replaces (201/200), `PATCH` merges a
 //! JSON object into the stored one, `DELETE` removes (204), `POST` creates a child `{path}/{n}`
@@ -41,6 +43,17 @@ pub struct Stats {
     pub writes: AtomicU64,
 }
 
+/// Which validators the demo origin sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tags {
+    /// None at all: a legacy API (`enforce`'s case).
+    None,
+    /// Strong `ETag` (`"r<n>"`) and `Last-Modified`.
+    Strong,
+    /// Weak `ETag` (`W/"r<n>"`) and `Last-Modified`.
+    Weak,
+}
+
 #[derive(Clone)]
 struct Item {
     body: Bytes,
@@ -49,7 +62,7 @@ struct Item {
 }
 
 struct State {
-    etags: bool,
+    tags: Tags,
     items: Mutex<HashMap<String, Item>>,
     versions: AtomicU64,
     children: AtomicU64,
@@ -84,15 +97,15 @@ impl Drop for DemoOrigin {
 }
 
 impl DemoOrigin {
-    /// Starts the origin on `addr` (port 0 picks a free port). `etags` chooses whether it sends
-    /// `ETag` and `Last-Modified`; the seed resources are `{prefix}/items/1` and `{prefix}/items/2`.
-    pub fn start(addr: SocketAddr, etags: bool, prefix: &str) -> std::io::Result<DemoOrigin> {
+    /// Starts the origin on `addr` (port 0 picks a free port), sending the validators `tags`
+    /// says; the seed resources are `{prefix}/items/1` and `{prefix}/items/2`.
+    pub fn start(addr: SocketAddr, tags: Tags, prefix: &str) -> std::io::Result<DemoOrigin> {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let state = Arc::new(State {
-            etags,
+            tags,
             items: Mutex::new(HashMap::new()),
             versions: AtomicU64::new(0),
             children: AtomicU64::new(0),
@@ -169,11 +182,14 @@ fn with_validators(
     mut resp: Response<Full<Bytes>>,
     item: &Item,
 ) -> Response<Full<Bytes>> {
-    if state.etags {
+    if state.tags != Tags::None {
+        let weak = if state.tags == Tags::Weak { "W/" } else { "" };
         let h = resp.headers_mut();
         h.insert(
             header::ETAG,
-            format!("\"r{}\"", item.version).parse().expect("ascii"),
+            format!("{weak}\"r{}\"", item.version)
+                .parse()
+                .expect("ascii"),
         );
         h.insert(
             header::LAST_MODIFIED,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use precond::config;
-use precond::demo::DemoOrigin;
+use precond::demo::{DemoOrigin, Tags};
 
 /// A reverse proxy that answers stale writes with 412 at the edge (RFC 9110 §13).
 #[derive(Parser)]
@@ -38,6 +38,10 @@ enum Command {
         /// Where the legacy demo origin (no validators) listens (enforce route `/legacy`).
         #[arg(long, default_value = "127.0.0.1:9001")]
         legacy: SocketAddr,
+        /// Make the demo origin on `--origin` send weak ETags (`W/"…"`), as Express, Koa and Rails
+        /// do by default.
+        #[arg(long)]
+        weak_tags: bool,
     },
 }
 
@@ -96,14 +100,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { origin, legacy } => {
+        Command::Demo {
+            origin,
+            legacy,
+            weak_tags,
+        } => {
             init_logging();
             let text = DEMO_CONFIG
                 .replace("127.0.0.1:9000", &origin.to_string())
                 .replace("127.0.0.1:9001", &legacy.to_string());
             let c = config::parse(&text).expect("the bundled demo config is valid");
-            let started = DemoOrigin::start(origin, true, "")
-                .and_then(|d| Ok((d, DemoOrigin::start(legacy, false, "/legacy")?)));
+            let tags = if weak_tags { Tags::Weak } else { Tags::Strong };
+            let started = DemoOrigin::start(origin, tags, "")
+                .and_then(|d| Ok((d, DemoOrigin::start(legacy, Tags::None, "/legacy")?)));
             let (demo, legacy_demo) = match started {
                 Ok(d) => d,
                 Err(e) => {
@@ -115,11 +124,13 @@ fn main() -> ExitCode {
             };
             let listen = c.server.listen[0];
             println!(
-                "demo origin on http://{} (sends ETags, never checks If-Match): guard route /\n\
+                "demo origin on http://{} (sends {} ETags, never checks If-Match): guard route /\n\
                  legacy origin on http://{} (no validators at all): enforce route /legacy\n\
                  precond on http://{listen}, metrics on http://127.0.0.1:9091/metrics\n\
                  try: curl -i http://{listen}/items/1   and   curl -i http://{listen}/legacy/items/1",
-                demo.addr, legacy_demo.addr
+                demo.addr,
+                if weak_tags { "weak" } else { "strong" },
+                legacy_demo.addr
             );
             let code = run(c);
             drop((demo, legacy_demo));

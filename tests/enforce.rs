@@ -14,7 +14,12 @@ fn enforce_config(extra: &str) -> String {
 }
 
 fn legacy() -> DemoOrigin {
-    DemoOrigin::start("127.0.0.1:0".parse().unwrap(), false, "").unwrap()
+    DemoOrigin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        precond::demo::Tags::None,
+        "",
+    )
+    .unwrap()
 }
 
 /// One read-modify-write: GET the counter, add one, PUT it back (with `If-Match` when `tag` is

@@ -10,7 +10,12 @@ use common::*;
 use precond::demo::DemoOrigin;
 
 fn demo() -> DemoOrigin {
-    DemoOrigin::start("127.0.0.1:0".parse().unwrap(), true, "").unwrap()
+    DemoOrigin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        precond::demo::Tags::Strong,
+        "",
+    )
+    .unwrap()
 }
 
 fn origin_requests(o: &DemoOrigin) -> u64 {

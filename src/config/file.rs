@@ -168,6 +168,8 @@ pub(super) struct RawRoute {
     pub(super) mode: Spanned<Mode>,
     #[serde(default)]
     pub(super) policy: Option<Spanned<RawPolicy>>,
+    pub(super) fence_wait: Option<Spanned<String>>,
+    pub(super) fence_waiters: Option<Spanned<i64>>,
     pub(super) probe: Option<Spanned<Probe>>,
     pub(super) require: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) write_wait: Option<Spanned<String>>,
@@ -216,6 +218,15 @@ pub(super) enum RawPolicy {
 /// `policy` (guard routes).
 pub(super) fn default_policy() -> RawPolicy {
     RawPolicy::Superseded
+}
+/// `fence_wait` (guard routes): longer than most origins take to answer a write, short enough
+/// that a stuck write does not stall its followers for long.
+pub(super) fn default_fence_wait() -> Spanned<String> {
+    unspanned("3s".into())
+}
+/// `fence_waiters` (guard routes).
+pub(super) fn default_fence_waiters() -> Spanned<i64> {
+    unspanned(64)
 }
 /// `probe` (enforce routes).
 pub(super) fn default_probe() -> Probe {

@@ -147,6 +147,17 @@ pub struct EnforceSettings {
     pub synthesize_max_body: usize,
 }
 
+/// The in-flight write fence of a `guard` route (the file's defaults on other routes, where they
+/// are unused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FenceSettings {
+    /// Longest wait of a write for the answer to a write in flight naming the same tag (then it
+    /// is forwarded); zero turns the fence off.
+    pub wait: Duration,
+    /// Most writes waiting at one fence; more are forwarded without waiting.
+    pub waiters: usize,
+}
+
 /// One route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -162,6 +173,8 @@ pub struct Route {
     pub mode: Mode,
     /// Guard policy.
     pub policy: Policy,
+    /// Guard's in-flight write fence.
+    pub fence: FenceSettings,
     /// Enforce settings.
     pub enforce: EnforceSettings,
     /// Answer 400 to targets whose canonical form depends on the origin (guard and enforce).

@@ -15,8 +15,8 @@ use std::fmt;
 
 use super::file::{self, RawFile, RawPolicy, RawRoute};
 use super::settings::{
-    strip_port, Config, EdgeSettings, EnforceSettings, Mode, Policy, Route, SecretSource,
-    ServerSettings, StoreSettings, Upstream,
+    strip_port, Config, EdgeSettings, EnforceSettings, FenceSettings, Mode, Policy, Route,
+    SecretSource, ServerSettings, StoreSettings, Upstream,
 };
 use crate::identity::{canonical_path, PrincipalSource, RouteId};
 
@@ -158,6 +158,39 @@ impl Validator<'_> {
         })
     }
 
+    fn fence_settings(&self, r: &RawRoute, mode: Mode) -> Result<FenceSettings, ConfigError> {
+        for (key, span) in [
+            ("fence_wait", r.fence_wait.as_ref().map(Spanned::span)),
+            ("fence_waiters", r.fence_waiters.as_ref().map(Spanned::span)),
+        ] {
+            match span {
+                Some(span) if mode != Mode::Guard => {
+                    return Err(self.err(span, format!("{key} applies only to mode = \"guard\"")))
+                }
+                _ => {}
+            }
+        }
+        let wait = r
+            .fence_wait
+            .clone()
+            .unwrap_or_else(file::default_fence_wait);
+        let waiters = r
+            .fence_waiters
+            .clone()
+            .unwrap_or_else(file::default_fence_waiters);
+        let wait_d = self.duration(&wait, "route.fence_wait")?;
+        if wait_d > Duration::from_secs(60) {
+            return Err(self.err(
+                wait.span(),
+                "route.fence_wait must be at most 60s: a write waits that long for another one",
+            ));
+        }
+        Ok(FenceSettings {
+            wait: wait_d,
+            waiters: self.positive(&waiters, "route.fence_waiters", 4096)? as usize,
+        })
+    }
+
     pub(super) fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
         let s = &raw.server;
         if s.listen.is_empty() {
@@ -274,6 +307,7 @@ impl Validator<'_> {
                     RawPolicy::Mismatch => Policy::Mismatch,
                 },
             };
+            let fence = self.fence_settings(r, mode)?;
             let host = match &r.host {
                 Some(h) if h.get_ref().trim().is_empty() || h.get_ref().contains('/') => {
                     return Err(self.err(
@@ -307,6 +341,7 @@ impl Validator<'_> {
                 upstream,
                 mode,
                 policy,
+                fence,
                 enforce,
                 strict_targets: r.strict_targets,
                 trust_forwarded: r.trust_forwarded,

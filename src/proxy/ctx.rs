@@ -7,7 +7,8 @@ use crate::identity::{OwnedKey, Principal};
 use crate::precondition::Method;
 use crate::store::Ticket;
 
-use super::enforce::locks::KeyGuard;
+use super::guard::fence::Hold;
+use super::locks::KeyGuard;
 
 /// Per-request state.
 #[derive(Debug)]
@@ -23,7 +24,10 @@ pub struct Ctx {
     pub(crate) forwarded: bool,
     pub(crate) learned: bool,
     /// `enforce`: the per-resource write lock, held until the origin's answer is learned.
-    pub(crate) write_lock: Option<KeyGuard>,
+    pub(crate) write_lock: Option<KeyGuard<OwnedKey>>,
+    /// `guard`: the write's place at its in-flight fence, released once the origin's answer has
+    /// been learned (or the exchange ended without one).
+    pub(crate) fence: Option<Hold>,
     /// `enforce`: the preconditions were evaluated against synthesised tags; remove
     /// `If-Match`/`If-None-Match` before forwarding (the origin never issued those tags).
     pub(crate) strip_tags: bool,
@@ -41,6 +45,7 @@ impl Ctx {
             forwarded: false,
             learned: false,
             write_lock: None,
+            fence: None,
             strip_tags: false,
         }
     }

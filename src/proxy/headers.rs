@@ -19,6 +19,13 @@ pub(crate) struct HeaderLines<'a> {
     name: &'a HeaderName,
 }
 
+impl<'a> HeaderLines<'a> {
+    /// The field lines of `name` in `map`.
+    pub(crate) fn of(map: &'a HeaderMap, name: &'a HeaderName) -> Self {
+        HeaderLines { map, name }
+    }
+}
+
 impl<'a> FieldLines<'a> for HeaderLines<'a> {
     type Iter =
         std::iter::Map<http::header::ValueIter<'a, HeaderValue>, fn(&'a HeaderValue) -> &'a [u8]>;

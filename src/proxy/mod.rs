@@ -5,7 +5,8 @@
 //! - this one: [`Precond`], the `ProxyHttp` implementation, phases only, each delegating;
 //! - `shared.rs`: the state every handler shares; `ctx.rs`: per-request state;
 //! - `headers.rs`: reading fields into the pure types;
-//! - `guard.rs` and `enforce/`: the two deciding roles (`pass` needs no code of its own);
+//! - `guard/` and `enforce/`: the two deciding roles (`pass` needs no code of its own);
+//! - `locks.rs`: per-key waiting (enforce's write locks, guard's in-flight fence);
 //! - `answer.rs` and `problem.rs`: the edge's own answers and their problem bodies;
 //! - `upstream.rs`: which server a request goes to.
 //!
@@ -24,6 +25,7 @@ mod ctx;
 pub(crate) mod enforce;
 mod guard;
 pub(crate) mod headers;
+mod locks;
 mod principal;
 mod problem;
 mod shared;
@@ -39,17 +41,21 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::warn;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Policy};
 use crate::identity::{canonical_host, canonical_path, Ambiguous, OwnedKey};
-use crate::precondition::Method;
+use crate::precondition::{EntityTag, Method};
 use crate::store::{Observation, Outcome, Store};
 use crate::telemetry::Metrics;
 
 pub use answer::DECISION_HEADER;
 pub use ctx::Ctx;
-use headers::{client_ip, forwarded_host, request_host, set_forwarding};
+use guard::fence::single_tag;
+use headers::{client_ip, forwarded_host, request_host, set_forwarding, HeaderLines};
 pub use shared::Keys;
 use shared::Shared;
+
+/// At most one warning per route and period about weak tags under `policy = "mismatch"`.
+const WEAK_WARNING_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The precond proxy.
 pub struct Precond {
@@ -154,7 +160,7 @@ impl ProxyHttp for Precond {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -172,6 +178,17 @@ impl ProxyHttp for Precond {
             return Ok(());
         };
         let h = &resp.headers;
+        let named = ctx
+            .method
+            .changes_state()
+            .then(|| {
+                single_tag(HeaderLines::of(
+                    &session.req_header().headers,
+                    &header::IF_MATCH,
+                ))
+            })
+            .flatten()
+            .map(|(weak, opaque)| EntityTag::from_trusted(weak, opaque));
         let obs = Observation {
             etag: h.get(header::ETAG).map(HeaderValue::as_bytes),
             last_modified: h.get(header::LAST_MODIFIED).map(HeaderValue::as_bytes),
@@ -184,13 +201,35 @@ impl ProxyHttp for Precond {
             // serialising writes); on guard routes a no-store answer teaches nothing.
             no_store: route.mode == Mode::Guard && principal::no_store(h),
             complete: route.mode == Mode::Enforce,
+            named,
             ..Observation::of(ctx.method, Outcome::Status(resp.status.as_u16()))
         };
         self.s.store.learn(&key.as_key(), ticket, &obs);
         ctx.learned = true;
-        // The origin's answer is in the store: the next write to this resource may go.
+        // The origin's answer is in the store: the next write to this resource (enforce), or
+        // naming the same tag (guard's fence), may go.
         ctx.write_lock = None;
+        if let Some(mut hold) = ctx.fence.take() {
+            hold.answered(ctx.method, resp.status.as_u16(), obs.etag);
+        }
         self.s.metrics.learned.fetch_add(1, Relaxed);
+        if route.mode == Mode::Guard
+            && route.policy == Policy::Mismatch
+            && obs.etag.is_some_and(|t| t.starts_with(b"W/"))
+        {
+            self.s
+                .metrics
+                .weak_tags_under_mismatch
+                .fetch_add(1, Relaxed);
+            if self.s.weak_warned[ctx.route.unwrap_or_default()].ready(WEAK_WARNING_PERIOD) {
+                warn!(
+                    route = %route.path_prefix,
+                    "the origin sends weak ETags on a guard route with policy = \"mismatch\": \
+                     every If-Match naming them is refused (weak_only); use policy = \"superseded\", \
+                     mode = \"enforce\", or strong ETags at the origin"
+                );
+            }
+        }
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 //! What every request handler of the proxy shares: settings, the store, the counters, the
-//! upstreams, the connector for precond's own requests, and the enforce write locks.
+//! upstreams, the connector for precond's own requests, and the write locks and fences.
 //!
 //! Owns: [`Shared`]. Built once per process by the app; read-only but for the interior state of
 //! its parts (the store, the counters, the locks), each of which documents its own invariants.
@@ -9,11 +9,12 @@ use std::sync::Arc;
 use pingora::connectors::http::Connector;
 
 use crate::config::Config;
-use crate::identity::PrincipalKey;
+use crate::identity::{OwnedKey, PrincipalKey};
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, RateLimit};
 
-use super::enforce::locks::KeyedLocks;
+use super::guard::fence::Fences;
+use super::locks::KeyedLocks;
 use super::upstream::Upstreams;
 
 /// The state request handlers share.
@@ -24,7 +25,12 @@ pub(crate) struct Shared {
     pub(crate) upstreams: Upstreams,
     /// Upstream connections for requests precond sends itself (`enforce` probes and reads).
     pub(crate) connector: Connector,
-    pub(crate) locks: Arc<KeyedLocks>,
+    /// `enforce`: one write lock per resource.
+    pub(crate) locks: Arc<KeyedLocks<OwnedKey>>,
+    /// `guard`: the in-flight write fences.
+    pub(crate) fences: Fences,
+    /// Per route: when its origin's weak tags under `policy = "mismatch"` were last warned about.
+    pub(crate) weak_warned: Vec<RateLimit>,
     /// Keys derived from the deployment secret.
     pub(crate) keys: Keys,
 }
@@ -48,11 +54,13 @@ impl Shared {
     ) -> std::io::Result<Shared> {
         Ok(Shared {
             upstreams: Upstreams::new(&config.upstreams)?,
+            weak_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
             config,
             store,
             metrics,
             connector: Connector::new(None),
-            locks: Arc::new(KeyedLocks::default()),
+            locks: Arc::default(),
+            fences: Fences::default(),
             keys,
         })
     }

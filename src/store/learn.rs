@@ -63,6 +63,10 @@ pub struct Observation<'a> {
     /// `ETag` means that the representation has none. Otherwise (`guard`: a HEAD handler, a
     /// compressing middleware, a 206 may drop the field) it means the current tag is unknown.
     pub complete: bool,
+    /// A write's `If-Match`, when it names exactly one entity-tag: the representation the
+    /// client claimed to replace. A completed write answered with another tag (or a completed
+    /// DELETE) proves it replaced, even when other writes overlapped it.
+    pub named: Option<EntityTag<'a>>,
 }
 
 /// How far a write's effects reach across the partitions of its resource.
@@ -95,6 +99,7 @@ impl Observation<'_> {
             private: false,
             no_store: false,
             complete: false,
+            named: None,
         }
     }
 
@@ -268,22 +273,62 @@ pub fn apply(
         }
         200..=299 => {
             // `no-store`: the write happened (retire, forget), its validators are not kept.
-            let new_tag = obs.etag().filter(|_| !obs.no_store);
+            let shown = obs.etag();
+            let new_tag = shown.clone().filter(|_| !obs.no_store);
             e.synthetic = false;
             e.alias = None;
             e.current_since = stamp;
             e.current_lm = obs.last_modified().filter(|_| !obs.no_store);
             e.lm_stale = e.current_lm.is_none();
             e.vary = false;
-            if concurrent {
+            match (&shown, obs.method) {
                 // Another write finished while this one was in flight: their order at the
                 // origin is unknown, so neither result is trusted as current.
-                e.current = None;
-            } else {
-                e.supersede_current(new_tag.as_ref());
-                e.current = new_tag.clone().map(|t| vec![t]);
+                _ if concurrent => e.current = None,
+                (_, Method::Delete) => e.supersede_current(None),
+                // The answer names the representation the write left: every other current tag
+                // is replaced, but encodings of the same one (equal under weak comparison:
+                // W/"x" from a compressing middleware for "x").
+                (Some(shown), _) => {
+                    let (mut cur, retired): (Vec<Tag>, Vec<Tag>) = e
+                        .current
+                        .take()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|t| t != shown)
+                        .partition(|t| t.as_ref().weak_eq(&shown.as_ref()));
+                    for t in retired {
+                        e.push_replaced(t);
+                    }
+                    e.current = new_tag.clone().map(|t| {
+                        cur.truncate(MAX_CURRENT - 1);
+                        cur.push(t);
+                        cur
+                    });
+                }
+                // A 2xx without a tag proves nothing about the tags: a write may leave the
+                // representation as it was (an idempotent retry, a no-op PATCH). Unknown.
+                (None, _) => e.current = None,
             }
-            if let Some(t) = &new_tag {
+            // The tag the write named was current until this write was applied (or already
+            // gone): once the origin answers with another tag, or the resource is deleted, it
+            // is not current any more, whatever the order of overlapping writes.
+            let named = obs.named.filter(|n| match (&new_tag, obs.method) {
+                (_, Method::Delete) => true,
+                (Some(t), _) => !t.as_ref().weak_eq(n),
+                (None, _) => false,
+            });
+            if let Some(n) = named {
+                let n = Tag::from_ref(&n);
+                if let Some(cur) = e.current.as_mut() {
+                    cur.retain(|t| *t != n);
+                }
+                e.push_replaced(n);
+            }
+            // A revert makes a replaced tag current again; but when another write overlapped
+            // this one, the other may have replaced this one's result already (its answer was
+            // learned first): the tag stays where it is.
+            if let Some(t) = new_tag.as_ref().filter(|_| !concurrent) {
                 e.unreplace(t);
             }
             match obs.method {

@@ -395,16 +395,65 @@ mod tests {
     }
 
     #[test]
-    fn successful_write_supersedes_and_unknown_without_etag() {
+    fn a_write_with_a_tag_supersedes_and_one_without_makes_the_tag_unknown() {
         let s = store();
         s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        // A 2xx without a tag may have left the representation as it was (a no-op PATCH, an
+        // idempotent retry): nothing is proven replaced.
         s.learn(&k("/a"), s.ticket(), &obs(Method::Put, 204, None));
         let e = s.get(&k("/a"), P0).unwrap();
-        assert!(e.was_replaced(&tag("\"v1\"")));
+        assert!(!e.was_replaced(&tag("\"v1\"")));
         assert!(!e.current_known());
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
         s.learn(&k("/a"), s.ticket(), &obs(Method::Put, 200, Some("\"v3\"")));
         let e = s.get(&k("/a"), P0).unwrap();
         assert!(e.is_current_strong(&tag("\"v3\"")));
+        assert!(e.was_replaced(&tag("\"v1\"")));
+        // An encoding of the same representation stays current.
+        s.learn(
+            &k("/a"),
+            s.ticket(),
+            &obs(Method::Put, 200, Some("W/\"v3\"")),
+        );
+        let e = s.get(&k("/a"), P0).unwrap();
+        assert!(!e.was_replaced(&tag("\"v3\"")));
+        assert!(e.is_current_strong(&tag("\"v3\"")));
+    }
+
+    #[test]
+    fn overlapping_writes_learned_out_of_order_keep_what_each_proved() {
+        // Two writes in flight at once: A names "v1" (the origin answers "v2"), B names "v2"
+        // (answered "v3"), and B's answer is learned first.
+        let s = store();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        let (ta, tb) = (s.ticket(), s.ticket());
+        let write = |named: &'static str, etag: &'static str| Observation {
+            named: Some(tag(named)),
+            ..obs(Method::Put, 200, Some(etag))
+        };
+        s.learn(&k("/a"), tb, &write("\"v2\"", "\"v3\""));
+        s.learn(&k("/a"), ta, &write("\"v1\"", "\"v2\""));
+        let e = s.get(&k("/a"), P0).unwrap();
+        // Their order at the origin is unknown: nothing is current; but each named tag is gone,
+        // and A's late answer does not bring back the "v2" that B replaced.
+        assert!(!e.current_known());
+        assert!(e.was_replaced(&tag("\"v1\"")));
+        assert!(e.was_replaced(&tag("\"v2\"")));
+        assert!(!e.was_replaced(&tag("\"v3\"")));
+    }
+
+    #[test]
+    fn a_write_answered_with_the_tag_it_named_replaces_nothing() {
+        let s = store();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        let same = Observation {
+            named: Some(tag("\"v1\"")),
+            ..obs(Method::Put, 200, Some("\"v1\""))
+        };
+        s.learn(&k("/a"), s.ticket(), &same);
+        let e = s.get(&k("/a"), P0).unwrap();
+        assert!(e.is_current_strong(&tag("\"v1\"")));
+        assert!(!e.was_replaced(&tag("\"v1\"")));
     }
 
     #[test]

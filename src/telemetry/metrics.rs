@@ -36,6 +36,17 @@ pub struct Metrics {
     pub learned: AtomicU64,
     /// 428 answers (enforce routes).
     pub required: AtomicU64,
+    /// Guard writes that waited at the in-flight fence for a write naming the same tag.
+    pub fence_waits: AtomicU64,
+    /// Of those, refused once the write they waited for proved the tag replaced.
+    pub fence_refused: AtomicU64,
+    /// Guard writes forwarded without waiting out the fence: `fence_wait` elapsed.
+    pub fence_timeouts: AtomicU64,
+    /// Guard writes forwarded without waiting at the fence: `fence_waiters` reached.
+    pub fence_full: AtomicU64,
+    /// Origin answers with a weak `ETag` on guard routes under `policy = "mismatch"` (where every
+    /// weak `If-Match` is refused).
+    pub weak_tags_under_mismatch: AtomicU64,
     not_modified: [AtomicU64; FIELDS],
     rejected: [AtomicU64; FIELDS * REASONS],
 }
@@ -49,6 +60,11 @@ impl Default for Metrics {
             upstream_failures: AtomicU64::new(0),
             learned: AtomicU64::new(0),
             required: AtomicU64::new(0),
+            fence_waits: AtomicU64::new(0),
+            fence_refused: AtomicU64::new(0),
+            fence_timeouts: AtomicU64::new(0),
+            fence_full: AtomicU64::new(0),
+            weak_tags_under_mismatch: AtomicU64::new(0),
             not_modified: std::array::from_fn(|_| AtomicU64::new(0)),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -108,6 +124,35 @@ impl Metrics {
             "Writes answered 428 at the edge (enforce routes).",
             &self.required,
         );
+        counter(
+            "precond_fence_waits_total",
+            "Guard writes that waited for a write in flight naming the same tag.",
+            &self.fence_waits,
+        );
+        counter(
+            "precond_fence_refused_total",
+            "Guard writes refused after waiting: the write they waited for replaced their tag.",
+            &self.fence_refused,
+        );
+        counter(
+            "precond_weak_tags_under_mismatch_total",
+            "Origin answers with a weak ETag on guard routes with policy mismatch.",
+            &self.weak_tags_under_mismatch,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP precond_fence_bypassed_total Guard writes forwarded without waiting out the fence.\n# TYPE precond_fence_bypassed_total counter"
+        );
+        for (cause, v) in [
+            ("timeout", &self.fence_timeouts),
+            ("full", &self.fence_full),
+        ] {
+            let _ = writeln!(
+                out,
+                "precond_fence_bypassed_total{{cause=\"{cause}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP precond_not_modified_total Reads answered 304 at the edge.\n# TYPE precond_not_modified_total counter"

@@ -2,7 +2,7 @@
 //! validators; see docs/architecture.md, "enforce").
 //!
 //! Files: this one decides reads and writes; [`probe`] sends precond's own requests to the origin
-//! and synthesises tags; [`locks`] serialises writes per resource.
+//! and synthesises tags; `super::locks` serialises writes per resource.
 //!
 //! Owns: [`request`], the `request_filter` step of an `enforce` route:
 //! - reads (`GET`/`HEAD` without `Range`) are fetched by precond itself, so that an ETag can be
@@ -21,7 +21,6 @@
 //! - When the current validators cannot be established (probe failed with 5xx or broke), a
 //!   conditional write is answered 503, never forwarded unprotected.
 
-pub(crate) mod locks;
 pub(crate) mod probe;
 
 use pingora::prelude::*;
