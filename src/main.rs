@@ -43,6 +43,24 @@ enum Command {
         #[arg(long)]
         weak_tags: bool,
     },
+    /// Run only the bundled demo origin (an API that never checks preconditions), e.g. to put a
+    /// configured precond in front of it or to measure lost updates with the load scripts.
+    Origin {
+        /// Where it listens.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Which validators it sends: strong ETags, weak ETags (`W/"…"`), or none (legacy).
+        #[arg(long, value_enum, default_value = "strong")]
+        tags: TagsArg,
+    },
+}
+
+/// `--tags` of `precond origin`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum TagsArg {
+    Strong,
+    Weak,
+    None,
 }
 
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
@@ -98,6 +116,28 @@ fn main() -> ExitCode {
                     eprintln!("{e}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Origin { listen, tags } => {
+            let tags = match tags {
+                TagsArg::Strong => Tags::Strong,
+                TagsArg::Weak => Tags::Weak,
+                TagsArg::None => Tags::None,
+            };
+            let origin = match DemoOrigin::start(listen, tags, "") {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("precond: cannot start the demo origin on {listen}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!(
+                "demo origin on http://{} ({tags:?} tags, never checks a precondition); Ctrl-C stops it",
+                origin.addr
+            );
+            // Runs until the process is stopped.
+            loop {
+                std::thread::park();
             }
         }
         Command::Demo {

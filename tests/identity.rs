@@ -401,7 +401,11 @@ fn a_trusted_forwarded_host_is_part_of_the_resource() {
         if r.method == "GET" {
             return (200, vec![("etag", format!("\"{tenant}-1\""))], tenant);
         }
-        (204, vec![("etag", format!("\"{tenant}-2\""))], String::new())
+        (
+            204,
+            vec![("etag", format!("\"{tenant}-2\""))],
+            String::new(),
+        )
     });
     let p = proxy(
         &route_config("mode = \"guard\"\ntrust_forwarded = true"),
