@@ -98,7 +98,7 @@ fn config_defaults_are_documented_and_equal_the_parsers() {
     // Every key the parser accepts, per table, as its unknown-key error lists them.
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let sections = sections_of(&text);
-    for table in ["", "server", "store", "edge", "upstream", "route"] {
+    for table in ["", "server", "store", "edge", "log", "upstream", "route"] {
         let bogus = match table {
             "" => format!("zz_bogus = 1\n{text}"),
             t => text.replacen(
@@ -116,7 +116,7 @@ fn config_defaults_are_documented_and_equal_the_parsers() {
             .skip(1)
             .step_by(2)
             .collect();
-        assert!(accepted.len() >= 2, "{table}: {err}");
+        assert!(!accepted.is_empty(), "{table}: {err}");
         for key in accepted {
             let listed = if table.is_empty() {
                 sections.contains_key(key)

@@ -23,6 +23,8 @@ pub(super) struct RawFile {
     pub(super) edge: RawEdge,
     #[serde(default)]
     pub(super) enforce: RawEnforce,
+    #[serde(default)]
+    pub(super) log: RawLog,
     #[serde(default, rename = "upstream")]
     pub(super) upstreams: Vec<Spanned<RawUpstream>>,
     #[serde(default, rename = "route")]
@@ -131,6 +133,14 @@ pub(super) fn default_drain_timeout() -> Spanned<String> {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEnforce {
     pub(super) tag_secret_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    /// `log_query`: query strings in logs and problem bodies (they often carry tokens).
+    #[serde(default)]
+    pub(super) log_query: bool,
 }
 
 #[derive(Deserialize)]

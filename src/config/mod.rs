@@ -15,8 +15,8 @@ mod validate;
 use std::path::Path;
 
 pub use settings::{
-    Config, EdgeSettings, EnforceSettings, FenceSettings, Mode, Policy, Probe, Route, Scope,
-    SecretSource, ServerSettings, StoreSettings, Upstream,
+    Config, EdgeSettings, EnforceSettings, FenceSettings, LogSettings, Mode, Policy, Probe, Route,
+    Scope, SecretSource, ServerSettings, StoreSettings, Upstream,
 };
 pub use validate::ConfigError;
 

@@ -25,6 +25,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// What edge answers disclose.
     pub edge: EdgeSettings,
+    /// What logs (and problem bodies) repeat of requests.
+    pub log: LogSettings,
     /// Where the deployment secret of synthesised tags and principals comes from.
     pub secret: SecretSource,
     /// Upstream groups, referenced by index from routes.
@@ -67,6 +69,13 @@ pub struct EdgeSettings {
     pub drain_limit: u64,
     /// Longest time spent draining such a body.
     pub drain_timeout: Duration,
+}
+
+/// What logs (and problem bodies) repeat of requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Show query strings in logs and problem bodies (otherwise `?…`: they often carry tokens).
+    pub log_query: bool,
 }
 
 /// Where the deployment secret comes from (read by the app at start, and by `precond check`).

@@ -15,8 +15,8 @@ use std::fmt;
 
 use super::file::{self, RawFile, RawPolicy, RawRoute};
 use super::settings::{
-    strip_port, Config, EdgeSettings, EnforceSettings, FenceSettings, Mode, Policy, Route,
-    SecretSource, ServerSettings, StoreSettings, Upstream,
+    strip_port, Config, EdgeSettings, EnforceSettings, FenceSettings, LogSettings, Mode, Policy,
+    Route, SecretSource, ServerSettings, StoreSettings, Upstream,
 };
 use crate::identity::{canonical_path, PrincipalSource, RouteId};
 
@@ -360,6 +360,9 @@ impl Validator<'_> {
             server,
             store,
             edge,
+            log: LogSettings {
+                log_query: raw.log.log_query,
+            },
             secret,
             upstreams,
             routes,

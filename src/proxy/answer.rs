@@ -23,8 +23,8 @@ use crate::identity::Ambiguous;
 use crate::precondition::date::format_http_date;
 use crate::precondition::{Failure, Field};
 use crate::store::{Entry, Meta, META_HEADERS};
+use crate::telemetry::redact::{self, Shown};
 
-use super::headers::path_and_query;
 use super::problem::{self, PreconditionFailed};
 use super::shared::Shared;
 
@@ -95,9 +95,9 @@ pub(crate) async fn respond(
 /// 404: no route of this precond matches the request.
 pub(crate) async fn no_route(s: &Shared, session: &mut Session) -> Result<()> {
     let req = session.req_header();
-    let host = super::headers::request_host(req);
-    let path = req.uri.path();
-    info!(decision = "404", path = %path, host = ?host, "no route");
+    let host = super::headers::request_host(req).map_or_else(String::new, |h| Shown(h).to_string());
+    let path = Shown(req.uri.path()).to_string();
+    info!(decision = "404", path = %path, host = %host, "no route");
     let body = problem::simple(
         404,
         "Not Found",
@@ -144,14 +144,16 @@ pub(crate) async fn reject(
         Field::IfUnmodifiedSince => header::IF_UNMODIFIED_SINCE,
         Field::IfModifiedSince => header::IF_MODIFIED_SINCE,
     };
-    let sent: Vec<String> = req
-        .headers
-        .get_all(&name)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    let path = path_and_query(req).to_string();
-    let method = req.method.as_str().to_string();
+    // What the client sent is echoed once, and bounded: a huge field must not make a huge answer
+    // or log line.
+    let (sent, sent_truncated) = redact::capped(
+        req.headers
+            .get_all(&name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes())),
+    );
+    let path = s.shown_target(req);
+    let method = Shown(req.method.as_str()).to_string();
     let disclose = s.config.edge.disclose_validators;
     let current_etags: Option<Vec<String>> = entry.filter(|_| disclose).and_then(|e| {
         e.current
@@ -188,8 +190,8 @@ pub(crate) async fn reject(
         path = %path,
         precondition = failure.field.header_name(),
         reason = code,
-        sent = ?sent,
-        current = ?current_etags,
+        sent = %sent.join(", "),
+        current = %current_etags.as_deref().map(|c| c.join(", ")).unwrap_or_default(),
         "write refused at the edge"
     );
     s.metrics.reject(failure.field, failure.reason);
@@ -199,6 +201,7 @@ pub(crate) async fn reject(
         field: failure.field,
         reason: failure.reason,
         sent,
+        sent_truncated,
         current_etags,
         current_last_modified: current_lm,
     });
@@ -212,8 +215,8 @@ pub(crate) async fn reject(
 /// 428: the route requires a usable precondition on this method and the request has none.
 pub(crate) async fn require(s: &Shared, session: &mut Session) -> Result<()> {
     let req = session.req_header();
-    let method = req.method.as_str().to_string();
-    let path = path_and_query(req).to_string();
+    let method = Shown(req.method.as_str()).to_string();
+    let path = s.shown_target(req);
     info!(decision = "428", method = %method, path = %path, "write without a usable precondition");
     s.metrics
         .required

@@ -45,6 +45,7 @@ use crate::config::{Config, Mode, Policy};
 use crate::identity::{canonical_host, canonical_path, Ambiguous, OwnedKey};
 use crate::precondition::{EntityTag, Method};
 use crate::store::{Observation, Outcome, Store};
+use crate::telemetry::redact::Shown;
 use crate::telemetry::Metrics;
 
 pub use answer::DECISION_HEADER;
@@ -86,6 +87,9 @@ impl ProxyHttp for Precond {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let s = &self.s;
+        // A request pipelined behind this one (RFC 9112 §9.3.2) is answered after it, in order,
+        // rather than dropped with the connection (an edge answer after a drained body included).
+        session.set_pipelining_enabled(true);
         let req = session.req_header();
         // One function decides which resource the request names (identity.rs): routes match the
         // canonical path too, so no spelling reaches another route than its resource's.
@@ -261,7 +265,7 @@ impl ProxyHttp for Precond {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let (Some(key), Some(ticket)) = (ctx.key.as_ref(), ctx.ticket) else {
             return;
         };
@@ -272,7 +276,11 @@ impl ProxyHttp for Precond {
                 ..Observation::broken(ctx.method)
             };
             self.s.store.learn(&key.as_key(), ticket, &obs);
-            warn!(key = %key, error = ?e.map(|e| e.to_string()), "write outcome unknown: validators forgotten");
+            warn!(
+                path = %self.s.shown_target(session.req_header()),
+                error = %e.map(|e| Shown(&e.to_string()).to_string()).unwrap_or_default(),
+                "write outcome unknown: validators forgotten"
+            );
         }
     }
 }

@@ -26,33 +26,35 @@ pub struct PreconditionFailed<'a> {
     pub field: Field,
     /// Why.
     pub reason: Reason,
-    /// The failing field's value(s) as the client sent them.
+    /// The failing field's value(s) as the client sent them (capped, see `telemetry::redact`).
     pub sent: Vec<String>,
+    /// Some of `sent` was left out or cut.
+    pub sent_truncated: bool,
     /// Current entity-tags, when known and disclosed.
     pub current_etags: Option<Vec<String>>,
     /// Latest `Last-Modified`, when known and disclosed.
     pub current_last_modified: Option<String>,
 }
 
+/// The detail for humans; the failing values are in the `sent` member only (echoed once).
 fn explain(p: &PreconditionFailed<'_>) -> String {
-    let sent = p.sent.join(", ");
     match p.reason {
         Reason::Superseded => format!(
-            "{} {}: the entity-tag(s) in If-Match ({sent}) identify representations that have \
+            "{} {}: the entity-tag(s) listed in If-Match identify representations that have \
              since been replaced; the write would overwrite changes you have not seen.",
             p.method, p.path
         ),
         Reason::NoMatch => format!(
-            "{} {}: no entity-tag in If-Match ({sent}) matches the current representation.",
+            "{} {}: no entity-tag in If-Match matches the current representation.",
             p.method, p.path
         ),
         Reason::WeakOnly => format!(
-            "{} {}: If-Match lists only weak entity-tags ({sent}); If-Match uses strong \
+            "{} {}: If-Match lists only weak entity-tags; If-Match uses strong \
              comparison, so a weak tag never matches.",
             p.method, p.path
         ),
         Reason::ResourceAbsent => format!(
-            "{} {}: If-Match ({sent}) requires a current representation, and the resource does \
+            "{} {}: If-Match requires a current representation, and the resource does \
              not exist.",
             p.method, p.path
         ),
@@ -62,15 +64,15 @@ fn explain(p: &PreconditionFailed<'_>) -> String {
             p.method, p.path
         ),
         Reason::TagMatches => format!(
-            "{} {}: If-None-Match ({sent}) matches the current representation.",
+            "{} {}: If-None-Match matches the current representation.",
             p.method, p.path
         ),
         Reason::ModifiedSince => format!(
-            "{} {}: the resource was modified after the If-Unmodified-Since date ({sent}).",
+            "{} {}: the resource was modified after the If-Unmodified-Since date.",
             p.method, p.path
         ),
         Reason::Malformed | Reason::NotModifiedSince => format!(
-            "{} {}: the {} precondition ({sent}) evaluated to false.",
+            "{} {}: the {} precondition evaluated to false.",
             p.method,
             p.path,
             p.field.header_name()
@@ -125,6 +127,9 @@ pub fn precondition_failed(p: &PreconditionFailed<'_>) -> Vec<u8> {
     body.insert("precondition".into(), p.field.header_name().into());
     body.insert("reason".into(), p.reason.code().into());
     body.insert("sent".into(), json!(p.sent));
+    if p.sent_truncated {
+        body.insert("sent_truncated".into(), true.into());
+    }
     if let Some(tags) = &p.current_etags {
         let current = match tags.as_slice() {
             [one] => Value::from(one.as_str()),
@@ -187,6 +192,7 @@ mod tests {
             field: Field::IfMatch,
             reason: Reason::Superseded,
             sent: vec!["\"r1\"".into()],
+            sent_truncated: false,
             current_etags: Some(vec!["\"r2\"".into()]),
             current_last_modified: None,
         };
@@ -214,6 +220,7 @@ mod tests {
                 field,
                 reason,
                 sent: vec![],
+                sent_truncated: false,
                 current_etags: None,
                 current_last_modified: None,
             })
@@ -253,6 +260,7 @@ mod tests {
             field: Field::IfUnmodifiedSince,
             reason: Reason::ModifiedSince,
             sent: vec!["Sun, 06 Nov 1994 08:49:37 GMT".into()],
+            sent_truncated: false,
             current_etags: None,
             current_last_modified: None,
         };

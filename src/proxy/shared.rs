@@ -11,9 +11,10 @@ use pingora::connectors::http::Connector;
 use crate::config::Config;
 use crate::identity::{OwnedKey, PrincipalKey};
 use crate::store::Store;
-use crate::telemetry::{Metrics, RateLimit};
+use crate::telemetry::{redact, Metrics, RateLimit};
 
 use super::guard::fence::Fences;
+use super::headers::path_and_query;
 use super::locks::KeyedLocks;
 use super::upstream::Upstreams;
 
@@ -45,6 +46,12 @@ pub struct Keys {
 }
 
 impl Shared {
+    /// The request's target as logs and problem bodies show it: bounded, and with its query
+    /// replaced by `?…` unless `log.log_query`.
+    pub(crate) fn shown_target(&self, req: &pingora::http::RequestHeader) -> String {
+        redact::target(path_and_query(req), self.config.log.log_query)
+    }
+
     /// The shared state for a validated configuration.
     pub(crate) fn new(
         config: Arc<Config>,

@@ -33,6 +33,7 @@ use crate::precondition::date::parse_http_date;
 use crate::precondition::evaluate::has_usable_precondition;
 use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence, Method};
 use crate::store::{Entry, META_HEADERS};
+use crate::telemetry::redact::Shown;
 
 use super::answer;
 use super::ctx::Ctx;
@@ -166,7 +167,7 @@ async fn write(
 ) -> Result<bool> {
     let settings = &route.enforce;
     let Some(lock) = s.locks.lock(&key, settings.write_wait).await else {
-        warn!(key = %key, "write lock not obtained in time");
+        warn!(path = %s.shown_target(session.req_header()), "write lock not obtained in time");
         answer::write_busy(s, session, settings.write_wait).await?;
         return Ok(true);
     };
@@ -213,7 +214,7 @@ async fn write(
                     }
                 }
                 Err(e) => {
-                    warn!(key = %key, error = %e, "probe failed");
+                    warn!(path = %s.shown_target(session.req_header()), error = %Shown(&e.to_string()), "probe failed");
                     return answer::unknown_state(s, session, 502).await.map(|()| true);
                 }
             }
@@ -245,7 +246,10 @@ async fn write(
                     answer::require(s, session).await?;
                     return Ok(true);
                 }
-                info!(key = %key, "write forwarded unevaluated: the probe established no state");
+                info!(
+                    path = %s.shown_target(session.req_header()),
+                    "write forwarded unevaluated: the probe established no state"
+                );
             }
         }
     }

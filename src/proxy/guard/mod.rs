@@ -28,6 +28,7 @@ use crate::config::Route;
 use crate::identity::OwnedKey;
 use crate::precondition::{Decision, Failure};
 use crate::store::guard_decision;
+use crate::telemetry::redact::Shown;
 
 use super::answer;
 use super::ctx::Ctx;
@@ -100,8 +101,8 @@ pub(crate) async fn request(
                     counter.fetch_add(1, Relaxed);
                     warn!(
                         decision = "forward",
-                        method = %req.method,
-                        path = %req.uri.path(),
+                        method = %Shown(req.method.as_str()),
+                        path = %Shown(req.uri.path()),
                         cause,
                         "conditional write forwarded without waiting for the write in flight"
                     );
@@ -114,8 +115,8 @@ pub(crate) async fn request(
         s.metrics.forwarded_conditional_writes.fetch_add(1, Relaxed);
         info!(
             decision = "forward",
-            method = %req.method,
-            path = %req.uri.path(),
+            method = %Shown(req.method.as_str()),
+            path = %Shown(req.uri.path()),
             "conditional write forwarded: not proven stale"
         );
     }
