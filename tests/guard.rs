@@ -226,7 +226,9 @@ fn policy_table_existence_rows() {
             }
         }
 
-        // If-Match: * on a resource seen absent.
+        // If-Match: * on a resource seen absent (known first: a 404 alone teaches nothing).
+        assert_eq!(request(p.addr, "PUT", "/items/404", &[], "{}").status, 201);
+        assert_eq!(request(p.addr, "DELETE", "/items/404", &[], "").status, 204);
         assert_eq!(request(p.addr, "GET", "/items/404", &[], "").status, 404);
         let before = origin_requests(&o);
         let r = request(p.addr, "PUT", "/items/404", &[("If-Match", "*")], "{}");

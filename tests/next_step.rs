@@ -143,7 +143,7 @@ const CASES: &[Case] = &[
         reason: Reason::ResourceAbsent,
         tags: Tags::Strong,
         route: GUARD_MISMATCH,
-        setup: &[("GET", "/items/404", &[])],
+        setup: &[("PUT", "/items/404", &[]), ("DELETE", "/items/404", &[])],
         path: "/items/404",
         headers: &[("If-Match", "*")],
     },

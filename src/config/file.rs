@@ -80,6 +80,13 @@ pub(super) struct RawStore {
     pub(super) capacity: Spanned<i64>,
     #[serde(default = "default_ttl")]
     pub(super) ttl: Spanned<String>,
+    #[serde(default = "default_max_key_bytes")]
+    pub(super) max_key_bytes: Spanned<i64>,
+}
+
+/// `store.max_key_bytes`: longer keys (host, path and query) are forwarded and never learned.
+pub(super) fn default_max_key_bytes() -> Spanned<i64> {
+    unspanned(2048)
 }
 
 impl Default for RawStore {
@@ -87,6 +94,7 @@ impl Default for RawStore {
         RawStore {
             capacity: default_capacity(),
             ttl: default_ttl(),
+            max_key_bytes: default_max_key_bytes(),
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct StoreSettings {
     pub capacity: u64,
     /// How long a learned state is trusted after it was last learned.
     pub ttl: Duration,
+    /// Longest resource key (host, path and query) learned; longer ones are forwarded untouched
+    /// on guard routes, and their writes refused (414) on enforce routes.
+    pub max_key_bytes: usize,
 }
 
 /// What edge answers carry.

@@ -221,6 +221,16 @@ impl Validator<'_> {
         let store = StoreSettings {
             capacity: self.positive(&raw.store.capacity, "store.capacity", i64::MAX)?,
             ttl,
+            max_key_bytes: {
+                let n = self.positive(&raw.store.max_key_bytes, "store.max_key_bytes", 65_536)?;
+                if n < 64 {
+                    return Err(self.err(
+                        raw.store.max_key_bytes.span(),
+                        format!("store.max_key_bytes must be between 64 and 65536, not {n}"),
+                    ));
+                }
+                n as usize
+            },
         };
         let edge = EdgeSettings {
             disclose_validators: raw.edge.disclose_validators,

@@ -154,7 +154,7 @@ impl OwnedKey {
         }
     }
 
-    /// Bytes held (for accounting).
+    /// Bytes held: host, path and query (for accounting, and what `store.max_key_bytes` bounds).
     pub fn len(&self) -> usize {
         self.text.len()
     }

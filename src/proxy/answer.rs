@@ -212,6 +212,22 @@ pub(crate) async fn reject(
     respond(s, session, 412, &decision, body, &extra).await
 }
 
+/// 414: an enforce write whose resource key is longer than `store.max_key_bytes`.
+pub(crate) async fn key_too_long(s: &Shared, session: &mut Session) -> Result<()> {
+    let path = s.shown_target(session.req_header());
+    info!(decision = "414", path = %path, "resource key too long to serialise writes");
+    let body = problem::simple(
+        414,
+        "URI Too Long",
+        &format!(
+            "The target is longer than this precond serialises writes for (store.max_key_bytes = \
+             {} bytes of host, path and query). Send the write to a shorter URL.",
+            s.config.store.max_key_bytes
+        ),
+    );
+    respond(s, session, 414, "key-too-long", body, &[]).await
+}
+
 /// 428: the route requires a usable precondition on this method and the request has none.
 pub(crate) async fn require(s: &Shared, session: &mut Session) -> Result<()> {
     let req = session.req_header();

@@ -126,6 +126,16 @@ impl ProxyHttp for Precond {
             (None, None) => Cow::Borrowed(""),
         };
         let key = OwnedKey::new(route.id, &key_host, &path, req.uri.query());
+        if key.len() > s.config.store.max_key_bytes {
+            // Never learned, so never decided: forwarded untouched, but for an enforce write,
+            // which cannot be serialised without a key (fail closed).
+            s.metrics.key_too_long.fetch_add(1, Relaxed);
+            if route.mode == Mode::Enforce && ctx.method.changes_state() {
+                answer::key_too_long(s, session).await?;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
         ctx.ticket = Some(s.store.ticket());
         ctx.principal = principal::principal_of(route, &req.headers, &s.keys.principal);
         match route.mode {

@@ -247,6 +247,17 @@ pub fn apply(
                     cur.push(tag);
                 }
             }
+            // Absence matters only once a tag (or a write) was seen: a 404 for a resource this
+            // partition knows nothing of teaches nothing, so that a flood of GETs for made-up
+            // URLs fills nothing (precond's own complete fetches on enforce routes excepted).
+            404 | 410
+                if !obs.complete
+                    && e.existence == Existence::Unknown
+                    && e.current.is_none()
+                    && e.replaced.is_empty() =>
+            {
+                return None
+            }
             404 | 410 => {
                 e.supersede_current(None);
                 e.existence = Existence::Absent;

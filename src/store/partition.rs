@@ -321,10 +321,16 @@ mod tests {
             (false, Reach::Resource, 201),
         ] {
             let mut s = Sim::new();
+            // A knows the resource (a 404 alone teaches nothing), then sees it gone.
+            s.see(Observation {
+                private,
+                ..obs(A, Method::Get, 200, Some("\"v0\""))
+            });
             s.see(Observation {
                 private,
                 ..obs(A, Method::Get, 404, None)
             });
+            assert_eq!(s.of(A).unwrap().existence, Existence::Absent);
             s.see(Observation {
                 reach,
                 ..obs(B, Method::Put, status, Some("\"v1\""))

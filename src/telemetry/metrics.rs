@@ -36,6 +36,8 @@ pub struct Metrics {
     pub learned: AtomicU64,
     /// 428 answers (enforce routes).
     pub required: AtomicU64,
+    /// Requests whose resource key is longer than `store.max_key_bytes` (never learned).
+    pub key_too_long: AtomicU64,
     /// Guard writes that waited at the in-flight fence for a write naming the same tag.
     pub fence_waits: AtomicU64,
     /// Of those, refused once the write they waited for proved the tag replaced.
@@ -60,6 +62,7 @@ impl Default for Metrics {
             upstream_failures: AtomicU64::new(0),
             learned: AtomicU64::new(0),
             required: AtomicU64::new(0),
+            key_too_long: AtomicU64::new(0),
             fence_waits: AtomicU64::new(0),
             fence_refused: AtomicU64::new(0),
             fence_timeouts: AtomicU64::new(0),
@@ -123,6 +126,11 @@ impl Metrics {
             "precond_required_total",
             "Writes answered 428 at the edge (enforce routes).",
             &self.required,
+        );
+        counter(
+            "precond_key_too_long_total",
+            "Requests whose resource key exceeds store.max_key_bytes (forwarded, never learned).",
+            &self.key_too_long,
         );
         counter(
             "precond_fence_waits_total",
