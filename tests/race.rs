@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
@@ -309,6 +309,7 @@ fn another_callers_write_naming_the_same_tag_does_not_wait() {
         }
     });
     o.wait_for_writes(1);
+    let started = std::time::Instant::now();
     let b = request(
         p.addr,
         "PUT",
@@ -320,6 +321,8 @@ fn another_callers_write_naming_the_same_tag_does_not_wait() {
         b.status, 200,
         "another partition is not held by alice's write"
     );
+    assert_eq!(p.state.metrics.fence_waits.load(Ordering::SeqCst), 0);
+    assert!(started.elapsed() < Duration::from_secs(1), "bob waited");
     o.release.notify_one();
     assert_eq!(a.join().unwrap(), 200);
 }
@@ -353,4 +356,134 @@ fn the_wait_is_bounded_by_fence_wait_and_fence_waiters() {
     assert_eq!(o.writes.load(Ordering::SeqCst), 3);
     o.release.notify_one();
     assert_eq!(a.join().unwrap(), 200);
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn put_step(
+    p: std::net::SocketAddr,
+    tag: &'static str,
+    step: &'static str,
+) -> thread::JoinHandle<Resp> {
+    thread::spawn(move || request(p, "PUT", "/r", &[("If-Match", tag), ("X-Step", step)], "{}"))
+}
+
+/// A write that waited at the fence is ordered after the write it waited for (its ticket is
+/// taken when it leaves the fence): a revert sent through the fence makes its tag current again,
+/// and the reverting client's next write is not refused.
+#[test]
+fn a_revert_that_waited_at_the_fence_is_refused_on_its_own_tag() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = Arc::new(AtomicU64::new(0));
+    let (r2, h2) = (release.clone(), held.clone());
+    let o = ScriptedOrigin::start(move |req| {
+        let (release, held) = (r2.clone(), h2.clone());
+        async move {
+            let tag = |t: &str| vec![("etag", t.to_string())];
+            match req.headers.get("x-step").map(String::as_str) {
+                None => (200, tag("\"v1\""), "{}".into()),      // GET
+                Some("1") => (200, tag("\"v2\""), "{}".into()), // v1 -> v2
+                Some("h") => {
+                    held.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    (503, vec![], "{}".into()) // H fails
+                }
+                Some("w") => (200, tag("\"v1\""), "{}".into()), // W reverts to v1
+                Some(_) => (200, tag("\"v9\""), "{}".into()),
+            }
+        }
+    });
+    let p = proxy(&guard_config("superseded"), o.addr);
+    assert_eq!(request(p.addr, "GET", "/r", &[], "").etag(), "\"v1\"");
+    assert_eq!(put_step(p.addr, "\"v1\"", "1").join().unwrap().status, 200);
+    let h = put_step(p.addr, "\"v2\"", "h");
+    wait_until("H at the origin", || held.load(Ordering::SeqCst) == 1);
+    let w = put_step(p.addr, "\"v2\"", "w");
+    wait_until("W at the fence", || {
+        p.state.metrics.fence_waits.load(Ordering::SeqCst) == 1
+    });
+    release.notify_one();
+    assert_eq!(h.join().unwrap().status, 503);
+    let w = w.join().unwrap();
+    assert_eq!((w.status, w.etag()), (200, "\"v1\"".to_string()));
+    // The origin's representation is "v1" (W was sent after H's answer): If-Match "v1" is true.
+    let next = put_step(p.addr, "\"v1\"", "next").join().unwrap();
+    assert_eq!(next.status, 200, "false edge 412: {}", next.body_str());
+}
+
+/// After the first write's 5xx, the waiters go to the origin one at a time: the first waiter's
+/// 2xx with a new tag refuses the second (no lost update).
+#[test]
+fn waiters_released_by_a_5xx_race_each_other_at_the_origin() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (held, in_flight, max_in_flight, n) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(1)),
+    );
+    let (r2, h2, i2, m2, n2) = (
+        release.clone(),
+        held.clone(),
+        in_flight.clone(),
+        max_in_flight.clone(),
+        n.clone(),
+    );
+    let o = ScriptedOrigin::start(move |req| {
+        let (release, held, in_flight, max, n) =
+            (r2.clone(), h2.clone(), i2.clone(), m2.clone(), n2.clone());
+        async move {
+            match req.headers.get("x-step").map(String::as_str) {
+                None => (200, vec![("etag", "\"v1\"".into())], "{}".into()),
+                Some("h") => {
+                    held.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    (503, vec![], "{}".into())
+                }
+                Some(_) => {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(now, Ordering::SeqCst);
+                    // Give a second write 500ms to arrive while this one is being applied.
+                    for _ in 0..50 {
+                        if in_flight.load(Ordering::SeqCst) >= 2 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let v = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    (200, vec![("etag", format!("\"v{v}\""))], "{}".into())
+                }
+            }
+        }
+    });
+    let p = proxy(&guard_config("superseded"), o.addr);
+    assert_eq!(request(p.addr, "GET", "/r", &[], "").etag(), "\"v1\"");
+    let h = put_step(p.addr, "\"v1\"", "h");
+    wait_until("H at the origin", || held.load(Ordering::SeqCst) == 1);
+    let w1 = put_step(p.addr, "\"v1\"", "w");
+    let w2 = put_step(p.addr, "\"v1\"", "w");
+    wait_until("two waiters", || {
+        p.state.metrics.fence_waits.load(Ordering::SeqCst) == 2
+    });
+    release.notify_one();
+    assert_eq!(h.join().unwrap().status, 503);
+    let (s1, s2) = (w1.join().unwrap().status, w2.join().unwrap().status);
+    eprintln!(
+        "waiters: {s1} {s2}; most writes naming \"v1\" at the origin at once: {}",
+        max_in_flight.load(Ordering::SeqCst)
+    );
+    assert!(
+        !(s1 == 200 && s2 == 200),
+        "lost update: both writes naming \"v1\" applied (max in flight {})",
+        max_in_flight.load(Ordering::SeqCst)
+    );
 }

@@ -100,6 +100,13 @@ impl<K: Hash + Eq + Clone, V: Default> KeyedLocks<K, V> {
         max_waiters: usize,
         on_wait: impl FnOnce(),
     ) -> Result<KeyGuard<K, V>, NotTaken> {
+        // Declared before `mutex`, so dropped after it: whether this future times out or is
+        // cancelled while waiting, the key is forgotten once nobody refers to it.
+        let mut forget = Forget {
+            locks: self,
+            key,
+            armed: true,
+        };
         let mutex = {
             let mut map = self.map.lock().expect("keyed-lock map never poisoned");
             let m = map.entry(key.clone()).or_default();
@@ -111,23 +118,41 @@ impl<K: Hash + Eq + Clone, V: Default> KeyedLocks<K, V> {
             m.clone()
         };
         let (locked, waited) = match mutex.clone().try_lock_owned() {
-            Ok(guard) => (Ok(guard), false),
+            Ok(guard) => {
+                drop(mutex);
+                (Ok(guard), false)
+            }
             Err(_) => {
                 on_wait();
                 (tokio::time::timeout(wait, mutex.lock_owned()).await, true)
             }
         };
         match locked {
-            Ok(guard) => Ok(KeyGuard {
-                guard: Some(guard),
-                waited,
-                key: key.clone(),
-                locks: self.clone(),
-            }),
-            Err(_) => {
-                self.forget_if_idle(key);
-                Err(NotTaken::TimedOut)
+            Ok(guard) => {
+                forget.armed = false;
+                Ok(KeyGuard {
+                    guard: Some(guard),
+                    waited,
+                    key: key.clone(),
+                    locks: self.clone(),
+                })
             }
+            Err(_) => Err(NotTaken::TimedOut),
+        }
+    }
+}
+
+/// Forgets a key that a request stopped waiting for (timed out, turned away, or cancelled).
+struct Forget<'a, K: Hash + Eq + Clone, V> {
+    locks: &'a KeyedLocks<K, V>,
+    key: &'a K,
+    armed: bool,
+}
+
+impl<K: Hash + Eq + Clone, V> Drop for Forget<'_, K, V> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.locks.forget_if_idle(self.key);
         }
     }
 }
@@ -214,6 +239,25 @@ mod tests {
         drop(first);
         assert_eq!(second.await.unwrap(), (42, true));
         assert_eq!(locks.active(), 0, "the value dies with the last holder");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_times_out_or_is_cancelled_leaves_nothing_behind() {
+        let locks: Arc<KeyedLocks<u64>> = Arc::default();
+        let held = locks.lock(&1, Duration::from_secs(1)).await.unwrap();
+        assert!(locks.lock(&1, Duration::from_millis(10)).await.is_none());
+        let l = locks.clone();
+        let waiter =
+            tokio::spawn(async move { l.lock(&1, Duration::from_secs(60)).await.is_some() });
+        tokio::task::yield_now().await;
+        drop(held);
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(
+            locks.active(),
+            0,
+            "the map holds only keys held or waited for"
+        );
     }
 
     #[tokio::test]

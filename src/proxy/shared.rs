@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) fences: Fences,
     /// Per route: when its origin's weak tags under `policy = "mismatch"` were last warned about.
     pub(crate) weak_warned: Vec<RateLimit>,
+    /// Per route: when writes forwarded past the fence were last logged.
+    pub(crate) fence_warned: Vec<RateLimit>,
     /// Keys derived from the deployment secret.
     pub(crate) keys: Keys,
 }
@@ -62,6 +64,7 @@ impl Shared {
         Ok(Shared {
             upstreams: Upstreams::new(&config.upstreams)?,
             weak_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
+            fence_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
             config,
             store,
             metrics,

@@ -13,6 +13,10 @@
 use crate::precondition::date::Timestamp;
 use crate::precondition::{EntityTag, Existence, Knowledge};
 
+/// `Entry::replaced_at` of a tag retired because another was shown current, not because a
+/// write named it.
+pub const INFERRED: u64 = u64::MAX;
+
 /// Most tags remembered as replaced per resource.
 pub const MAX_REPLACED: usize = 8;
 /// Most tags held as current at once (several only with `Vary`).
@@ -57,6 +61,12 @@ pub struct Entry {
     pub current: Option<Vec<Tag>>,
     /// Tags seen replaced, oldest first.
     pub replaced: Vec<Tag>,
+    /// For each of `replaced`, when it was *proven* replaced (the stamp of a completed write
+    /// that named it, or deleted the resource), or [`INFERRED`]: an exchange that started later
+    /// and shows the tag again brought it back. An inferred retirement (the tag was current as
+    /// far as the store knew when another was shown) may be an artefact of answers learned out
+    /// of order, so it never counts as a recurrence.
+    pub(crate) replaced_at: Vec<u64>,
     /// The date guard compares `If-Unmodified-Since` with: the current representation's
     /// `Last-Modified` as the last read showed it (with `Vary`, the earliest among the variants),
     /// moved forward by completed writes.
@@ -81,6 +91,10 @@ pub struct Entry {
     /// The last 200 carried `Vary`: `current` holds the variants seen, maybe not all of them,
     /// so "not among the current tags" proves nothing.
     pub vary: bool,
+    /// This resource's tags were seen to recur: a replaced tag shown current again, or a
+    /// completed write answered with the tag it replaced (content-derived tags). Then the order of
+    /// overlapping writes cannot be read from their tags, and the rules that assume it are off.
+    pub recurs: bool,
 }
 
 impl Entry {
@@ -90,6 +104,7 @@ impl Entry {
             existence: Existence::Unknown,
             current: None,
             replaced: Vec::new(),
+            replaced_at: Vec::new(),
             last_modified: None,
             changed_at: 0,
             synthetic: false,
@@ -99,28 +114,46 @@ impl Entry {
             current_since: 0,
             meta: None,
             vary: false,
+            recurs: false,
         }
     }
 
-    pub(super) fn unreplace(&mut self, tag: &Tag) {
-        self.replaced.retain(|r| r != tag);
+    /// A replaced tag shown current again. `since`: when the exchange that shows it started;
+    /// if the tag was learned replaced before that, it came back: the resource's tags recur.
+    pub(super) fn unreplace(&mut self, tag: &Tag, since: u64) {
+        if let Some(i) = self.replaced.iter().position(|r| r == tag) {
+            self.replaced.remove(i);
+            let at = self.replaced_at.remove(i);
+            self.recurs |= at < since;
+        }
     }
 
-    pub(super) fn push_replaced(&mut self, tag: Tag) {
-        if self.replaced.contains(&tag) {
+    /// When `tag` was learned replaced, if it is.
+    pub(super) fn replaced_when(&self, tag: &Tag) -> Option<u64> {
+        let i = self.replaced.iter().position(|r| r == tag)?;
+        self.replaced_at.get(i).copied()
+    }
+
+    /// Records `tag` replaced as of the store's clock `at`.
+    pub(super) fn push_replaced(&mut self, tag: Tag, at: u64) {
+        if let Some(i) = self.replaced.iter().position(|r| *r == tag) {
+            // A proof beats an inference.
+            self.replaced_at[i] = self.replaced_at[i].min(at);
             return;
         }
         if self.replaced.len() == MAX_REPLACED {
             self.replaced.remove(0);
+            self.replaced_at.remove(0);
         }
         self.replaced.push(tag);
+        self.replaced_at.push(at);
     }
 
     /// Moves every current tag to `replaced`, except `keep`.
-    pub(super) fn supersede_current(&mut self, keep: Option<&Tag>) {
+    pub(super) fn supersede_current(&mut self, keep: Option<&Tag>, at: u64) {
         for t in self.current.take().unwrap_or_default() {
             if Some(&t) != keep {
-                self.push_replaced(t);
+                self.push_replaced(t, at);
             }
         }
     }

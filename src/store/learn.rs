@@ -17,7 +17,7 @@ use crate::identity::Principal;
 use crate::precondition::date::{parse_http_date, Timestamp};
 use crate::precondition::{EntityTag, Existence, Method};
 
-use super::entry::{Entry, Tag, MAX_CURRENT};
+use super::entry::{Entry, Tag, INFERRED, MAX_CURRENT};
 
 /// How an upstream exchange ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +136,9 @@ pub struct Ticket(pub(super) u64);
 
 /// Applies one observation to a resource's state. Returns `None` when nothing is to change.
 /// `confirmed_since` is the latest ticket of a read that confirmed `old` after it was stored
-/// (it counts as `old.current_since` when later; 0 when there is none).
+/// (it counts as `old.current_since` when later; 0 when there is none). `stamp` is the store's
+/// clock as the observation is learned: a write's own stamp, or (for a read) the clock's value;
+/// it dates what the observation proves replaced.
 pub fn apply(
     old: Option<&Entry>,
     confirmed_since: u64,
@@ -172,7 +174,7 @@ pub fn apply(
                 e.current_since = ticket.0;
                 match obs.etag() {
                     Some(tag) => {
-                        e.unreplace(&tag);
+                        e.unreplace(&tag, ticket.0);
                         if obs.vary {
                             let cur = e.current.get_or_insert_with(Vec::new);
                             if !cur.contains(&tag) {
@@ -193,7 +195,7 @@ pub fn apply(
                                 .filter(|t| *t != tag)
                                 .partition(|t| t.as_ref().weak_eq(&tag.as_ref()));
                             for t in retired {
-                                e.push_replaced(t);
+                                e.push_replaced(t, INFERRED);
                             }
                             cur.truncate(MAX_CURRENT - 1);
                             cur.push(tag);
@@ -202,7 +204,7 @@ pub fn apply(
                     }
                     // precond's own complete fetch: the representation has no tag.
                     None if obs.complete && !obs.vary => {
-                        e.supersede_current(None);
+                        e.supersede_current(None, INFERRED);
                         e.current = Some(Vec::new());
                     }
                     // The field may have been dropped on the way (a HEAD handler, a
@@ -238,7 +240,7 @@ pub fn apply(
                 let tag = obs.etag()?;
                 e.existence = Existence::Exists;
                 e.current_since = ticket.0;
-                e.unreplace(&tag);
+                e.unreplace(&tag, ticket.0);
                 let cur = e.current.get_or_insert_with(Vec::new);
                 if !cur.contains(&tag) {
                     if cur.len() == MAX_CURRENT {
@@ -259,7 +261,7 @@ pub fn apply(
                 return None
             }
             404 | 410 => {
-                e.supersede_current(None);
+                e.supersede_current(None, INFERRED);
                 e.existence = Existence::Absent;
                 e.current = Some(Vec::new());
                 e.current_since = ticket.0;
@@ -296,11 +298,15 @@ pub fn apply(
                 // Another write finished while this one was in flight: their order at the
                 // origin is unknown, so neither result is trusted as current.
                 _ if concurrent => e.current = None,
-                (_, Method::Delete) => e.supersede_current(None),
+                (_, Method::Delete) => e.supersede_current(None, stamp),
                 // The answer names the representation the write left: every other current tag
                 // is replaced, but encodings of the same one (equal under weak comparison:
                 // W/"x" from a compressing middleware for "x").
                 (Some(shown), _) => {
+                    // A completed write answered with the very tag it named: the origin's tags
+                    // are derived from content (a version counter would have moved), and may
+                    // come back.
+                    e.recurs |= obs.named.is_some_and(|n| Tag::from_ref(&n) == *shown);
                     let (mut cur, retired): (Vec<Tag>, Vec<Tag>) = e
                         .current
                         .take()
@@ -309,7 +315,7 @@ pub fn apply(
                         .filter(|t| t != shown)
                         .partition(|t| t.as_ref().weak_eq(&shown.as_ref()));
                     for t in retired {
-                        e.push_replaced(t);
+                        e.push_replaced(t, INFERRED);
                     }
                     e.current = new_tag.clone().map(|t| {
                         cur.truncate(MAX_CURRENT - 1);
@@ -324,23 +330,32 @@ pub fn apply(
             // The tag the write named was current until this write was applied (or already
             // gone): once the origin answers with another tag, or the resource is deleted, it
             // is not current any more, whatever the order of overlapping writes.
-            let named = obs.named.filter(|n| match (&new_tag, obs.method) {
-                (_, Method::Delete) => true,
-                (Some(t), _) => !t.as_ref().weak_eq(n),
-                (None, _) => false,
+            // With tags that recur, an overlapping write may have brought it back: order unknown.
+            let named = obs.named.filter(|_| !(concurrent && e.recurs)).filter(|n| {
+                match (&shown, obs.method) {
+                    (_, Method::Delete) => true,
+                    (Some(t), _) => !t.as_ref().weak_eq(n),
+                    (None, _) => false,
+                }
             });
             if let Some(n) = named {
                 let n = Tag::from_ref(&n);
                 if let Some(cur) = e.current.as_mut() {
                     cur.retain(|t| *t != n);
                 }
-                e.push_replaced(n);
+                e.push_replaced(n, stamp);
             }
-            // A revert makes a replaced tag current again; but when another write overlapped
-            // this one, the other may have replaced this one's result already (its answer was
-            // learned first): the tag stays where it is.
-            if let Some(t) = new_tag.as_ref().filter(|_| !concurrent) {
-                e.unreplace(t);
+            // A revert makes a replaced tag current again. When another write overlapped this
+            // one, a tag learned replaced *while* this write was in flight may be this write's
+            // own result, replaced by the other write (learned first): it stays replaced, unless
+            // this resource's tags are known to recur. A tag learned replaced before this write
+            // started was brought back by it.
+            if let Some(t) = &new_tag {
+                let revert =
+                    !concurrent || e.recurs || e.replaced_when(t).is_some_and(|at| at < ticket.0);
+                if revert {
+                    e.unreplace(t, ticket.0);
+                }
             }
             match obs.method {
                 Method::Delete => {
@@ -383,10 +398,22 @@ pub fn apply_foreign(
     let mut e = old.clone();
     match obs.outcome {
         Outcome::Status(_) if obs.proves_replacement() && retire => {
-            e.supersede_current(None);
-            if let Some(t) = obs.etag() {
-                // A revert to a tag this partition saw replaced makes it current again.
-                e.unreplace(&t);
+            match obs.etag() {
+                Some(t) => {
+                    // Every current tag is replaced but encodings of the writer's result (equal
+                    // under weak comparison); a revert to a tag this partition saw replaced
+                    // makes it current again.
+                    for old in e.current.take().unwrap_or_default() {
+                        if !old.as_ref().weak_eq(&t.as_ref()) {
+                            e.push_replaced(old, INFERRED);
+                        }
+                    }
+                    e.unreplace(&t, 0);
+                }
+                // A completed DELETE leaves nothing current.
+                None if obs.method == Method::Delete => e.supersede_current(None, INFERRED),
+                // Without a tag the write proves nothing replaced (it may have been a no-op).
+                None => {}
             }
             e.current = None;
             if obs.method == Method::Delete {

@@ -164,6 +164,13 @@ impl Store {
         } else {
             0
         };
+        // What a read teaches is dated by the store's clock when it is learned (a read's
+        // ticket only says when it started): a write that starts later knows of it.
+        let clock = if stamp > 0 {
+            stamp
+        } else {
+            self.seq.load(Ordering::Acquire)
+        };
         let floor = &self.removed[(hash as usize) % REMOVED_SLOTS];
         if stamp > 0 {
             // Whatever happens to the record later (expiry, eviction), a read that started
@@ -198,7 +205,7 @@ impl Store {
             }
             let confirmed_since = old.map_or(0, |r| r.read_since());
             let parts =
-                match apply_parts(old.map(|r| &r.parts), confirmed_since, obs, ticket, stamp) {
+                match apply_parts(old.map(|r| &r.parts), confirmed_since, obs, ticket, clock) {
                     Change::None => return Op::Nop,
                     Change::New(parts) => parts,
                     Change::Confirmed(since) => {

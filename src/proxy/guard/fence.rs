@@ -16,10 +16,10 @@
 //!   the tag it named is replaced ([`Last::Replaced`] records that for the counters). A 2xx
 //!   without a tag, the same tag, 412, 5xx, a broken exchange or a timeout prove nothing about
 //!   the named tag: the waiter goes on to the origin.
-//! - Who waits for whom: the first write in holds the key until its answer is learned. After an
-//!   answer that proves nothing ([`Last::NotReplaced`]), waiters go through one after the other
-//!   without holding (waiting for them would teach nothing more); after a broken exchange, the
-//!   next waiter holds.
+//! - Who waits for whom: the first write in holds the key until its answer is learned, then the
+//!   next waiter holds it in turn (writes naming one tag reach the origin one at a time), except
+//!   after an answer that kept the tag current ([`Last::Kept`]: the writes waiting for it go
+//!   through at once, since no answer can replace what an unchanged tag names).
 //! - Waiting is bounded: by the route's `fence_wait` in total and by `fence_waiters` per key; a
 //!   write past either bound is forwarded (counted and logged), never refused, never held longer.
 //! - Fence keys are 64-bit hashes under a per-process random key: a collision (never steered by a
@@ -39,13 +39,15 @@ use super::super::locks::{KeyGuard, KeyedLocks, NotTaken};
 /// What the last holder of a fence key learned from the origin.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Last {
-    /// Nobody has held the key yet, or the holder's answer is not in (a broken exchange).
+    /// Nobody has held the key yet, or the holder's answer proves nothing about the tag (no
+    /// tag, 4xx, 5xx, a broken exchange): the next waiter holds the key in turn.
     #[default]
     Unknown,
     /// The holder's write completed and its answer proves the tag no longer current.
     Replaced,
-    /// The holder's answer proves nothing about the tag (same tag, no tag, 4xx, 5xx).
-    NotReplaced,
+    /// The holder's write completed and was answered with the same tag (or an encoding of it):
+    /// the tag is still current, and the writes waiting for it may all go.
+    Kept,
 }
 
 /// Every fence of the process.
@@ -136,8 +138,9 @@ impl Hold {
         let mine = EntityTag::from_trusted(self.weak, &self.opaque);
         *self.guard = match (method, completed, etag.and_then(EntityTag::parse)) {
             (Method::Delete, true, _) => Last::Replaced,
-            (Method::Put | Method::Patch, true, Some(new)) if !new.weak_eq(&mine) => Last::Replaced,
-            _ => Last::NotReplaced,
+            (Method::Put | Method::Patch, true, Some(new)) if new.weak_eq(&mine) => Last::Kept,
+            (Method::Put | Method::Patch, true, Some(_)) => Last::Replaced,
+            _ => Last::Unknown,
         };
     }
 }
@@ -179,14 +182,14 @@ mod tests {
             (Method::Put, 200, Some(b"\"b\""), Last::Replaced),
             (Method::Patch, 204, Some(b"W/\"b\""), Last::Replaced),
             (Method::Delete, 204, None, Last::Replaced),
-            (Method::Put, 200, Some(b"\"a\""), Last::NotReplaced),
-            (Method::Put, 200, Some(b"W/\"a\""), Last::NotReplaced),
-            (Method::Put, 204, None, Last::NotReplaced),
-            (Method::Put, 202, Some(b"\"b\""), Last::NotReplaced),
-            (Method::Put, 412, Some(b"\"b\""), Last::NotReplaced),
-            (Method::Put, 500, Some(b"\"b\""), Last::NotReplaced),
-            (Method::Post, 201, Some(b"\"b\""), Last::NotReplaced),
-            (Method::Put, 200, Some(b"garbage"), Last::NotReplaced),
+            (Method::Put, 200, Some(b"\"a\""), Last::Kept),
+            (Method::Put, 200, Some(b"W/\"a\""), Last::Kept),
+            (Method::Put, 204, None, Last::Unknown),
+            (Method::Put, 202, Some(b"\"b\""), Last::Unknown),
+            (Method::Put, 412, Some(b"\"b\""), Last::Unknown),
+            (Method::Put, 500, Some(b"\"b\""), Last::Unknown),
+            (Method::Post, 201, Some(b"\"b\""), Last::Unknown),
+            (Method::Put, 200, Some(b"garbage"), Last::Unknown),
         ];
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()

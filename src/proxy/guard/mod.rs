@@ -37,6 +37,9 @@ use super::locks::NotTaken;
 use super::shared::Shared;
 use fence::Last;
 
+/// At most one log line per route and period about writes forwarded past the fence.
+const FENCE_WARNING_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Decides a request on a `guard` route. `Ok(true)` when precond answered it (412).
 pub(crate) async fn request(
     s: &Shared,
@@ -80,13 +83,9 @@ pub(crate) async fn request(
                             }
                             refused = Some(failure);
                         }
-                        // The tag is still current as far as anyone knows (the holder's answer
-                        // named it again, or none): waiting for this write would teach the
-                        // others nothing more. It goes, and lets the next waiter go.
-                        _ if last == Last::NotReplaced => drop(hold),
-                        // First in, or the holder's exchange broke, or the store cannot prove
-                        // what the holder's answer suggested: this write is the one the others
-                        // wait for.
+                        // The write before kept the tag current: nothing more is to be learned
+                        // by waiting for this one. It goes, and lets the next waiter go.
+                        _ if last == Last::Kept => drop(hold),
                         _ => {
                             hold.forwarding();
                             ctx.fence = Some(hold);
@@ -99,15 +98,23 @@ pub(crate) async fn request(
                         NotTaken::Full => (&s.metrics.fence_full, "fence_waiters reached"),
                     };
                     counter.fetch_add(1, Relaxed);
-                    warn!(
-                        decision = "forward",
-                        method = %Shown(req.method.as_str()),
-                        path = %Shown(req.uri.path()),
-                        cause,
-                        "conditional write forwarded without waiting for the write in flight"
-                    );
+                    // Counted every time; logged at most once a second per route (a client
+                    // can cause these).
+                    if s.fence_warned[ctx.route.unwrap_or_default()].ready(FENCE_WARNING_PERIOD) {
+                        warn!(
+                            decision = "forward",
+                            method = %Shown(req.method.as_str()),
+                            path = %Shown(req.uri.path()),
+                            cause,
+                            "conditional write forwarded without waiting for the write in flight \
+                             (counted in precond_fence_bypassed_total; logged once a second)"
+                        );
+                    }
                 }
             }
+            // Writes learned while this one waited were answered before it is sent: its ticket
+            // is taken now, so that its answer is not mistaken for an overlapping write's.
+            ctx.ticket = Some(s.store.ticket());
         }
         if let Some(failure) = refused {
             return refuse(s, session, ctx, &key, failure).await;
