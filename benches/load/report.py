@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Formats the load benchmark's results (written by run.sh): a markdown report and an SVG chart.
 
-usage: report.py RESULTS.csv MACHINE.txt OUT.md OUT.svg
+usage: report.py RESULTS.csv MACHINE.txt OUT.md OUT.svg [PROBE.csv]
 
 Prints the markdown report and writes it to OUT.md; writes a grouped bar chart of req/s per
-workload (nginx proxy / precond pass / precond guard) to OUT.svg. Python standard library only.
+workload (nginx proxy / bare Pingora / precond pass / precond guard / precond guard with the fence
+off) to OUT.svg. PROBE.csv (rows appended by probe.py --csv) adds the section "Lost-update probe".
+Python standard library only.
 """
 
 import csv
@@ -12,13 +14,22 @@ import math
 import sys
 from xml.sax.saxutils import escape
 
-ALL_TARGETS = ["nginx", "bare", "pass", "guard"]
-WORKLOADS = ["get", "put-match", "put-stale"]
-COLOURS = {"nginx": "#8c8c8c", "bare": "#59a14f", "pass": "#4e79a7", "guard": "#e15759"}
+ALL_TARGETS = ["nginx", "bare", "pass", "guard", "nofence"]
+WORKLOADS = ["get", "put-match", "put-stale", "put-many"]
+COLOURS = {
+    "nginx": "#8c8c8c",
+    "bare": "#59a14f",
+    "pass": "#4e79a7",
+    "guard": "#e15759",
+    "nofence": "#f28e2b",
+}
+# The targets that are precond guard: their put-stale 412s are answered at the edge.
+GUARDS = ("guard", "nofence")
 WORKLOAD_TEXT = {
     "get": "GET /items/1",
     "put-match": 'PUT, If-Match: "v1" (current)',
     "put-stale": 'PUT, If-Match: "v0" (stale)',
+    "put-many": 'PUT /items/1..1000, If-Match: "v1"',
 }
 
 
@@ -28,6 +39,11 @@ def load(path):
     for r in rows:
         r["rps"] = float(r["rps"])
     return {(r["target"], r["workload"]): r for r in rows}
+
+
+def load_probe(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def machine(path):
@@ -55,7 +71,7 @@ def labels(res):
     return {t: next(r["label"] for (tt, _), r in res.items() if tt == t) for t in targets(res)}
 
 
-def markdown(res, info):
+def markdown(res, info, probe=None):
     TARGETS = targets(res)
     label = labels(res)
     out = []
@@ -93,9 +109,14 @@ def markdown(res, info):
     out.append("")
     out.append(
         "Workloads: `get` = GET /items/1; `put-match` = PUT with `If-Match: \"v1\"` (the current "
-        "tag; forwarded by all); `put-stale` = PUT with `If-Match: \"v0\"` (a replaced tag; "
-        "every proxy but precond guard forwards it and the origin, which never checks "
-        "`If-Match`, accepts the lost update; precond guard answers 412 itself). "
+        "tag; forwarded by all; under guard every write names one tag of one resource, so the "
+        "in-flight write fence is on their path); `put-stale` = PUT with `If-Match: \"v0\"` (a "
+        "replaced tag; every proxy but precond guard forwards it and the origin, which never "
+        "checks `If-Match`, accepts the lost update; precond guard answers 412 itself); "
+        "`put-many` = PUT with `If-Match: \"v1\"` to /items/1 … /items/1000 in turn (distinct "
+        "resources: forwarded by all; what the fence costs writes that never share a resource). "
+        "*fence off*: precond guard with the same policy and `fence_wait = \"0s\"`, measured in "
+        "the same run to isolate the fence's cost. "
         "*bare Pingora*: `examples/bare_pingora.rs`, the smallest Pingora proxy (same Pingora, "
         "2 threads), to tell what Pingora costs from what precond adds. *origin requests*: lines "
         "in the origin's access log during the measured run (wrk's count can be a little lower: "
@@ -120,6 +141,17 @@ def markdown(res, info):
             ratio(res.get(("guard", "get")), res.get(("pass", "get"))),
             0.9,
         ),
+        (
+            "guard put-many ≥ 0.9× guard (fence off) put-many (fence cost on writes to distinct "
+            "resources)",
+            ratio(res.get(("guard", "put-many")), res.get(("nofence", "put-many"))),
+            0.9,
+        ),
+        (
+            "guard put-stale ≥ 0.9× guard (fence off) put-stale (edge 412s)",
+            ratio(res.get(("guard", "put-stale")), res.get(("nofence", "put-stale"))),
+            0.9,
+        ),
     ]
     for text, x, goal in checks:
         verdict = "?" if math.isnan(x) else ("met" if x >= goal else "NOT met")
@@ -139,6 +171,11 @@ def markdown(res, info):
         out.append(f"- bare Pingora vs nginx, get: {fmt_ratio(x)} (reported)")
     x = ratio(res.get(("guard", "put-match")), res.get(("pass", "put-match")))
     out.append(f"- guard put-match vs pass put-match: {fmt_ratio(x)} (reported)")
+    x = ratio(res.get(("guard", "put-match")), res.get(("nofence", "put-match")))
+    out.append(
+        f"- guard put-match vs guard (fence off) put-match: {fmt_ratio(x)} (reported: every write "
+        "names one tag of one resource; the fence lets them through after the first answer)"
+    )
     warnings = int(info.get("precond_log_warnings") or 0)
     closed = int(info.get("precond_log_closed") or 0)
     if warnings:
@@ -149,7 +186,112 @@ def markdown(res, info):
         )
     out.append("")
     out.append("![req/s per workload](results.svg)")
+    if probe:
+        out.append("")
+        out.extend(probe_markdown(probe, info))
     return "\n".join(out) + "\n"
+
+
+def _int(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _reasons(text):
+    """ "superseded:12 weak_only:8" -> {"superseded": 12, "weak_only": 8} """
+    out = {}
+    for part in (text or "").split():
+        k, _, v = part.rpartition(":")
+        if k:
+            out[k] = _int(v) or 0
+    return out
+
+
+def probe_outcome(r):
+    """The 'lost' cell of a probe row."""
+    total = (_int(r.get("clients")) or 0) * (_int(r.get("updates")) or 0)
+    applied, stopped = _int(r.get("applied")), _int(r.get("stopped")) or 0
+    reasons = _reasons(r.get("reasons"))
+    if stopped:
+        if applied == 0 and set(reasons) == {"weak_only"}:
+            return "0 applied, every write refused `weak_only`"
+        return f"{applied} applied; {stopped} clients stopped ({r.get('reasons')})"
+    lost = _int(r.get("lost"))
+    if lost is None:
+        return "–"
+    shown = f"**{lost}** / {total}"
+    if applied is not None and applied != total:
+        shown += f" (of {applied} applied)"
+    return shown
+
+
+def probe_markdown(rows, info):
+    out = []
+    out.append("## Lost-update probe (8 × 30 read-modify-write, one resource)")
+    out.append("")
+    out.append(
+        "| setup | origin tags | lost | 412s seen by clients | writes that reached the origin "
+        "| fence: waited / refused after waiting / bypassed | wall time |"
+    )
+    out.append("|---|---|---|---:|---:|---|---:|")
+    for r in rows:
+        fence = "–"
+        if r.get("mode") == "guard" and r.get("fence_waits") not in (None, ""):
+            fence = f"{r['fence_waits']} / {r['fence_refused']} / {r['fence_bypassed']}"
+        refused = _int(r.get("refused_412"))
+        reasons = _reasons(r.get("reasons"))
+        refused_cell = "–" if refused is None else f"{refused:,}"
+        if refused and reasons:
+            by_reason = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items()))
+            refused_cell += f" ({by_reason})"
+        wall = r.get("wall_s")
+        wall_cell = f"{float(wall):.2f} s" if wall not in (None, "") else "–"
+        label = r.get("label", r.get("row", "?"))
+        errors = r.get("errors")
+        if errors:
+            label += f" (**run broke**: {errors})"
+        out.append(
+            f"| {label} | {r.get('tags', '?')} | {probe_outcome(r)} | {refused_cell} "
+            f"| {r.get('origin_writes') or '–'} | {fence} | {wall_cell} |"
+        )
+    out.append("")
+    checks = []
+    by_row = {r.get("row"): r for r in rows}
+    for row, text, limit in [
+        ("guard-superseded-strong", "guard superseded (fence on), strong tags: at most 2 lost", 2),
+        ("guard-superseded-weak", "guard superseded (fence on), weak tags: at most 2 lost", 2),
+        ("enforce-none", "enforce, no tags: none lost", 0),
+    ]:
+        r = by_row.get(row)
+        lost = _int(r.get("lost")) if r else None
+        ok = lost is not None and lost <= limit and not r.get("errors")
+        verdict = "?" if lost is None else ("met" if ok else "NOT met")
+        checks.append(f"- {text}: {'–' if lost is None else lost}: **{verdict}**")
+    out.append("Checks (run.sh fails when one is not met):")
+    out.append("")
+    out.extend(checks)
+    out.append("")
+    out.append(
+        "Each client loops: GET the resource (`{\"n\": k}` and its ETag), PUT `{\"n\": k+1}` with "
+        "`If-Match` set to that ETag; a 2xx is one of its 30 updates, a 412 is retried from a fresh "
+        "GET. *lost* = 240 − the final n: updates the clients were told succeeded that the "
+        "resource does not reflect. Each precond row runs a fresh precond (2 threads, defaults) in "
+        "front of the bundled demo origin (`precond origin --tags strong|weak|none`, an API that "
+        "never checks `If-Match`); *fence off* is `fence_wait = \"0s\"` (the figures before the "
+        "fence). Guard `mismatch` in front of weak tags refuses every weak `If-Match` "
+        "(`weak_only`) and no write can succeed: each client stops at its first such 412 instead "
+        "of retrying forever. *writes that reached the origin*: update PUTs answered by the "
+        "origin (answers without `Precond-Decision`, counted by the clients; the creating PUT is "
+        "not counted; run.sh notes it when a guard row's "
+        "`precond_forwarded_conditional_writes_total` or edge 412 count disagrees with the "
+        "clients'). *fence* (guard rows): precond's `precond_fence_waits_total`, "
+        "`precond_fence_refused_total` and `precond_fence_bypassed_total`. The 412 reasons are "
+        "the problem bodies' `reason`. Independent of the load runs' duration"
+        + (f"; the probe took {info['probe_wall']} s in all." if info.get("probe_wall") else ".")
+    )
+    return out
 
 
 def nice_step(top, ticks=5):
@@ -166,15 +308,20 @@ def short(v):
 
 
 def svg(res, info):
-    width, height = 820, 510
+    TARGETS = targets(res)
+    label = labels(res)
     left, right, top, bottom = 80, 20, 104, 92
+    # wide enough for a readable bar per target and workload (at least 36 px each)
+    width = max(820, math.ceil(left + right + len(WORKLOADS) * len(TARGETS) * 36 / 0.82))
+    legend_w = sum(20 + 7.2 * len(label[t]) + 28 for t in TARGETS)
+    legend_rows = 1 if legend_w <= width - left - right else 2
+    height = 510 + 20 * (legend_rows - 1)
+    bottom += 20 * (legend_rows - 1)
     plot_w, plot_h = width - left - right, height - top - bottom
     vmax = max([r["rps"] for r in res.values()] + [1])
     step = nice_step(vmax)
     ymax = step * math.ceil(vmax * 1.08 / step)
     y = lambda v: top + plot_h - v / ymax * plot_h  # noqa: E731
-    TARGETS = targets(res)
-    label = labels(res)
     group_w = plot_w / len(WORKLOADS)
     bar_w = group_w * 0.82 / len(TARGETS)
 
@@ -237,7 +384,7 @@ def svg(res, info):
             )
             code = r.get("expected", "")
             if code and not code.startswith("2"):
-                note = f"{code} at edge" if t == "guard" else code
+                note = f"{code} at edge" if t in GUARDS else code
                 add(
                     f'<text x="{x + bar_w / 2:.1f}" y="{yy - 19:.1f}" font-size="10" '
                     f'font-weight="bold" text-anchor="middle" fill="{COLOURS[t]}">'
@@ -253,22 +400,26 @@ def svg(res, info):
             f'text-anchor="middle">{escape(WORKLOAD_TEXT[w])}</text>'
         )
 
-    # legend
-    lx, ly = left, height - 26
+    # legend (on two rows when one is too narrow)
+    lx, ly = left, height - 26 - 20 * (legend_rows - 1)
     for t in TARGETS:
+        step = 20 + 7.2 * len(label[t]) + 28
+        if lx > left and lx + step - 28 > width - right:
+            lx, ly = left, ly + 20
         add(f'<rect x="{lx}" y="{ly - 11}" width="14" height="14" fill="{COLOURS[t]}"/>')
         add(f'<text x="{lx + 20}" y="{ly}" font-size="12">{escape(label[t])}</text>')
-        lx += 20 + 7.2 * len(label[t]) + 28
+        lx += step
     add("</svg>")
     return "\n".join(e) + "\n"
 
 
 def main():
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 6):
         sys.exit(__doc__)
     res = load(sys.argv[1])
     info = machine(sys.argv[2])
-    md = markdown(res, info)
+    probe = load_probe(sys.argv[5]) if len(sys.argv) == 6 else None
+    md = markdown(res, info, probe)
     sys.stdout.write(md)
     with open(sys.argv[3], "w") as f:
         f.write(md)

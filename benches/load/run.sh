@@ -1,23 +1,45 @@
 #!/usr/bin/env bash
-# End-to-end load benchmark: precond (`pass` and `guard`) beside nginx `proxy_pass` and a bare
-# Pingora proxy (examples/bare_pingora.rs: what Pingora costs before precond adds anything), all
-# in front of the same nginx static origin, driven by wrk over keep-alive connections.
+# End-to-end load benchmark: precond (`pass`, `guard`, and `guard` with its in-flight write fence
+# off) beside nginx `proxy_pass` and a bare Pingora proxy (examples/bare_pingora.rs: what Pingora
+# costs before precond adds anything), all in front of the same nginx static origin, driven by wrk
+# over keep-alive connections; then the lost-update probe (benches/load/probe.py) through precond
+# in front of the bundled demo origin (`precond origin`).
 #
 #   bash benches/load/run.sh          # DURATION=10s CONNECTIONS=32 THREADS=1 WARMUP=1s
 #
+# Targets: nginx (proxy_pass), bare (bare Pingora, when built), pass (precond pass), guard
+# (precond guard, GUARD_POLICY, fence on: the default fence_wait), nofence (precond guard, same
+# policy, fence_wait = "0s": the fence off, to measure what the fence costs in the same run).
+#
 # Workloads, each run against every proxy:
 #   get        GET /items/1 (forwarded by all)
-#   put-match  PUT /items/1 with If-Match: "v1", the current tag (forwarded by all)
-#   put-stale  PUT /items/1 with If-Match: "v0", a tag the guard saw replaced: precond guard
-#              answers 412 at the edge and the origin must see 0 requests (checked: FAIL and a
-#              non-zero exit otherwise); the other proxies forward it (the origin ignores
+#   put-match  PUT /items/1 with If-Match: "v1", the current tag (forwarded by all; under guard
+#              every write names one tag of one resource: the fence lets them through once the
+#              first answer shows "v1" current again)
+#   put-stale  PUT /items/1 with If-Match: "v0", a tag the guard saw replaced: precond guard (fence
+#              on or off) answers 412 at the edge and the origin must see 0 requests (checked: FAIL
+#              and a non-zero exit otherwise); the other proxies forward it (the origin ignores
 #              If-Match and answers 204: that is the lost update precond prevents).
+#   put-many   PUT /items/<i> with If-Match: "v1", i cycling over 1000 distinct resources
+#              (forwarded by all): the fence's cost on writes that never share a resource, read
+#              as guard vs nofence.
 #
-# The guard learns "v0" replaced from two GETs before each guard run (the origin shows "v0" to a
-# request carrying X-Bench-ETag: v0, then "v1"), so the stale PUT is refused under the default
-# `superseded` policy (proof: a tag seen replaced); GUARD_POLICY=mismatch refuses it because "v0"
-# is not the known current tag. The origin's PUT answer carries ETag "v1", so "v1" stays current
-# and put-match keeps being forwarded.
+# The guard (and nofence) learns "v0" replaced from two GETs before each of its runs (the origin
+# shows "v0" to a request carrying X-Bench-ETag: v0, then "v1"), so the stale PUT is refused under
+# the default `superseded` policy (proof: a tag seen replaced); GUARD_POLICY=mismatch refuses it
+# because "v0" is not the known current tag. The origin's PUT answer carries ETag "v1", so "v1"
+# stays current and put-match keeps being forwarded.
+#
+# Lost-update probe (PROBE=1, the default; independent of DURATION, about 10-30 s in all): 8
+# clients x 30 read-modify-write updates of one resource (GET {"n": k} and its ETag, PUT
+# {"n": k+1} with If-Match: that ETag; a 412 is retried from a fresh GET), lost = 240 - final n.
+# Rows: guard superseded and guard mismatch in front of strong tags, guard superseded in front of
+# weak tags, the same with the fence off (fence_wait = "0s": the "before" figures), guard mismatch
+# in front of weak tags (bounded: every weak If-Match is refused weak_only, each client stops at
+# its first such 412), enforce in front of an origin without tags, and the strong origin directly.
+# Each proxy row runs a fresh precond in front of `precond origin --tags strong|weak|none`.
+# FAIL (non-zero exit) when guard superseded with the fence on loses more than 2 of 240 (strong or
+# weak tags), when enforce loses any, or when a probe run breaks.
 #
 # Caveats: everything (wrk, the proxy under test, the origin) runs on one machine, on loopback.
 # On the 2-core reference machine the load generator competes for CPU with the proxy (2 threads)
@@ -31,12 +53,13 @@
 #
 # Knobs (environment): DURATION (10s), CONNECTIONS (32), THREADS (1: wrk threads), WARMUP (1s of
 # unmeasured load before each run; 0 to skip), GUARD_POLICY (superseded | mismatch; default
-# superseded), PRECOND_LOG (RUST_LOG of both precond processes; default warn), PRECOND_BIN (run
-# this precond binary instead of building target/release/precond; BARE_BIN: the bare Pingora one,
-# skipped when unset), KEEP_TMP=1 (keep configs and logs; always kept after a failure).
-# RESULTS_DIR (where results.md and results.svg go; default benches/load, the published ones).
-# Writes results.md and results.svg. Needs root only to install nginx
-# and wrk when they are missing (apt-get).
+# superseded; the guard and nofence targets of the load runs, not the probe), PRECOND_LOG
+# (RUST_LOG of the precond processes; default warn), PRECOND_BIN (run this precond binary instead
+# of building target/release/precond; BARE_BIN: the bare Pingora one, skipped when unset), PROBE
+# (1; 0 skips the lost-update probe), KEEP_TMP=1 (keep configs and logs; always kept after a
+# failure). RESULTS_DIR (where results.md and results.svg go; default benches/load, the published
+# ones). Writes results.md and results.svg. Needs root only to install nginx and wrk when they are
+# missing (apt-get).
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -45,10 +68,15 @@ THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-1s}
 GUARD_POLICY=${GUARD_POLICY:-superseded}
 PRECOND_LOG=${PRECOND_LOG:-warn}
+PROBE=${PROBE:-1}
 
 case "$GUARD_POLICY" in
   superseded | mismatch) ;;
   *) echo "GUARD_POLICY must be superseded or mismatch, not '$GUARD_POLICY'" >&2; exit 2 ;;
+esac
+case "$PROBE" in
+  0 | 1) ;;
+  *) echo "PROBE must be 0 or 1, not '$PROBE'" >&2; exit 2 ;;
 esac
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -134,18 +162,47 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- ports -------------------------------------------------------------------------------------
-read -r P_ORIGIN P_NGINX P_BARE P_PASS P_GUARD M_PASS M_GUARD < <(python3 -c '
-import socket
+# free_ports N: prints N distinct free loopback ports (bound at once, then released), taken
+# outside the kernel's ephemeral range when it can: a port from that range can be handed to an
+# outgoing connection (this machine's other work, a test suite) before the server binds it. Read
+# its output with $(...), which waits for it to exit, not with < <(...), which does not: a server
+# started at once could find the port still bound.
+free_ports() {
+  python3 -c '
+import random, socket, sys
+n = int(sys.argv[1])
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        lo, hi = map(int, f.read().split())
+    candidates = [p for p in range(20000, 65536) if not lo <= p <= hi]
+except (OSError, ValueError):
+    candidates = []
+random.shuffle(candidates)
 socks = []
-for _ in range(7):
+for p in candidates + [0] * n:
+    if len(socks) == n:
+        break
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        s.close()
+        continue
     socks.append(s)
-print(*(s.getsockname()[1] for s in socks))
-')
-for p in "$P_ORIGIN" "$P_NGINX" "$P_BARE" "$P_PASS" "$P_GUARD" "$M_PASS" "$M_GUARD"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use"; fi
-done
+ports = [s.getsockname()[1] for s in socks]
+for s in socks:
+    s.close()
+print(*ports)
+' "$1"
+}
+check_free() { # PORT...: dies when one is taken already
+  local p
+  for p in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use"; fi
+  done
+}
+read -r P_ORIGIN P_NGINX P_BARE P_PASS P_GUARD P_NOFENCE M_PASS M_GUARD M_NOFENCE <<<"$(free_ports 9)"
+check_free "$P_ORIGIN" "$P_NGINX" "$P_BARE" "$P_PASS" "$P_GUARD" "$P_NOFENCE" "$M_PASS" "$M_GUARD" "$M_NOFENCE"
 
 # --- origin: nginx static, ETag "v1" on GET and PUT, PUT answered 204 -------------------------
 mkdir -p "$tmp/origin/www/items" "$tmp/proxy"
@@ -219,8 +276,8 @@ $(temp_paths "$tmp/proxy")
 }
 EOF
 
-# --- precond pass and guard --------------------------------------------------------------------
-precond_conf() { # NAME PORT METRICS_PORT MODE_LINES
+# --- precond pass, guard and nofence (guard, fence off) ------------------------------------------
+precond_conf() { # NAME PORT METRICS_PORT MODE_LINES [UPSTREAM: host:port, default the nginx origin]
   mkdir -p "$tmp/$1"
   cat >"$tmp/$1/$1.toml" <<EOF
 [server]
@@ -230,11 +287,11 @@ grace_period = "0s"
 graceful_shutdown_timeout = "1s"
 metrics_listen = "127.0.0.1:$3"
 
-# store: defaults (capacity 100000, ttl 10m); this benchmark uses one resource.
+# store: defaults (capacity 100000, ttl 10m); the load runs use one resource, 1000 for put-many.
 
 [[upstream]]
 name = "origin"
-servers = ["127.0.0.1:$P_ORIGIN"]
+servers = ["${5:-127.0.0.1:$P_ORIGIN}"]
 
 [[route]]
 path_prefix = "/"
@@ -246,6 +303,9 @@ EOF
 precond_conf pass "$P_PASS" "$M_PASS" 'mode = "pass"'
 precond_conf guard "$P_GUARD" "$M_GUARD" "mode = \"guard\"
 policy = \"$GUARD_POLICY\""
+precond_conf nofence "$P_NOFENCE" "$M_NOFENCE" "mode = \"guard\"
+policy = \"$GUARD_POLICY\"
+fence_wait = \"0s\""
 
 declare -A PID
 start() { # NAME STOP-SIGNAL LOGFILE CMD...: starts in the background, records the pid
@@ -260,8 +320,13 @@ start() { # NAME STOP-SIGNAL LOGFILE CMD...: starts in the background, records t
 "$NGINX" -t -q -p "$tmp/proxy" -e "$tmp/proxy/error.log" -c "$tmp/proxy/proxy.conf"
 start origin TERM "$tmp/origin/stderr.log" "$NGINX" -p "$tmp/origin" -e "$tmp/origin/error.log" -c "$tmp/origin/origin.conf"
 start nginx TERM "$tmp/proxy/stderr.log" "$NGINX" -p "$tmp/proxy" -e "$tmp/proxy/error.log" -c "$tmp/proxy/proxy.conf"
-start pass INT "$tmp/pass/precond.log" env NO_COLOR=1 RUST_LOG="$PRECOND_LOG" "$PRECOND" run --config "$tmp/pass/pass.toml"
-start guard INT "$tmp/guard/precond.log" env NO_COLOR=1 RUST_LOG="$PRECOND_LOG" "$PRECOND" run --config "$tmp/guard/guard.toml"
+# Every precond process gets one fixed deployment secret (keys synthesised tags and principal
+# hashes): without one each generates its own and logs a warning, which the log check below would
+# report as something other than client disconnects.
+PRECOND_ENV=(env NO_COLOR=1 RUST_LOG="$PRECOND_LOG" PRECOND_TAG_SECRET=precond-load-benchmark-secret)
+start pass INT "$tmp/pass/precond.log" "${PRECOND_ENV[@]}" "$PRECOND" run --config "$tmp/pass/pass.toml"
+start guard INT "$tmp/guard/precond.log" "${PRECOND_ENV[@]}" "$PRECOND" run --config "$tmp/guard/guard.toml"
+start nofence INT "$tmp/nofence/precond.log" "${PRECOND_ENV[@]}" "$PRECOND" run --config "$tmp/nofence/nofence.toml"
 if [ -n "$BARE" ]; then
   mkdir -p "$tmp/bare"
   start bare INT "$tmp/bare/bare.log" "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_ORIGIN" 2
@@ -281,6 +346,7 @@ wait_ready origin "${PID[origin]}" "http://127.0.0.1:$P_ORIGIN/items/1" "$tmp/or
 wait_ready "nginx proxy" "${PID[nginx]}" "http://127.0.0.1:$P_NGINX/items/1" "$tmp/proxy/error.log"
 wait_ready "precond pass" "${PID[pass]}" "http://127.0.0.1:$P_PASS/items/1" "$tmp/pass/precond.log"
 wait_ready "precond guard" "${PID[guard]}" "http://127.0.0.1:$P_GUARD/items/1" "$tmp/guard/precond.log"
+wait_ready "precond guard (fence off)" "${PID[nofence]}" "http://127.0.0.1:$P_NOFENCE/items/1" "$tmp/nofence/precond.log"
 if [ -n "$BARE" ]; then
   wait_ready "bare Pingora" "${PID[bare]}" "http://127.0.0.1:$P_BARE/items/1" "$tmp/bare/bare.log"
 fi
@@ -292,7 +358,10 @@ fi
 CLK_TCK=$(getconf CLK_TCK)
 declare -A CPU_PIDS=([origin]="${PID[origin]} $(pgrep -P "${PID[origin]}" | tr '\n' ' ')"
   [nginx]="${PID[nginx]} $(pgrep -P "${PID[nginx]}" | tr '\n' ' ')"
-  [bare]="${PID[bare]:-}" [pass]="${PID[pass]}" [guard]="${PID[guard]}")
+  [bare]="${PID[bare]:-}" [pass]="${PID[pass]}" [guard]="${PID[guard]}" [nofence]="${PID[nofence]}")
+# The processes of a snapshot, in its column order (after "busy all"; "children" follows them):
+# the columns are positional, the awk in the load loop finds a target's column from this list.
+CPU_NAMES=(origin nginx bare pass guard nofence)
 
 jiffies() { # PID...: user+system clock ticks used so far
   local p sum=0 t
@@ -304,14 +373,15 @@ jiffies() { # PID...: user+system clock ticks used so far
   echo "$sum"
 }
 
-# cpu_snapshot: sets SNAP to "busy all origin nginx bare pass guard children" (clock ticks; busy
-# excludes idle and iowait, all includes them; children: this shell's finished children, i.e. wrk,
-# from `times`: call it in this shell, not in $(...))
+# cpu_snapshot: sets SNAP to "busy all origin nginx bare pass guard nofence children" (one field
+# per CPU_NAMES entry between "all" and "children"; clock ticks; busy excludes idle and iowait, all
+# includes them; children: this shell's finished children, i.e. wrk, from `times`: call it in this
+# shell, not in $(...))
 cpu_snapshot() {
   local name out=()
   out+=("$(awk '/^cpu / { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat)")
   # shellcheck disable=SC2086 # word splitting of the pid lists is intended
-  for name in origin nginx bare pass guard; do out+=("$(jiffies ${CPU_PIDS[$name]})"); done
+  for name in "${CPU_NAMES[@]}"; do out+=("$(jiffies ${CPU_PIDS[$name]})"); done
   times >"$tmp/times"
   out+=("$(awk -v hz="$CLK_TCK" 'NR == 2 {
       s = 0
@@ -334,24 +404,34 @@ fi
 # --- requests ----------------------------------------------------------------------------------
 BODY='{"id":1,"name":"widget","stock":9}'
 declare -A URL=([nginx]="http://127.0.0.1:$P_NGINX" [bare]="http://127.0.0.1:$P_BARE"
-  [pass]="http://127.0.0.1:$P_PASS" [guard]="http://127.0.0.1:$P_GUARD")
-declare -A LABEL=([nginx]="nginx proxy_pass" [bare]="bare Pingora" [pass]="precond pass" [guard]="precond guard ($GUARD_POLICY)")
-TARGETS=(nginx pass guard)
-[ -z "$BARE" ] || TARGETS=(nginx bare pass guard)
-WORKLOADS=(get put-match put-stale)
+  [pass]="http://127.0.0.1:$P_PASS" [guard]="http://127.0.0.1:$P_GUARD"
+  [nofence]="http://127.0.0.1:$P_NOFENCE")
+declare -A LABEL=([nginx]="nginx proxy_pass" [bare]="bare Pingora" [pass]="precond pass"
+  [guard]="precond guard ($GUARD_POLICY)" [nofence]="precond guard ($GUARD_POLICY, fence off)")
+TARGETS=(nginx pass guard nofence)
+[ -z "$BARE" ] || TARGETS=(nginx bare pass guard nofence)
+WORKLOADS=(get put-match put-stale put-many)
+# The targets that are precond guard (the fence on or off): taught before each run, and their
+# put-stale must be refused at the edge.
+is_guard() { [ "$1" = guard ] || [ "$1" = nofence ]; }
 
 # request BASE WORKLOAD [curl args...]: one request as the workload sends it; prints
 # "STATUS ETAG PRECOND-DECISION" (- for an absent header)
 request() {
-  local base=$1 w=$2 out
+  local base=$1 w=$2 out path=/items/1
   shift 2
   local args=(-s -o /dev/null -D - --max-time 5 "$@")
   case "$w" in
     get) ;;
     put-match) args+=(-X PUT -H 'If-Match: "v1"' -H 'Content-Type: application/json' --data-binary "$BODY") ;;
     put-stale) args+=(-X PUT -H 'If-Match: "v0"' -H 'Content-Type: application/json' --data-binary "$BODY") ;;
+    # one of put-many's resources, as put-many writes it
+    put-many)
+      path=/items/2
+      args+=(-X PUT -H 'If-Match: "v1"' -H 'Content-Type: application/json' --data-binary "$BODY")
+      ;;
   esac
-  out=$(curl "${args[@]}" "$base/items/1" | tr -d '\r')
+  out=$(curl "${args[@]}" "$base$path" | tr -d '\r')
   awk 'NR == 1 { s = $2 }
        tolower($1) == "etag:" { e = $2 }
        tolower($1) == "precond-decision:" { $1 = ""; d = substr($0, 2); gsub(/ /, "", d) }
@@ -366,12 +446,13 @@ expect() { # DESCRIPTION EXPECTED-PREFIX ACTUAL
   fi
 }
 
-# Teach the guard that "v0" was replaced by "v1": a GET that shows "v0" current, then one that
-# shows "v1" (under `mismatch`, the second alone would do: "v1" known current). Repeated before
-# every guard run, because concurrent forwarded writes make the current tag unknown.
+# Teach a guard (TARGET: guard or nofence) that "v0" was replaced by "v1": a GET that shows "v0"
+# current, then one that shows "v1" (under `mismatch`, the second alone would do: "v1" known
+# current). Repeated before every guard run, because concurrent forwarded writes make the current
+# tag unknown.
 teach_guard() {
-  request "${URL[guard]}" get -H 'X-Bench-ETag: v0' >/dev/null
-  request "${URL[guard]}" get >/dev/null
+  request "${URL[$1]}" get -H 'X-Bench-ETag: v0' >/dev/null
+  request "${URL[$1]}" get >/dev/null
 }
 
 log "sanity checks (status etag precond-decision)"
@@ -383,11 +464,15 @@ expect "origin PUT If-Match \"v0\" (never checks If-Match)" '204 "v1"' "$(reques
 for t in "${TARGETS[@]}"; do
   expect "${LABEL[$t]} GET" '200 "v1"' "$(request "${URL[$t]}" get)"
 done
-teach_guard
-expect "guard PUT If-Match \"v1\" (forwarded)" '204 "v1"' "$(request "${URL[guard]}" put-match)"
-expect "guard PUT If-Match \"v0\" (refused at the edge)" '412 "v1" rejected;precondition=If-Match' \
-  "$(request "${URL[guard]}" put-stale)"
+for t in guard nofence; do
+  teach_guard "$t"
+  expect "$t PUT If-Match \"v1\" (forwarded)" '204 "v1"' "$(request "${URL[$t]}" put-match)"
+  expect "$t PUT If-Match \"v0\" (refused at the edge)" '412 "v1" rejected;precondition=If-Match' \
+    "$(request "${URL[$t]}" put-stale)"
+  expect "$t PUT /items/2 If-Match \"v1\" (put-many: forwarded)" '204 "v1"' "$(request "${URL[$t]}" put-many)"
+done
 expect "pass PUT If-Match \"v0\" (forwarded)" '204 "v1"' "$(request "${URL[pass]}" put-stale)"
+expect "pass PUT /items/2 If-Match \"v1\" (put-many: forwarded)" '204 "v1"' "$(request "${URL[pass]}" put-many)"
 
 # --- load --------------------------------------------------------------------------------------
 cat >"$tmp/put-match.lua" <<EOF
@@ -397,6 +482,21 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '$BODY'
 EOF
 sed 's/"v1"/"v0"/' "$tmp/put-match.lua" >"$tmp/put-stale.lua"
+# put-many: If-Match "v1" to /items/1 .. /items/1000 in turn (the requests are formatted once, in
+# init; each wrk thread cycles through them on its own)
+cat >"$tmp/put-many.lua" <<EOF
+local reqs, i = {}, 0
+function init(args)
+  local headers = { ["If-Match"] = '"v1"', ["Content-Type"] = "application/json" }
+  for k = 1, 1000 do
+    reqs[k] = wrk.format("PUT", "/items/" .. k, headers, '$BODY')
+  end
+end
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+EOF
 
 origin_count() { wc -l <"$tmp/origin/access.log"; }
 
@@ -424,11 +524,11 @@ for w in "${WORKLOADS[@]}"; do
   for t in "${TARGETS[@]}"; do
     out="$tmp/wrk-$t-$w.txt"
     if [ "$WARMUP" != 0 ]; then run_wrk "$t" "$w" "$WARMUP" /dev/null; fi
-    [ "$t" != guard ] || teach_guard
+    if is_guard "$t"; then teach_guard "$t"; fi
     probe=$(request "${URL[$t]}" "$w")
     expected=${probe%% *}
-    if [ "$t" = guard ] && [ "$w" = put-stale ] && [ "$expected" != 412 ]; then
-      failures+=("guard put-stale: the probe request got '$probe', not an edge 412")
+    if is_guard "$t" && [ "$w" = put-stale ] && [ "$expected" != 412 ]; then
+      failures+=("$t put-stale: the probe request got '$probe', not an edge 412")
     fi
     before=$(origin_count)
     cpu_snapshot
@@ -452,12 +552,13 @@ for w in "${WORKLOADS[@]}"; do
       die "cannot parse wrk output for $t $w"
     fi
 
-    col=$(( $(printf '%s\n' nginx bare pass guard | grep -n -x "$t" | cut -d: -f1) + 3 ))
+    # Snapshot fields: 1 busy, 2 all, then one per CPU_NAMES entry (3..), then children (last).
+    col=$(( $(printf '%s\n' "${CPU_NAMES[@]}" | grep -n -x "$t" | cut -d: -f1) + 2 ))
     read -r proxy_us other_pct < <(awk -v c="$col" -v hz="$CLK_TCK" -v n="$requests" \
       -v x="$cpu0" -v y="$cpu1" 'BEGIN {
-        split(x, a, " "); split(y, b, " ")
-        for (i = 1; i <= 8; i++) d[i] = b[i] - a[i]
-        ours = d[3] + d[4] + d[5] + d[6] + d[7] + d[8]
+        k = split(x, a, " "); split(y, b, " ")
+        for (i = 1; i <= k; i++) d[i] = b[i] - a[i]
+        ours = 0; for (i = 3; i <= k; i++) ours += d[i]
         other = d[1] - ours; if (other < 0) other = 0
         printf "%.1f %.0f\n", n ? d[c] / hz * 1e6 / n : 0, d[2] ? 100 * other / d[2] : 0 }')
 
@@ -471,34 +572,162 @@ for w in "${WORKLOADS[@]}"; do
       failures+=("$t $w: mixed responses ($status)")
     fi
     [ "$sockerr" = 0 ] || status="$status; $sockerr socket errors"
-    if [ "$t" = guard ] && [ "$w" = put-stale ] && [ "$origin" != 0 ]; then
-      failures+=("guard put-stale: the origin received $origin requests (must be 0: stale writes must be refused at the edge)")
+    if is_guard "$t" && [ "$w" = put-stale ] && [ "$origin" != 0 ]; then
+      failures+=("$t put-stale: the origin received $origin requests (must be 0: stale writes must be refused at the edge)")
     fi
-    if [ "$t" != guard ] || [ "$w" != put-stale ]; then
+    if ! is_guard "$t" || [ "$w" != put-stale ]; then
       [[ "$expected" == 2?? ]] || failures+=("$t $w: forwarded request answered $expected")
     fi
-    printf '   %-28s %-9s %9s req/s  p50 %6s ms  p99 %6s ms  %5s us CPU/req  origin %7s  %s  (other CPU %s%%)\n' \
+    printf '   %-37s %-9s %9s req/s  p50 %6s ms  p99 %6s ms  %5s us CPU/req  origin %7s  %s  (other CPU %s%%)\n' \
       "${LABEL[$t]}" "$w" "$rps" "$p50" "$p99" "$proxy_us" "$origin" "$status" "$other_pct" >&2
-    echo "$t,${LABEL[$t]},$w,$rps,$p50,$p99,$requests,$non2xx,$sockerr,$origin,$status,$expected,$proxy_us,$other_pct" >>"$csv"
+    # (labels hold commas: quoted)
+    echo "$t,\"${LABEL[$t]}\",$w,$rps,$p50,$p99,$requests,$non2xx,$sockerr,$origin,\"$status\",$expected,$proxy_us,$other_pct" >>"$csv"
   done
 done
 
+# --- lost-update probe ------------------------------------------------------------------------
+# 8 clients x 30 read-modify-write updates of one resource (benches/load/probe.py) per row: a
+# fresh precond in front of the bundled demo origin (`precond origin`, one per kind of tags, each
+# row on its own resource), or the strong origin directly. Independent of DURATION.
+probe_csv="$tmp/probe.csv"
+if [ "$PROBE" = 1 ]; then
+  log "lost-update probe: 8 clients x 30 read-modify-write updates of one resource (lost = 240 - final n)"
+  read -r PO_STRONG PO_WEAK PO_NONE <<<"$(free_ports 3)"
+  check_free "$PO_STRONG" "$PO_WEAK" "$PO_NONE"
+  declare -A PROBE_ORIGIN=([strong]=$PO_STRONG [weak]=$PO_WEAK [none]=$PO_NONE)
+  for tags in strong weak none; do
+    mkdir -p "$tmp/probe-origin-$tags"
+    start "probe-origin-$tags" TERM "$tmp/probe-origin-$tags/origin.log" \
+      "$PRECOND" origin --listen "127.0.0.1:${PROBE_ORIGIN[$tags]}" --tags "$tags"
+  done
+  for tags in strong weak none; do
+    wait_ready "demo origin ($tags tags)" "${PID[probe-origin-$tags]}" \
+      "http://127.0.0.1:${PROBE_ORIGIN[$tags]}/items/1" "$tmp/probe-origin-$tags/origin.log"
+  done
+
+  # probe_row ID LABEL TAGS MODE_LINES [probe.py args...]: one row (MODE_LINES empty: no proxy,
+  # the origin directly); sets PROBE_JSON to probe.py's result, "" when it printed none.
+  probe_row() {
+    local id=$1 label=$2 tags=$3 mode=$4 url port mport rc=0 m=() pid="" kind=none
+    shift 4
+    case "$mode" in
+      *'"guard"'*) kind=guard ;;
+      *'"enforce"'*) kind=enforce ;;
+    esac
+    if [ -n "$mode" ]; then
+      read -r port mport <<<"$(free_ports 2)"
+      check_free "$port" "$mport"
+      precond_conf "probe-$id" "$port" "$mport" "$mode" "127.0.0.1:${PROBE_ORIGIN[$tags]}"
+      start "probe-$id" INT "$tmp/probe-$id/precond.log" \
+        "${PRECOND_ENV[@]}" "$PRECOND" run --config "$tmp/probe-$id/probe-$id.toml"
+      pid=${PID[probe-$id]}
+      wait_ready "precond ($label)" "$pid" "http://127.0.0.1:$port/items/1" "$tmp/probe-$id/precond.log"
+      url="http://127.0.0.1:$port"
+      m=(--metrics "http://127.0.0.1:$mport/metrics")
+    else
+      url="http://127.0.0.1:${PROBE_ORIGIN[$tags]}"
+    fi
+    python3 "$here/probe.py" --url "$url" --path "/probe/$id" --deadline 30 "${m[@]}" "$@" \
+      --csv "$probe_csv" --set "row=$id" --set "label=$label" --set "tags=$tags" --set "mode=$kind" \
+      >"$tmp/probe-$id.json" 2>"$tmp/probe-$id.err" || rc=$?
+    if [ -n "$pid" ]; then
+      stop "$pid" INT
+      unset "pids[$pid]"
+    fi
+    PROBE_JSON=$(cat "$tmp/probe-$id.json")
+    if [ "$rc" != 0 ] || [ -z "$PROBE_JSON" ]; then
+      cat "$tmp/probe-$id.err" >&2
+      failures+=("probe $id ($label, $tags tags): the run broke: ${PROBE_JSON:-no result} (see $tmp/probe-$id.err)")
+    fi
+    # One line: what the clients saw, and precond's own counters when it ran.
+    python3 -c '
+import json, sys
+r = json.loads(sys.argv[3] or "{}")
+label, tags, guard = sys.argv[1], sys.argv[2], sys.argv[4] == "guard"
+total = r.get("clients", 8) * r.get("updates", 30)
+reasons = r.get("reasons", {})
+if r.get("stopped"):
+    if r.get("applied") == 0 and set(reasons) == set(["weak_only"]):
+        what = "%d applied, every write refused weak_only (%d clients stopped at it)" % (r["applied"], r["stopped"])
+    else:
+        what = "%s applied, %s clients stopped on %s" % (r.get("applied"), r["stopped"], reasons)
+else:
+    what = "lost %3s / %d" % (r.get("lost", "?"), total)
+fence = ""
+if guard and "fence_waits" in r:
+    fence = "  fence %s waited, %s refused after waiting, %s bypassed" % (
+        r["fence_waits"], r["fence_refused"], r["fence_bypassed"])
+print("   %-37s %-6s %-30s  412s %5s  origin writes %4s  %6.2f s%s" % (
+    label, tags, what, r.get("refused_412", "?"), r.get("origin_writes", "?"),
+    r.get("wall_s", float("nan")), fence), file=sys.stderr)
+# precond counts what the clients saw: its edge 412s and forwarded conditional writes
+if guard and "edge_412" in r and (r["edge_412"] != r.get("refused_412") or
+                        r["forwarded_writes"] != r.get("origin_writes")):
+    print("   note: precond counted %s edge 412s and %s forwarded conditional writes; the clients saw %s 412s and %s origin answers"
+          % (r["edge_412"], r["forwarded_writes"], r.get("refused_412"), r.get("origin_writes")), file=sys.stderr)
+' "$label" "$tags" "$PROBE_JSON" "$kind"
+  }
+
+  probe_lost() { # the lost count in PROBE_JSON ("" when unknown)
+    python3 -c 'import json, sys; r = json.loads(sys.argv[1] or "{}"); print(r.get("lost", ""))' "$PROBE_JSON"
+  }
+  probe_gate() { # ID DESCRIPTION MAX-LOST: a failure when the row lost more than MAX-LOST
+    local lost
+    lost=$(probe_lost)
+    if [ -n "$lost" ] && [ "$lost" -gt "$3" ]; then
+      failures+=("probe $1: $2 lost $lost of 240 updates (at most $3 allowed)")
+    fi
+  }
+
+  G='mode = "guard"'
+  OFF='fence_wait = "0s"'
+  probe_t0=$(date +%s.%N)
+  probe_row guard-superseded-strong "precond guard (superseded)" strong "$G
+policy = \"superseded\""
+  probe_gate guard-superseded-strong "guard superseded (fence on), strong tags," 2
+  probe_row guard-mismatch-strong "precond guard (mismatch)" strong "$G
+policy = \"mismatch\""
+  probe_row guard-superseded-weak "precond guard (superseded)" weak "$G
+policy = \"superseded\""
+  probe_gate guard-superseded-weak "guard superseded (fence on), weak tags," 2
+  # Every weak If-Match is refused (weak_only): no write can succeed, so each client stops at its
+  # first such 412 instead of retrying forever.
+  probe_row guard-mismatch-weak "precond guard (mismatch)" weak "$G
+policy = \"mismatch\"" --stop-on-reason weak_only
+  probe_row nofence-superseded-strong "precond guard (superseded, fence off)" strong "$G
+policy = \"superseded\"
+$OFF"
+  probe_row nofence-superseded-weak "precond guard (superseded, fence off)" weak "$G
+policy = \"superseded\"
+$OFF"
+  probe_row enforce-none "precond enforce" none 'mode = "enforce"'
+  probe_gate enforce-none "enforce, no tags," 0
+  probe_row direct-strong "no proxy (the origin directly)" strong ""
+  probe_wall=$(awk -v a="$probe_t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  log "lost-update probe done in $probe_wall s"
+  for tags in strong weak none; do
+    stop "${PID[probe-origin-$tags]}" TERM
+    unset "pids[${PID[probe-origin-$tags]}]"
+  done
+fi
+
 # --- report ------------------------------------------------------------------------------------
-for t in pass guard; do
-  curl -s --max-time 2 "http://127.0.0.1:$([ $t = pass ] && echo "$M_PASS" || echo "$M_GUARD")/metrics" \
-    >"$tmp/$t/metrics.txt" || true
+declare -A METRICS_PORT=([pass]=$M_PASS [guard]=$M_GUARD [nofence]=$M_NOFENCE)
+for t in pass guard nofence; do
+  curl -s --max-time 2 "http://127.0.0.1:${METRICS_PORT[$t]}/metrics" >"$tmp/$t/metrics.txt" || true
 done
 upstream_failures=$(awk '/^precond_upstream_failures_total/ { s += $2 } END { print s + 0 }' \
-  "$tmp/pass/metrics.txt" "$tmp/guard/metrics.txt")
+  "$tmp/pass/metrics.txt" "$tmp/guard/metrics.txt" "$tmp/nofence/metrics.txt")
 [ "$upstream_failures" = 0 ] || failures+=("precond counted $upstream_failures upstream failures (see precond_upstream_failures_total)")
 # wrk closes its connections when its time is up, with requests in flight: precond logs each as
 # an error (and, for a write, forgets the resource's current tag). Anything else is reported.
-precond_warnings=$(cat "$tmp/pass/precond.log" "$tmp/guard/precond.log" | grep -c -E 'WARN|ERROR' || true)
-precond_closed=$(cat "$tmp/pass/precond.log" "$tmp/guard/precond.log" | grep -E 'WARN|ERROR' \
+precond_logs=("$tmp/pass/precond.log" "$tmp/guard/precond.log" "$tmp/nofence/precond.log")
+precond_warnings=$(cat "${precond_logs[@]}" | grep -c -E 'WARN|ERROR' || true)
+precond_closed=$(cat "${precond_logs[@]}" | grep -E 'WARN|ERROR' \
   | grep -c 'Downstream ConnectionClosed' || true)
 if [ "$precond_warnings" != "$precond_closed" ]; then
   echo "precond logged warnings or errors other than client disconnects:" >&2
-  cat "$tmp/pass/precond.log" "$tmp/guard/precond.log" | grep -E 'WARN|ERROR' \
+  cat "${precond_logs[@]}" | grep -E 'WARN|ERROR' \
     | grep -v 'Downstream ConnectionClosed' | head -n 20 >&2
 fi
 
@@ -513,7 +742,8 @@ if [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; 
   echo "wrk=$(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }')"
   echo "precond=$commit"
   echo "load=wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, keep-alive, $warm_text"
-  echo "setup=origin: nginx static, 1 worker; nginx proxy: 2 workers, upstream keepalive 64, access_log off;$([ -z "$BARE" ] || echo " bare Pingora: 2 threads;") precond: 2 threads, RUST_LOG=$PRECOND_LOG, store defaults; guard policy: $GUARD_POLICY"
+  echo "setup=origin: nginx static, 1 worker; nginx proxy: 2 workers, upstream keepalive 64, access_log off;$([ -z "$BARE" ] || echo " bare Pingora: 2 threads;") precond: 2 threads, RUST_LOG=$PRECOND_LOG, store defaults; guard policy: $GUARD_POLICY (fence: defaults; fence off: fence_wait = \"0s\")"
+  [ "$PROBE" != 1 ] || echo "probe_wall=$probe_wall"
   echo "precond_log_warnings=$precond_warnings"
   echo "precond_log_closed=$precond_closed"
   echo "busy_before=$idle_busy"
@@ -521,7 +751,9 @@ if [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; 
 
 out=${RESULTS_DIR:-$here}
 mkdir -p "$out"
-python3 "$here/report.py" "$csv" "$tmp/machine.txt" "$out/results.md" "$out/results.svg"
+report_args=("$csv" "$tmp/machine.txt" "$out/results.md" "$out/results.svg")
+[ "$PROBE" != 1 ] || [ ! -s "$probe_csv" ] || report_args+=("$probe_csv")
+python3 "$here/report.py" "${report_args[@]}"
 python3 -c 'import sys, xml.etree.ElementTree as E; E.parse(sys.argv[1])' "$out/results.svg"
 echo "Wrote $out/results.md and $out/results.svg"
 
@@ -529,4 +761,6 @@ if [ ${#failures[@]} -gt 0 ]; then
   for f in "${failures[@]}"; do echo "FAIL: $f"; done
   exit 1
 fi
-echo "OK: every forwarded request was answered 2xx; guard put-stale was refused at the edge (0 origin requests)"
+probe_ok=""
+[ "$PROBE" != 1 ] || probe_ok="; lost-update probe: guard superseded (fence on) lost at most 2 of 240 with strong and weak tags, enforce none"
+echo "OK: every forwarded request was answered 2xx; guard put-stale (fence on and off) was refused at the edge (0 origin requests)$probe_ok"
