@@ -191,6 +191,7 @@ pub(super) struct RawRoute {
     pub(super) probe: Option<Spanned<Probe>>,
     pub(super) require: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) write_wait: Option<Spanned<String>>,
+    pub(super) write_body_timeout: Option<Spanned<String>>,
     pub(super) synthesize_max_body: Option<Spanned<i64>>,
     #[serde(default = "default_strict_targets")]
     pub(super) strict_targets: bool,
@@ -253,6 +254,11 @@ pub(super) fn default_probe() -> Probe {
 /// `require` (enforce routes): no method must carry a precondition.
 pub(super) fn default_require() -> Vec<Spanned<String>> {
     Vec::new()
+}
+/// `write_body_timeout` (enforce routes): shorter than `write_wait`, so that a write waiting
+/// behind a slow upload gets its turn.
+pub(super) fn default_write_body_timeout() -> Spanned<String> {
+    unspanned("3s".into())
 }
 /// `write_wait` (enforce routes).
 pub(super) fn default_write_wait() -> Spanned<String> {

@@ -155,6 +155,9 @@ pub struct EnforceSettings {
     pub require: Vec<crate::precondition::Method>,
     /// Longest wait for another write to the same resource to finish (then 503).
     pub write_wait: Duration,
+    /// Longest time a write holding the resource's lock may take to upload its body (from the
+    /// moment it got the lock); past it the write is aborted (408) and the lock released.
+    pub write_body_timeout: Duration,
     /// Largest body hashed to synthesise an ETag; larger representations get none.
     pub synthesize_max_body: usize,
 }

@@ -112,6 +112,10 @@ impl Validator<'_> {
                 ("require", r.require.as_ref().map(Spanned::span)),
                 ("write_wait", r.write_wait.as_ref().map(Spanned::span)),
                 (
+                    "write_body_timeout",
+                    r.write_body_timeout.as_ref().map(Spanned::span),
+                ),
+                (
                     "synthesize_max_body",
                     r.synthesize_max_body.as_ref().map(Spanned::span),
                 ),
@@ -153,6 +157,19 @@ impl Validator<'_> {
             probe,
             require,
             write_wait: self.duration(&write_wait, "route.write_wait")?,
+            write_body_timeout: {
+                let t = r
+                    .write_body_timeout
+                    .clone()
+                    .unwrap_or_else(file::default_write_body_timeout);
+                let d = self.duration(&t, "route.write_body_timeout")?;
+                if d.is_zero() {
+                    return Err(
+                        self.err(t.span(), "route.write_body_timeout must be longer than 0s")
+                    );
+                }
+                d
+            },
             synthesize_max_body: self.positive(&max_body, "route.synthesize_max_body", 64 << 20)?
                 as usize,
         })

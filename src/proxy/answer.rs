@@ -372,6 +372,9 @@ pub(crate) fn error_status(e: &Error) -> u16 {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                // The client's body did not arrive in time (an enforce write's
+                // `write_body_timeout`, or a stalled upload).
+                ErrorType::ReadTimedout => 408,
                 _ => 400,
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -388,6 +391,7 @@ pub(crate) fn error_problem(code: u16, e: &Error) -> (&'static str, String) {
     let detail = match code {
         502 => "The upstream server failed to answer. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
         503 => "No upstream server is available for this route.".to_string(),
+        408 => "The request body did not arrive in time (write_body_timeout on enforce routes), so the write was aborted. It may have reached the origin incomplete: fetch the resource before retrying.".to_string(),
         504 => "The upstream server did not answer in time. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
         _ => format!("precond could not handle the request: {}", e.etype().as_str()),
     };

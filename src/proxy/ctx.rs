@@ -25,6 +25,8 @@ pub struct Ctx {
     pub(crate) learned: bool,
     /// `enforce`: the per-resource write lock, held until the origin's answer is learned.
     pub(crate) write_lock: Option<KeyGuard<OwnedKey>>,
+    /// `enforce`: when the body of the write holding the lock must have arrived.
+    pub(crate) body_deadline: Option<std::time::Instant>,
     /// `guard`: the write's place at its in-flight fence, released once the origin's answer has
     /// been learned (or the exchange ended without one).
     pub(crate) fence: Option<Hold>,
@@ -45,6 +47,7 @@ impl Ctx {
             forwarded: false,
             learned: false,
             write_lock: None,
+            body_deadline: None,
             fence: None,
             strip_tags: false,
         }

@@ -155,6 +155,29 @@ impl ProxyHttp for Precond {
         Ok(Box::new(peer))
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // An enforce write holding its resource's lock: the body has a total deadline, so that a
+        // client trickling it cannot hold the lock (each read is bounded by what remains).
+        if let (Some(deadline), false) = (ctx.body_deadline, end_of_stream) {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                ctx.write_lock = None;
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(408),
+                    "write_body_timeout elapsed while the write held its resource's lock",
+                );
+            }
+            session.set_read_timeout(Some(deadline - now));
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,

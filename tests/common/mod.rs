@@ -118,6 +118,11 @@ impl Conn {
         }
     }
 
+    /// The socket, for tests that write and read it by hand.
+    pub fn into_stream(self) -> TcpStream {
+        self.reader.into_inner()
+    }
+
     pub fn write_raw(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).unwrap();
     }

@@ -24,6 +24,8 @@
 pub(crate) mod probe;
 
 use pingora::prelude::*;
+use std::time::Instant;
+
 use pingora::proxy::Session;
 use tracing::{info, warn};
 
@@ -166,16 +168,6 @@ async fn write(
     key: OwnedKey,
 ) -> Result<bool> {
     let settings = &route.enforce;
-    let Some(lock) = s.locks.lock(&key, settings.write_wait).await else {
-        warn!(path = %s.shown_target(session.req_header()), "write lock not obtained in time");
-        answer::write_busy(s, session, settings.write_wait).await?;
-        return Ok(true);
-    };
-    ctx.write_lock = Some(lock);
-    let needs_date = has_date_precondition(session.req_header());
-    // Writes before this one (through this instance) have completed and been learned: this
-    // write's place in the store's history starts now, not when it began waiting.
-    ctx.ticket = Some(s.store.ticket());
     // Extension methods are judged like POST (a write that cannot create its target) and are
     // required to be conditional whenever the route requires any method to be.
     let judged = match ctx.method {
@@ -185,6 +177,26 @@ async fn write(
     let required = settings.require.contains(&ctx.method)
         || (ctx.method == Method::Other && !settings.require.is_empty());
     let has_any = conditional(&session.req_header().headers, judged).has_any();
+    // A refusal that does not depend on the resource's state is answered without waiting for
+    // (or holding) its lock.
+    if required && !has_any {
+        answer::require(s, session).await?;
+        return Ok(true);
+    }
+    let Some(lock) = s.locks.lock(&key, settings.write_wait).await else {
+        warn!(path = %s.shown_target(session.req_header()), "write lock not obtained in time");
+        answer::write_busy(s, session, settings.write_wait).await?;
+        return Ok(true);
+    };
+    ctx.write_lock = Some(lock);
+    // The body must arrive within `write_body_timeout` of taking the lock (the deadline is
+    // enforced per read here and between chunks in `request_body_filter`).
+    ctx.body_deadline = Some(Instant::now() + settings.write_body_timeout);
+    session.set_read_timeout(Some(settings.write_body_timeout));
+    let needs_date = has_date_precondition(session.req_header());
+    // Writes before this one (through this instance) have completed and been learned: this
+    // write's place in the store's history starts now, not when it began waiting.
+    ctx.ticket = Some(s.store.ticket());
     if has_any || required {
         let mut entry = s
             .store
@@ -197,6 +209,7 @@ async fn write(
                     let status = fetched.header.status.as_u16();
                     fetched.finish(&s.connector, &peer).await;
                     if status >= 500 {
+                        ctx.write_lock = None;
                         return answer::unknown_state(s, session, status)
                             .await
                             .map(|()| true);
@@ -208,6 +221,7 @@ async fn write(
                     if entry.is_none() && matches!(status, 200..=299 | 404 | 410) {
                         // The origin showed the state but it could not be recorded: never
                         // forward the write unprotected.
+                        ctx.write_lock = None;
                         return answer::unknown_state(s, session, status)
                             .await
                             .map(|()| true);
@@ -215,6 +229,7 @@ async fn write(
                 }
                 Err(e) => {
                     warn!(path = %s.shown_target(session.req_header()), error = %Shown(&e.to_string()), "probe failed");
+                    ctx.write_lock = None;
                     return answer::unknown_state(s, session, 502).await.map(|()| true);
                 }
             }
@@ -224,10 +239,12 @@ async fn write(
                 let cond = conditional(&session.req_header().headers, judged);
                 match evaluate(&cond, &current_of(&entry), required) {
                     Decision::PreconditionFailed(f) => {
+                        ctx.write_lock = None;
                         answer::reject(s, session, f, Some(&entry)).await?;
                         return Ok(true);
                     }
                     Decision::PreconditionRequired => {
+                        ctx.write_lock = None;
                         answer::require(s, session).await?;
                         return Ok(true);
                     }
@@ -243,6 +260,7 @@ async fn write(
                         None,
                     )
                 {
+                    ctx.write_lock = None;
                     answer::require(s, session).await?;
                     return Ok(true);
                 }
