@@ -84,3 +84,37 @@ fn enforce_refuses_writes_it_cannot_serialise_with_414() {
     assert_eq!(r.status, 404);
     assert_eq!(p.state.store.len(), 0);
 }
+
+#[test]
+fn a_flood_of_distinct_keys_stays_within_max_bytes() {
+    // An origin that answers every GET with a tag: every URL is a resource.
+    let o = ScriptedOrigin::start(|req| async move {
+        (
+            200,
+            vec![("etag", format!("\"{}\"", req.path.len()))],
+            "{}".into(),
+        )
+    });
+    let text = guard_config("superseded").replace(
+        "[[upstream]]",
+        "[store]\nmax_bytes = \"1MiB\"\ncapacity = 1000000\n\n[[upstream]]",
+    );
+    let p = proxy(&text, o.addr);
+    let mut c = Conn::open(p.addr);
+    for i in 0..3000 {
+        let path = format!("/flood/{i}/{}", "k".repeat(1500));
+        assert_eq!(c.request("GET", &path, &[], "").status, 200);
+    }
+    let store = &p.state.store;
+    let (bytes, entries) = (store.bytes(), store.len());
+    assert!(bytes <= 1 << 20, "{bytes} bytes held");
+    assert!(entries > 100 && entries < 3000, "{entries} resources held");
+    assert!(store.evictions().0 > 0, "evictions by size are counted");
+    let metrics = p.state.metrics.render(precond::telemetry::StoreGauges {
+        entries,
+        bytes,
+        evicted_size: store.evictions().0,
+        evicted_expired: 0,
+    });
+    assert!(metrics.contains("precond_store_evictions_total{cause=\"size\"}"));
+}

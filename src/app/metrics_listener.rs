@@ -11,7 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, StoreGauges};
 
 /// Serves [`Metrics::render`] on every path.
 pub(super) struct MetricsApp {
@@ -24,7 +24,14 @@ pub(super) struct MetricsApp {
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, _session: &mut ServerSession) -> Response<Vec<u8>> {
-        let body = self.metrics.render(self.store.len()).into_bytes();
+        let (evicted_size, evicted_expired) = self.store.evictions();
+        let gauges = StoreGauges {
+            entries: self.store.len(),
+            bytes: self.store.bytes(),
+            evicted_size,
+            evicted_expired,
+        };
+        let body = self.metrics.render(gauges).into_bytes();
         Response::builder()
             .status(200)
             .header("Content-Type", "text/plain; version=0.0.4")

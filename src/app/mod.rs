@@ -50,7 +50,11 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
     server.bootstrap();
 
     let config = Arc::new(config);
-    let store = Arc::new(Store::new(config.store.capacity, config.store.ttl));
+    let store = Arc::new(Store::bounded(
+        config.store.capacity,
+        config.store.max_bytes,
+        config.store.ttl,
+    ));
     let metrics = Arc::new(Metrics::default());
     let keys = secret::load(&config.secret)?;
     let proxy = Precond::new(config.clone(), store.clone(), metrics.clone(), keys)?;

@@ -82,6 +82,22 @@ pub(super) struct RawStore {
     pub(super) ttl: Spanned<String>,
     #[serde(default = "default_max_key_bytes")]
     pub(super) max_key_bytes: Spanned<i64>,
+    #[serde(default = "default_max_bytes")]
+    pub(super) max_bytes: Spanned<RawSize>,
+}
+
+/// A size: a number of bytes, or a string such as `"64MiB"`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// `store.max_bytes`: sized for a small sidecar (about 60,000 resources of one caller with short
+/// tags).
+pub(super) fn default_max_bytes() -> Spanned<RawSize> {
+    unspanned(RawSize::Text("64MiB".into()))
 }
 
 /// `store.max_key_bytes`: longer keys (host, path and query) are forwarded and never learned.
@@ -95,6 +111,7 @@ impl Default for RawStore {
             capacity: default_capacity(),
             ttl: default_ttl(),
             max_key_bytes: default_max_key_bytes(),
+            max_bytes: default_max_bytes(),
         }
     }
 }

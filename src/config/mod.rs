@@ -78,6 +78,29 @@ upstream = "api"
     }
 
     #[test]
+    fn sizes_are_bytes_or_strings_with_a_unit() {
+        for (v, want) in [
+            ("268435456", Some(268_435_456)),
+            ("\"256MiB\"", Some(256 << 20)),
+            ("\"1 GB\"", Some(1_000_000_000)),
+            ("\"2048KiB\"", Some(2 << 20)),
+            ("\"10 parsecs\"", None),
+            ("\"1KiB\"", None),
+            ("-5", None),
+        ] {
+            let text = format!("[store]\nmax_bytes = {v}\n{MINIMAL}");
+            match (parse(&text), want) {
+                (Ok(c), Some(n)) => assert_eq!(c.store.max_bytes, n, "{v}"),
+                (Err(e), None) => {
+                    assert!(e.message.contains("store.max_bytes"), "{v}: {e}");
+                    assert_eq!(e.position.map(|p| p.0), Some(2), "{v}: {e}");
+                }
+                (r, _) => panic!("{v}: {r:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn undefined_upstream_names_the_line() {
         let text = MINIMAL.replace("upstream = \"api\"", "upstream = \"apx\"");
         let e = parse(&text).unwrap_err();

@@ -60,6 +60,9 @@ pub struct StoreSettings {
     /// Longest resource key (host, path and query) learned; longer ones are forwarded untouched
     /// on guard routes, and their writes refused (414) on enforce routes.
     pub max_key_bytes: usize,
+    /// Most bytes of learned state (keys, tags, stored header fields, and a fixed estimate of
+    /// each record's and partition's structures).
+    pub max_bytes: u64,
 }
 
 /// What edge answers carry.

@@ -13,7 +13,26 @@ use toml::Spanned;
 
 use std::fmt;
 
-use super::file::{self, RawFile, RawPolicy, RawRoute};
+use super::file::{self, RawFile, RawPolicy, RawRoute, RawSize};
+
+/// `"256MiB"`, `"1 GB"`, `"4096"`: a size in bytes (`None` when malformed or too large).
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
 use super::settings::{
     strip_port, Config, EdgeSettings, EnforceSettings, FenceSettings, LogSettings, Mode, Policy,
     Route, SecretSource, ServerSettings, StoreSettings, Upstream,
@@ -75,6 +94,24 @@ impl Validator<'_> {
             )
         })?;
         Ok(d)
+    }
+
+    /// A size of at least `min` bytes: an integer, or a number with a unit (`B`, `KB`, `KiB`,
+    /// `MB`, `MiB`, `GB`, `GiB`; decimal units are powers of 1000).
+    fn size(&self, v: &Spanned<RawSize>, what: &str, min: u64) -> Result<u64, ConfigError> {
+        let bad = |why: String| self.err(v.span(), format!("{what}: {why}"));
+        let n = match v.get_ref() {
+            RawSize::Bytes(n) => u64::try_from(*n).map_err(|_| bad(format!("{n} is negative")))?,
+            RawSize::Text(t) => parse_size(t).ok_or_else(|| {
+                bad(format!(
+                    "{t:?} is not a size; write e.g. 268435456, \"256MiB\" or \"1GB\""
+                ))
+            })?,
+        };
+        if n < min {
+            return Err(bad(format!("{n} bytes is less than the minimum, {min}")));
+        }
+        Ok(n)
     }
 
     fn positive(&self, v: &Spanned<i64>, what: &str, max: i64) -> Result<u64, ConfigError> {
@@ -248,6 +285,7 @@ impl Validator<'_> {
                 }
                 n as usize
             },
+            max_bytes: self.size(&raw.store.max_bytes, "store.max_bytes", 1 << 20)?,
         };
         let edge = EdgeSettings {
             disclose_validators: raw.edge.disclose_validators,

@@ -98,6 +98,19 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Heap bytes this state holds beyond its own struct: tags and stored header fields.
+    pub fn heap_bytes(&self) -> usize {
+        let tags = |v: &[Tag]| v.iter().map(|t| t.opaque.len() + 24).sum::<usize>();
+        let meta = self.meta.as_ref().map_or(0, |m| {
+            m.iter().flatten().map(|v| v.len() + 16).sum::<usize>() + std::mem::size_of::<Meta>()
+        });
+        tags(self.current.as_deref().unwrap_or_default())
+            + tags(&self.replaced)
+            + self.replaced_at.len() * 8
+            + self.alias.as_ref().map_or(0, |t| t.opaque.len() + 24)
+            + meta
+    }
+
     /// A state that knows nothing.
     pub fn blank() -> Entry {
         Entry {

@@ -29,6 +29,12 @@ pub fn slot_hash(resource: u64, who: Principal) -> u64 {
     resource ^ who.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
 }
 
+/// Bytes counted per record beyond its key and partitions: the record (with its `Arc`), moka's
+/// entry for it (about 320 B measured, see `benches/memory.rs`) and the hash-map slots.
+pub const RECORD_OVERHEAD: usize = 512;
+/// Bytes counted per partition beyond its tags: the entry, its index slot and summary.
+pub const PART_OVERHEAD: usize = 256;
+
 /// What the store holds per resource: its key (to verify a hash match), its learned state, and
 /// when it was learned (the fast path checks the TTL itself: moka expires entries lazily).
 #[derive(Debug)]
@@ -51,6 +57,19 @@ impl Record {
             read_since: AtomicU64::new(0),
             parts,
         }
+    }
+
+    /// What the record weighs against `store.max_bytes`: its key, every partition's state (with
+    /// its index slot), and a fixed share for the record's own structures and moka's entry.
+    pub fn weight(&self) -> usize {
+        RECORD_OVERHEAD
+            + self.key.len()
+            + self
+                .parts
+                .parts
+                .iter()
+                .map(|p| PART_OVERHEAD + p.entry.heap_bytes())
+                .sum::<usize>()
     }
 
     /// The state of `who`'s partition, if the record has one.

@@ -65,12 +65,24 @@ pub struct Store {
     prints: Prints,
     ttl: Duration,
     seq: AtomicU64,
+    /// Records removed by the bounds: `[size, expired]`.
+    evicted: Arc<[AtomicU64; 2]>,
 }
 
 impl Store {
     /// A store holding at most `capacity` resources, each forgotten `ttl` after it was last
     /// learned.
     pub fn new(capacity: u64, ttl: Duration) -> Store {
+        Store::bounded(capacity, u64::MAX, ttl)
+    }
+
+    /// A store holding at most `capacity` resources and `max_bytes` (as [`Record::weight`]
+    /// counts them), each forgotten `ttl` after it was last learned. Every record weighs at
+    /// least `max_bytes / capacity`, so that both bounds hold with one moka weigher.
+    pub fn bounded(capacity: u64, max_bytes: u64, ttl: Duration) -> Store {
+        let capacity = capacity.max(1);
+        let floor = (max_bytes / capacity).clamp(1, u64::from(u32::MAX));
+        let max_weight = max_bytes.min(floor.saturating_mul(capacity));
         let index: Arc<Index> = Arc::new(
             papaya::HashMap::builder()
                 .hasher(std::hash::BuildHasherDefault::default())
@@ -79,11 +91,22 @@ impl Store {
         let evict_from = index.clone();
         let removed: Arc<[AtomicU64]> = (0..REMOVED_SLOTS).map(|_| AtomicU64::new(0)).collect();
         let watermark = removed.clone();
+        let evicted: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let counted = evicted.clone();
         let cache = moka::sync::Cache::builder()
-            .max_capacity(capacity)
+            .max_capacity(max_weight)
+            .weigher(move |_: &u64, record: &Arc<Record>| {
+                (record.weight() as u64).clamp(floor, u64::from(u32::MAX)) as u32
+            })
             .time_to_live(ttl)
             .eviction_listener(move |hash: Arc<u64>, record: Arc<Record>, cause| {
-                if cause != moka::notification::RemovalCause::Replaced {
+                use moka::notification::RemovalCause;
+                match cause {
+                    RemovalCause::Size => counted[0].fetch_add(1, Ordering::Relaxed),
+                    RemovalCause::Expired => counted[1].fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+                if cause != RemovalCause::Replaced {
                     // Remove, then read the record's stamps: a confirming read that bumps
                     // `read_since` and then still finds the slot is seen here (the fences pair
                     // with the one in `learn`); one that finds it gone writes a new record.
@@ -107,7 +130,22 @@ impl Store {
             prints: Prints::with_seed(rand_seed(2)),
             ttl,
             seq: AtomicU64::new(1),
+            evicted,
         }
+    }
+
+    /// Bytes held, as [`Record::weight`] counts them (after pending evictions are applied).
+    pub fn bytes(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+
+    /// Records removed because a bound was reached, and because they expired.
+    pub fn evictions(&self) -> (u64, u64) {
+        (
+            self.evicted[0].load(Ordering::Relaxed),
+            self.evicted[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Takes a ticket for a request that is starting. Tickets are unique and increasing, so two

@@ -22,6 +22,19 @@ const fn index(field: Field, reason: Reason) -> usize {
     field.index() * REASONS + reason.index()
 }
 
+/// What the store reports (handed over by the app: telemetry does not import the store).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreGauges {
+    /// Resources held.
+    pub entries: u64,
+    /// Bytes held, as `store.max_bytes` counts them.
+    pub bytes: u64,
+    /// Resources dropped because a bound was reached.
+    pub evicted_size: u64,
+    /// Resources dropped because they expired.
+    pub evicted_expired: u64,
+}
+
 /// Process-wide counters.
 pub struct Metrics {
     /// Requests forwarded to an upstream.
@@ -91,7 +104,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format.
-    pub fn render(&self, store_entries: u64) -> String {
+    pub fn render(&self, store: StoreGauges) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -192,7 +205,18 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP precond_store_entries Resources in the validator store.\n# TYPE precond_store_entries gauge\nprecond_store_entries {store_entries}"
+            "# HELP precond_store_entries Resources in the validator store.\n# TYPE precond_store_entries gauge\nprecond_store_entries {}",
+            store.entries
+        );
+        let _ = writeln!(
+            out,
+            "# HELP precond_store_bytes Bytes of learned state, as store.max_bytes counts them.\n# TYPE precond_store_bytes gauge\nprecond_store_bytes {}",
+            store.bytes
+        );
+        let _ = writeln!(
+            out,
+            "# HELP precond_store_evictions_total Resources the store dropped: size (a bound was reached), expired (store.ttl).\n# TYPE precond_store_evictions_total counter\nprecond_store_evictions_total{{cause=\"size\"}} {}\nprecond_store_evictions_total{{cause=\"expired\"}} {}",
+            store.evicted_size, store.evicted_expired
         );
         out
     }
@@ -215,7 +239,7 @@ mod tests {
             }
         }
         assert_eq!(n, m.rejected.len(), "one slot per pair, none unused");
-        let text = m.render(0);
+        let text = m.render(StoreGauges::default());
         for f in Field::ALL {
             for r in Reason::ALL {
                 let line = format!(

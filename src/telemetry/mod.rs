@@ -9,5 +9,5 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod redact;
 
-pub use metrics::Metrics;
+pub use metrics::{Metrics, StoreGauges};
 pub use ratelimit::RateLimit;
