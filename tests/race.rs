@@ -487,3 +487,66 @@ fn waiters_released_by_a_5xx_race_each_other_at_the_origin() {
         max_in_flight.load(Ordering::SeqCst)
     );
 }
+
+/// After the resource's state became unknown (here: a write answered 503), conditional writes
+/// naming different tags go to the origin one at a time (single-flight, `uncertain_wait`): the
+/// first one's answer makes the state known again, and the others are decided at the edge.
+#[test]
+fn while_the_state_is_unknown_one_conditional_write_goes_at_a_time() {
+    let version = Arc::new(AtomicU64::new(1));
+    let writes = Arc::new(AtomicU64::new(0));
+    let (v2, w2) = (version.clone(), writes.clone());
+    let o = ScriptedOrigin::start(move |req| {
+        let (version, writes) = (v2.clone(), w2.clone());
+        async move {
+            let tag = |v: u64| vec![("etag", format!("\"v{v}\""))];
+            if req.method == "GET" {
+                return (200, tag(version.load(Ordering::SeqCst)), "{}".into());
+            }
+            writes.fetch_add(1, Ordering::SeqCst);
+            if req.headers.get("x-step").map(String::as_str) == Some("fail") {
+                return (503, vec![], "{}".into());
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+            (200, tag(v), "{}".into())
+        }
+    });
+    let p = proxy(&guard_config("mismatch"), o.addr);
+    assert_eq!(request(p.addr, "GET", "/r", &[], "").etag(), "\"v1\"");
+    assert_eq!(
+        request(p.addr, "PUT", "/r", &[("If-Match", "\"v1\"")], "{}").status,
+        200
+    );
+    // The state becomes unknown: the origin answered a write 503.
+    let r = request(
+        p.addr,
+        "PUT",
+        "/r",
+        &[("If-Match", "\"v2\""), ("X-Step", "fail")],
+        "{}",
+    );
+    assert_eq!(r.status, 503);
+    let before = writes.load(Ordering::SeqCst);
+    // Five writes naming five tags the edge cannot judge (the current one is unknown).
+    let all: Vec<_> = (0..5)
+        .map(|i| {
+            let addr = p.addr;
+            thread::spawn(move || {
+                let tag = format!("\"x{i}\"");
+                request(addr, "PUT", "/r", &[("If-Match", &tag)], "{}").status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = all.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        writes.load(Ordering::SeqCst) - before,
+        1,
+        "one write went to the origin; its answer decided the others: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 412).count(),
+        4,
+        "{statuses:?}"
+    );
+}

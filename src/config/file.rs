@@ -205,6 +205,7 @@ pub(super) struct RawRoute {
     pub(super) policy: Option<Spanned<RawPolicy>>,
     pub(super) fence_wait: Option<Spanned<String>>,
     pub(super) fence_waiters: Option<Spanned<i64>>,
+    pub(super) uncertain_wait: Option<Spanned<String>>,
     pub(super) probe: Option<Spanned<Probe>>,
     pub(super) require: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) write_wait: Option<Spanned<String>>,
@@ -259,6 +260,10 @@ pub(super) fn default_policy() -> RawPolicy {
 /// that a stuck write does not stall its followers for long.
 pub(super) fn default_fence_wait() -> Spanned<String> {
     unspanned("3s".into())
+}
+/// `uncertain_wait` (guard routes): about one origin round trip of a slow write.
+pub(super) fn default_uncertain_wait() -> Spanned<String> {
+    unspanned("1s".into())
 }
 /// `fence_waiters` (guard routes).
 pub(super) fn default_fence_waiters() -> Spanned<i64> {

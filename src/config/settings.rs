@@ -174,6 +174,9 @@ pub struct FenceSettings {
     pub wait: Duration,
     /// Most writes waiting at one fence; more are forwarded without waiting.
     pub waiters: usize,
+    /// While a resource's current state is unknown, how long conditional writes wait for the
+    /// one write in flight (single-flight); zero turns it off.
+    pub uncertain_wait: Duration,
 }
 
 /// One route.

@@ -216,6 +216,10 @@ impl Validator<'_> {
         for (key, span) in [
             ("fence_wait", r.fence_wait.as_ref().map(Spanned::span)),
             ("fence_waiters", r.fence_waiters.as_ref().map(Spanned::span)),
+            (
+                "uncertain_wait",
+                r.uncertain_wait.as_ref().map(Spanned::span),
+            ),
         ] {
             match span {
                 Some(span) if mode != Mode::Guard => {
@@ -239,7 +243,19 @@ impl Validator<'_> {
                 "route.fence_wait must be at most 60s: a write waits that long for another one",
             ));
         }
+        let uncertain = r
+            .uncertain_wait
+            .clone()
+            .unwrap_or_else(file::default_uncertain_wait);
+        let uncertain_wait = self.duration(&uncertain, "route.uncertain_wait")?;
+        if uncertain_wait > Duration::from_secs(60) {
+            return Err(self.err(
+                uncertain.span(),
+                "route.uncertain_wait must be at most 60s: a write waits that long for another one",
+            ));
+        }
         Ok(FenceSettings {
+            uncertain_wait,
             wait: wait_d,
             waiters: self.positive(&waiters, "route.fence_waiters", 4096)? as usize,
         })

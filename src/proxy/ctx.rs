@@ -27,9 +27,9 @@ pub struct Ctx {
     pub(crate) write_lock: Option<KeyGuard<OwnedKey>>,
     /// `enforce`: when the body of the write holding the lock must have arrived.
     pub(crate) body_deadline: Option<std::time::Instant>,
-    /// `guard`: the write's place at its in-flight fence, released once the origin's answer has
-    /// been learned (or the exchange ended without one).
-    pub(crate) fence: Option<Hold>,
+    /// `guard`: the write's places at its fence and single-flight gate, released once the
+    /// origin's answer has been learned (or the exchange ended without one).
+    pub(crate) fence: Vec<Hold>,
     /// `enforce`: the preconditions were evaluated against synthesised tags; remove
     /// `If-Match`/`If-None-Match` before forwarding (the origin never issued those tags).
     pub(crate) strip_tags: bool,
@@ -48,7 +48,7 @@ impl Ctx {
             learned: false,
             write_lock: None,
             body_deadline: None,
-            fence: None,
+            fence: Vec::new(),
             strip_tags: false,
         }
     }

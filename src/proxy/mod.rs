@@ -246,7 +246,7 @@ impl ProxyHttp for Precond {
         // The origin's answer is in the store: the next write to this resource (enforce), or
         // naming the same tag (guard's fence), may go.
         ctx.write_lock = None;
-        if let Some(mut hold) = ctx.fence.take() {
+        for mut hold in ctx.fence.drain(..) {
             hold.answered(ctx.method, resp.status.as_u16(), obs.etag);
         }
         self.s.metrics.learned.fetch_add(1, Relaxed);

@@ -1,5 +1,8 @@
 //! The in-flight write fence of `guard` routes: a write naming the tag of a write still in flight
-//! waits for that write's answer instead of racing it.
+//! waits for that write's answer instead of racing it; and, while a resource's current tag is
+//! unknown, every conditional write waits for the one in flight ([`Gate::Uncertain`],
+//! single-flight), so that the edge converges instead of forwarding a stream of writes it cannot
+//! judge.
 //!
 //! Owns: [`Fences`] (one fair lock per resource, partition and tag, see [`super::super::locks`]),
 //! [`Hold`] (a forwarded write's place at the fence, kept in the request's context until its
@@ -8,7 +11,8 @@
 //! Invariants:
 //! - Only writes whose `If-Match` names exactly one entity-tag are fenced, keyed by resource,
 //!   the caller's knowledge partition and the tag: reads, writes without a precondition, and
-//!   writes naming other tags never wait here.
+//!   writes naming other tags never wait at the fence. Single-flight is keyed by resource and
+//!   partition, and entered after the fence (never the other way round: no waiting cycle).
 //! - The fence changes *when* a write is decided, never *how*: a write that passed the fence is
 //!   decided again by the store on the same rules as any write, and refused only if the store
 //!   proves its precondition false. The holder's answer reaches the store as any answer does; the
@@ -84,6 +88,16 @@ impl Default for Fences {
     }
 }
 
+/// What a write waits behind.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Gate<'a> {
+    /// Writes naming this one tag (`If-Match`'s only member: weakness, opaque bytes).
+    Tag(bool, &'a [u8]),
+    /// Every conditional write to the resource, while its current state is unknown
+    /// (single-flight: one goes to the origin, the others are decided on its answer).
+    Uncertain,
+}
+
 impl Fences {
     /// Waits at most `wait` (and not at all past `max_waiters`) for the fence of `tag` on `key`
     /// in `who`'s partition (`on_wait` is called if it has to wait). On success, the hold, what its previous holder learned, and whether
@@ -92,7 +106,7 @@ impl Fences {
         &self,
         key: &OwnedKey,
         who: Principal,
-        tag: (bool, &[u8]),
+        gate: Gate<'_>,
         wait: Duration,
         max_waiters: usize,
         on_wait: impl FnOnce(),
@@ -100,7 +114,19 @@ impl Fences {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
         who.hash(&mut h);
-        tag.1.hash(&mut h);
+        let tag = match gate {
+            Gate::Tag(weak, opaque) => {
+                h.write_u8(1);
+                opaque.hash(&mut h);
+                (weak, opaque)
+            }
+            // The holder's answer is compared with no tag: any completed write with a tag
+            // counts as having replaced what was there.
+            Gate::Uncertain => {
+                h.write_u8(2);
+                (false, &[][..])
+            }
+        };
         let id = h.finish();
         let guard = self
             .locks
@@ -202,7 +228,7 @@ mod tests {
                     f.enter(
                         &key(),
                         Principal(1),
-                        (false, b"a"),
+                        Gate::Tag(false, b"a"),
                         Duration::from_secs(5),
                         8,
                         || {},
@@ -231,7 +257,7 @@ mod tests {
             .enter(
                 &key(),
                 Principal(1),
-                (false, b"a"),
+                Gate::Tag(false, b"a"),
                 Duration::from_secs(1),
                 8,
                 || {},
@@ -246,7 +272,7 @@ mod tests {
                 .enter(
                     &key(),
                     who,
-                    (false, tag),
+                    Gate::Tag(false, tag),
                     Duration::from_millis(10),
                     8,
                     || {},
@@ -259,7 +285,7 @@ mod tests {
             f.enter(
                 &key(),
                 Principal(1),
-                (true, b"a"),
+                Gate::Tag(true, b"a"),
                 Duration::from_secs(5),
                 8,
                 || {},

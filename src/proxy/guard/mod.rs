@@ -35,7 +35,7 @@ use super::ctx::Ctx;
 use super::headers::conditional;
 use super::locks::NotTaken;
 use super::shared::Shared;
-use fence::Last;
+use fence::{Gate, Last};
 
 /// At most one log line per route and period about writes forwarded past the fence.
 const FENCE_WARNING_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
@@ -51,67 +51,35 @@ pub(crate) async fn request(
     let req = session.req_header();
     let cond = conditional(&req.headers, ctx.method);
     if ctx.method.is_write() && cond.has_any() {
-        let decide = || guard_decision(&s.store, &key.as_key(), ctx.principal, &cond, route.policy);
+        let who = ctx.principal;
+        let decide = || guard_decision(&s.store, &key.as_key(), who, &cond, route.policy);
         let mut refused = match decide() {
             Decision::PreconditionFailed(failure) => Some(failure),
             _ => None,
         };
-        let fenced = fence::single_tag(cond.if_match)
-            .filter(|_| refused.is_none() && !route.fence.wait.is_zero());
-        if let Some(tag) = fenced {
-            match s
-                .fences
-                .enter(
-                    &key,
-                    ctx.principal,
-                    tag,
-                    route.fence.wait,
-                    route.fence.waiters,
-                    || {
-                        s.metrics.fence_waits.fetch_add(1, Relaxed);
-                    },
-                )
-                .await
-            {
-                Ok((mut hold, last, waited)) => {
-                    // Decided again once in: the write the fence was for may have been learned
-                    // between the first decision and now. The store decides on its usual rules.
-                    match decide() {
-                        Decision::PreconditionFailed(failure) => {
-                            if waited && last == Last::Replaced {
-                                s.metrics.fence_refused.fetch_add(1, Relaxed);
-                            }
-                            refused = Some(failure);
-                        }
-                        // The write before kept the tag current: nothing more is to be learned
-                        // by waiting for this one. It goes, and lets the next waiter go.
-                        _ if last == Last::Kept => drop(hold),
-                        _ => {
-                            hold.forwarding();
-                            ctx.fence = Some(hold);
-                        }
-                    }
-                }
-                Err(why) => {
-                    let (counter, cause) = match why {
-                        NotTaken::TimedOut => (&s.metrics.fence_timeouts, "fence_wait elapsed"),
-                        NotTaken::Full => (&s.metrics.fence_full, "fence_waiters reached"),
-                    };
-                    counter.fetch_add(1, Relaxed);
-                    // Counted every time; logged at most once a second per route (a client
-                    // can cause these).
-                    if s.fence_warned[ctx.route.unwrap_or_default()].ready(FENCE_WARNING_PERIOD) {
-                        warn!(
-                            decision = "forward",
-                            method = %Shown(req.method.as_str()),
-                            path = %Shown(req.uri.path()),
-                            cause,
-                            "conditional write forwarded without waiting for the write in flight \
-                             (counted in precond_fence_bypassed_total; logged once a second)"
-                        );
-                    }
-                }
+        // Writes naming one tag wait for the write in flight naming it (the fence); then, while
+        // the resource's current tag is unknown to this caller's partition after tags were seen
+        // (writes overlapped, an exchange broke, a 5xx), one conditional write at a time goes to
+        // the origin and the others wait for its answer (single-flight). Always in this order,
+        // so that nobody holding the second waits for the first.
+        let mut gated = false;
+        if let (None, Some((weak, opaque))) = (&refused, fence::single_tag(cond.if_match)) {
+            if !route.fence.wait.is_zero() {
+                gated = true;
+                refused = pass(s, ctx, &key, Gate::Tag(weak, opaque), route, &decide).await;
             }
+        }
+        let uncertain = || {
+            !route.fence.uncertain_wait.is_zero()
+                && s.store
+                    .get(&key.as_key(), who)
+                    .is_some_and(|e| e.current.is_none() && !e.replaced.is_empty())
+        };
+        if refused.is_none() && uncertain() {
+            gated = true;
+            refused = pass(s, ctx, &key, Gate::Uncertain, route, &decide).await;
+        }
+        if gated {
             // Writes learned while this one waited were answered before it is sent: its ticket
             // is taken now, so that its answer is not mistaken for an overlapping write's.
             ctx.ticket = Some(s.store.ticket());
@@ -129,6 +97,72 @@ pub(crate) async fn request(
     }
     ctx.key = Some(key);
     Ok(false)
+}
+
+/// Takes the write's place at `gate` (bounded wait), then decides it again: a refusal, or `None`
+/// with the hold kept in the context (released once the write's answer has been learned).
+async fn pass(
+    s: &Shared,
+    ctx: &mut Ctx,
+    key: &OwnedKey,
+    gate: Gate<'_>,
+    route: &Route,
+    decide: &impl Fn() -> Decision,
+) -> Option<Failure> {
+    let wait = match gate {
+        Gate::Tag(..) => route.fence.wait,
+        Gate::Uncertain => route.fence.uncertain_wait,
+    };
+    let on_wait = || {
+        s.metrics.fence_waits.fetch_add(1, Relaxed);
+    };
+    match s
+        .fences
+        .enter(key, ctx.principal, gate, wait, route.fence.waiters, on_wait)
+        .await
+    {
+        Ok((mut hold, last, waited)) => match decide() {
+            // Decided again once in: the write it waited for (or one learned between the first
+            // decision and now) may have changed what the store proves.
+            Decision::PreconditionFailed(failure) => {
+                if waited && last == Last::Replaced {
+                    s.metrics.fence_refused.fetch_add(1, Relaxed);
+                }
+                Some(failure)
+            }
+            // The write before kept the tag current: nothing more is to be learned by waiting
+            // for this one. It goes, and lets the next waiter go.
+            _ if last == Last::Kept => None,
+            _ => {
+                hold.forwarding();
+                ctx.fence.push(hold);
+                None
+            }
+        },
+        Err(why) => {
+            let (counter, cause) = match why {
+                NotTaken::TimedOut => (&s.metrics.fence_timeouts, "the wait elapsed"),
+                NotTaken::Full => (&s.metrics.fence_full, "fence_waiters reached"),
+            };
+            counter.fetch_add(1, Relaxed);
+            // Counted every time; logged at most once a second per route (a client can cause
+            // these).
+            if s.fence_warned[ctx.route.unwrap_or_default()].ready(FENCE_WARNING_PERIOD) {
+                let gate = match gate {
+                    Gate::Tag(..) => "fence_wait",
+                    Gate::Uncertain => "uncertain_wait",
+                };
+                warn!(
+                    decision = "forward",
+                    gate,
+                    cause,
+                    "conditional write forwarded without waiting for the write in flight \
+                     (counted in precond_fence_bypassed_total; logged once a second)"
+                );
+            }
+            None
+        }
+    }
 }
 
 /// Answers the edge 412, with what the caller's own partition holds: validators the origin
