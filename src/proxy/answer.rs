@@ -345,7 +345,12 @@ pub(crate) async fn proxy_failed(s: &Shared, session: &mut Session, e: &Error) -
             .upstream_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    if code > 0 && session.response_written().is_none() {
+    // An interim answer (1xx) relayed before the failure is not an answer: the client still
+    // gets a final one.
+    let answered = session
+        .response_written()
+        .is_some_and(|h| !h.status.is_informational());
+    if code > 0 && !answered {
         let (title, detail) = error_problem(code, e);
         let body = Bytes::from(problem::simple(code, title, &detail));
         let mut resp = pingora::protocols::http::ServerSession::generate_error(code);

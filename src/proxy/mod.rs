@@ -64,6 +64,25 @@ pub struct Precond {
 }
 
 impl Precond {
+    /// A forwarded write whose answer was not learned (the exchange broke) may or may not have
+    /// been applied: the store forgets what it believed of the resource. Once per request;
+    /// `true` when it did.
+    fn forget_if_broken(&self, ctx: &mut Ctx) -> bool {
+        let (Some(key), Some(ticket)) = (ctx.key.as_ref(), ctx.ticket) else {
+            return false;
+        };
+        if !(ctx.forwarded && !ctx.learned && ctx.method.changes_state()) {
+            return false;
+        }
+        let obs = Observation {
+            principal: ctx.principal,
+            ..Observation::broken(ctx.method)
+        };
+        self.s.store.learn(&key.as_key(), ticket, &obs);
+        ctx.learned = true;
+        true
+    }
+
     /// Builds the proxy for a validated configuration.
     pub fn new(
         config: Arc<Config>,
@@ -291,7 +310,16 @@ impl ProxyHttp for Precond {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // Forgotten before the client hears of the failure: its next request must not be
+        // decided on what the broken write may have changed.
+        if self.forget_if_broken(ctx) {
+            warn!(
+                path = %self.s.shown_target(session.req_header()),
+                error = %Shown(&e.to_string()),
+                "write outcome unknown: validators forgotten"
+            );
+        }
         FailToProxy {
             error_code: answer::proxy_failed(&self.s, session, e).await,
             can_reuse_downstream: false,
@@ -299,16 +327,7 @@ impl ProxyHttp for Precond {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let (Some(key), Some(ticket)) = (ctx.key.as_ref(), ctx.ticket) else {
-            return;
-        };
-        if ctx.forwarded && !ctx.learned && ctx.method.changes_state() {
-            // The write may or may not have been applied: forget what we believed.
-            let obs = Observation {
-                principal: ctx.principal,
-                ..Observation::broken(ctx.method)
-            };
-            self.s.store.learn(&key.as_key(), ticket, &obs);
+        if self.forget_if_broken(ctx) {
             warn!(
                 path = %self.s.shown_target(session.req_header()),
                 error = %e.map(|e| Shown(&e.to_string()).to_string()).unwrap_or_default(),

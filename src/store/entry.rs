@@ -18,7 +18,7 @@ use crate::precondition::{EntityTag, Existence, Knowledge};
 pub const INFERRED: u64 = u64::MAX;
 
 /// Most tags remembered as replaced per resource.
-pub const MAX_REPLACED: usize = 8;
+pub const MAX_REPLACED: usize = 16;
 /// Most tags held as current at once (several only with `Vary`).
 pub const MAX_CURRENT: usize = 4;
 

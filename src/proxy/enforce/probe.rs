@@ -102,13 +102,33 @@ async fn fetch_once(
     req: &RequestHeader,
     limit: usize,
 ) -> Result<Fetched> {
+    // Whatever fails here failed on the way to or from the origin: an upstream error (a
+    // timeout is a 504, anything else a 502).
+    fetch_from(connector, peer, req, limit)
+        .await
+        .map_err(|e| e.into_up())
+}
+
+async fn fetch_from(
+    connector: &Connector,
+    peer: &HttpPeer,
+    req: &RequestHeader,
+    limit: usize,
+) -> Result<Fetched> {
     let (mut s, reused) = connector.get_http_session(peer).await?;
     s.set_read_timeout(peer.options.read_timeout);
     s.set_write_timeout(peer.options.write_timeout);
-    let sent = async {
+    let sent: Result<()> = async {
         s.write_request_header(Box::new(req.clone())).await?;
         s.finish_request_body().await?;
-        s.read_response_header().await
+        // Interim answers (103 Early Hints, 100 Continue) come before the final one.
+        loop {
+            s.read_response_header().await?;
+            match s.response_header().map(|h| h.status.as_u16()) {
+                Some(100..=199) => continue,
+                _ => return Ok(()),
+            }
+        }
     }
     .await;
     if let Err(mut e) = sent {
