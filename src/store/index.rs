@@ -30,10 +30,12 @@ pub fn slot_hash(resource: u64, who: Principal) -> u64 {
 }
 
 /// Bytes counted per record beyond its key and partitions: the record (with its `Arc`), moka's
-/// entry for it (about 320 B measured, see `benches/memory.rs`) and the hash-map slots.
-pub const RECORD_OVERHEAD: usize = 512;
+/// entry and its bookkeeping, the hash-map slots and allocator slack. Measured with
+/// `benches/flood` (a learned resource with a short key and one tag costs about 1,900 resident
+/// bytes), so that `store.max_bytes` bounds resident memory, not just the data.
+pub const RECORD_OVERHEAD: usize = 1280;
 /// Bytes counted per partition beyond its tags: the entry, its index slot and summary.
-pub const PART_OVERHEAD: usize = 256;
+pub const PART_OVERHEAD: usize = 512;
 
 /// What the store holds per resource: its key (to verify a hash match), its learned state, and
 /// when it was learned (the fast path checks the TTL itself: moka expires entries lazily).

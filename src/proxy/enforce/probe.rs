@@ -256,9 +256,17 @@ pub(super) async fn fetch_and_learn(
     let peer = s.upstreams.peer_for(route.upstream)?;
     let req = probe_request(session, head, route.trust_forwarded)?;
     // The ticket is taken when the fetch starts: a write that completes while the fetch is in
-    // flight makes its answer unteachable (store race rule).
-    let ticket = s.store.ticket();
+    // flight makes its answer unteachable (store race rule). A probe made under the resource's
+    // write lock takes it when the answer is in: no write to the resource can be in flight
+    // through this instance, so the answer is as new as anything learned of it (and writes or
+    // evictions of other resources sharing its removal watermark do not make it unteachable).
+    let started = s.store.ticket();
     let fetched = fetch(&s.connector, &peer, &req, route.enforce.synthesize_max_body).await?;
+    let ticket = if ctx.write_lock.is_some() {
+        s.store.ticket()
+    } else {
+        started
+    };
     s.metrics
         .forwarded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
