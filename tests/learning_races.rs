@@ -175,3 +175,44 @@ fn weak_encoding_answer_retires_strong_tag_in_other_partitions_false_412() {
         "false 412 for A"
     );
 }
+
+/// A tag shown current again by an answer marked `no-store` is not refused: forgetting that it
+/// was replaced is not learning it (found by the `decision` fuzz target).
+#[test]
+fn a_revert_under_no_store_is_not_refused() {
+    let s = Store::new(100, Duration::from_secs(600));
+    s.learn(&key(), s.ticket(), &obs(P, Method::Get, 200, Some("\"a\"")));
+    s.learn(
+        &key(),
+        s.ticket(),
+        &named(obs(P, Method::Put, 200, Some("\"b\"")), "\"a\""),
+    );
+    assert!(matches!(
+        put_if_match(&s, P, "\"a\""),
+        Decision::PreconditionFailed(_)
+    ));
+    let revert = Observation {
+        no_store: true,
+        ..named(obs(P, Method::Put, 200, Some("\"a\"")), "\"b\"")
+    };
+    s.learn(&key(), s.ticket(), &revert);
+    assert_eq!(put_if_match(&s, P, "\"a\""), Decision::Proceed);
+    // And a read marked no-store showing it current does the same.
+    let s2 = Store::new(100, Duration::from_secs(600));
+    s2.learn(
+        &key(),
+        s2.ticket(),
+        &obs(P, Method::Get, 200, Some("\"a\"")),
+    );
+    s2.learn(
+        &key(),
+        s2.ticket(),
+        &named(obs(P, Method::Put, 200, Some("\"b\"")), "\"a\""),
+    );
+    let read = Observation {
+        no_store: true,
+        ..obs(P, Method::Get, 200, Some("\"a\""))
+    };
+    s2.learn(&key(), s2.ticket(), &read);
+    assert_eq!(put_if_match(&s2, P, "\"a\""), Decision::Proceed);
+}

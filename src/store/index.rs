@@ -33,7 +33,7 @@ pub fn slot_hash(resource: u64, who: Principal) -> u64 {
 /// entry and its bookkeeping, the hash-map slots and allocator slack. Measured with
 /// `benches/flood` (a learned resource with a short key and one tag costs about 1,900 resident
 /// bytes), so that `store.max_bytes` bounds resident memory, not just the data.
-pub const RECORD_OVERHEAD: usize = 1280;
+pub const RECORD_OVERHEAD: usize = 1536;
 /// Bytes counted per partition beyond its tags: the entry, its index slot and summary.
 pub const PART_OVERHEAD: usize = 512;
 

@@ -160,13 +160,19 @@ pub fn apply(
         return Some(e);
     };
     if obs.method.is_get_or_head() {
-        if obs.no_store {
-            return None;
-        }
         if e.changed_at > ticket.0 || e.current_since > ticket.0 {
             // A write completed while this read was in flight, or a read that started later
             // already answered: this response may show an older representation.
             return None;
+        }
+        if obs.no_store {
+            // Nothing is learned from it, but a tag it shows current is not replaced any more
+            // (forgetting is not learning: a revert under `no-store` must not stay refused).
+            let tag = obs
+                .etag()
+                .filter(|_| matches!(status, 200 | 203 | 206 | 304))?;
+            e.unreplace(&tag, ticket.0);
+            return (old != Some(&e)).then_some(e);
         }
         match status {
             200 | 203 | 206 => {
@@ -350,7 +356,9 @@ pub fn apply(
             // own result, replaced by the other write (learned first): it stays replaced, unless
             // this resource's tags are known to recur. A tag learned replaced before this write
             // started was brought back by it.
-            if let Some(t) = &new_tag {
+            // (`shown`, not `new_tag`: a tag shown current again under `no-store` is forgotten
+            // as replaced all the same.)
+            if let Some(t) = &shown {
                 let revert =
                     !concurrent || e.recurs || e.replaced_when(t).is_some_and(|at| at < ticket.0);
                 if revert {

@@ -34,7 +34,7 @@ use crate::identity::OwnedKey;
 use crate::precondition::date::parse_http_date;
 use crate::precondition::evaluate::has_usable_precondition;
 use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence, Method};
-use crate::store::{Entry, META_HEADERS};
+use crate::store::{Entry, Tag, META_HEADERS};
 use crate::telemetry::redact::Shown;
 
 use super::answer;
@@ -53,6 +53,34 @@ fn decidable(e: &Entry, needs_date: bool) -> bool {
         Existence::Absent => true,
         Existence::Exists => e.current.is_some() && !(needs_date && e.lm_stale),
     }
+}
+
+/// What a probe answered with `status` shows, when the store did not keep it: the state to judge
+/// the write on (a 2xx: the representation and its validators; 404/410: absent).
+fn probed(status: u16, v: &probe::Validators, lm: Option<i64>) -> Option<Entry> {
+    let mut e = Entry::blank();
+    match status {
+        200..=299 => {
+            e.existence = Existence::Exists;
+            let tag = v.tag.as_deref().and_then(EntityTag::parse);
+            e.current = Some(tag.iter().map(Tag::from_ref).collect());
+            e.synthetic = v.synthetic;
+            e.alias = v
+                .alias
+                .as_deref()
+                .and_then(EntityTag::parse)
+                .as_ref()
+                .map(Tag::from_ref);
+            e.current_lm = lm;
+            e.last_modified = lm;
+        }
+        404 | 410 => {
+            e.existence = Existence::Absent;
+            e.current = Some(Vec::new());
+        }
+        _ => return None,
+    }
+    Some(e)
 }
 
 /// The state `evaluate` needs. With several current tags (`Vary`), the latest one is used.
@@ -198,15 +226,18 @@ async fn write(
     // write's place in the store's history starts now, not when it began waiting.
     ctx.ticket = Some(s.store.ticket());
     if has_any || required {
-        let mut entry = s
+        let mut entry: Option<Entry> = s
             .store
             .get(&key.as_key(), ctx.principal)
-            .filter(|e| decidable(e, needs_date));
+            .filter(|e| decidable(e, needs_date))
+            .map(|e| (*e).clone());
         if entry.is_none() {
             let head = settings.probe == Probe::Head;
             match fetch_and_learn(s, session, ctx, route, &key, head).await {
-                Ok((fetched, peer, _)) => {
+                Ok((fetched, peer, v)) => {
                     let status = fetched.header.status.as_u16();
+                    let lm =
+                        header_bytes(&fetched.header, "last-modified").and_then(parse_http_date);
                     fetched.finish(&s.connector, &peer).await;
                     if status >= 500 {
                         ctx.write_lock = None;
@@ -217,15 +248,11 @@ async fn write(
                     entry = s
                         .store
                         .get(&key.as_key(), ctx.principal)
-                        .filter(|e| decidable(e, needs_date));
-                    if entry.is_none() && matches!(status, 200..=299 | 404 | 410) {
-                        // The origin showed the state but it could not be recorded: never
-                        // forward the write unprotected.
-                        ctx.write_lock = None;
-                        return answer::unknown_state(s, session, status)
-                            .await
-                            .map(|()| true);
-                    }
+                        .filter(|e| decidable(e, needs_date))
+                        .map(|e| (*e).clone())
+                        // The store may not have kept it (full, and the newcomer not admitted):
+                        // the write is judged on what the probe just showed all the same.
+                        .or_else(|| probed(status, &v, lm));
                 }
                 Err(e) => {
                     warn!(path = %s.shown_target(session.req_header()), error = %Shown(&e.to_string()), "probe failed");
