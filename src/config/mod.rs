@@ -36,7 +36,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates configuration text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let raw: file::RawFile = toml::from_str(text).map_err(|e| {
-        let message = e.message().trim().to_string();
+        let mut message = e.message().trim().to_string();
+        if message.is_empty() {
+            // The TOML parser names no reason for some syntax errors (a key without a value at
+            // the end of the file, a lone carriage return): say what is expected there.
+            message = "invalid TOML here: expected a value, a line feed or a comment".to_string();
+        }
         ConfigError {
             file: None,
             position: e.span().map(|s| validate::line_col(text, s.start)),
@@ -97,6 +102,19 @@ upstream = "api"
                 }
                 (r, _) => panic!("{v}: {r:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn toml_syntax_errors_always_say_something() {
+        // Found by fuzzing: the TOML parser gives no message for these.
+        for text in [
+            "[store]\nttl = ",
+            "\r[[route]]\nupstream = \"api\"\n",
+            "a = ",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(!e.message.is_empty(), "{text:?}: {e:?}");
         }
     }
 

@@ -67,8 +67,12 @@ where
 /// Parses one HTTP-date in any of the three formats. Surrounding OWS is tolerated.
 pub fn parse_http_date(value: &[u8]) -> Option<Timestamp> {
     let value = trim_ows(value);
-    // An rfc850-date (the only format with `-`) needs the RFC's two-digit-year rule.
-    if !value.contains(&b'-') {
+    // An rfc850-date (the only format with `-`) needs the RFC's two-digit-year rule. `httpdate`
+    // trims every ASCII whitespace (CR, LF, VT, FF): a value it would trim more of than OWS is
+    // left to the grammar, which refuses it.
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let edges_plain = |v: &[u8]| !v.first().is_some_and(space) && !v.last().is_some_and(space);
+    if !value.contains(&b'-') && edges_plain(value) {
         if let Some(t) = std::str::from_utf8(value)
             .ok()
             .and_then(|s| httpdate::parse_http_date(s).ok())
@@ -115,6 +119,23 @@ mod tests {
     use super::*;
 
     const T_1994: Timestamp = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT
+
+    #[test]
+    fn only_ows_is_trimmed_around_a_date() {
+        // Found by fuzzing: `httpdate` trims every ASCII whitespace.
+        for v in [
+            &b"Sun, 06 Nov 1994 08:49:37 GMT\x0b"[..],
+            b"\x0cSun, 06 Nov 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+            b"Sun Nov  6 08:49:37 1994\x0b\x0b",
+        ] {
+            assert_eq!(parse_http_date(v), None, "{v:?}");
+        }
+        assert_eq!(
+            parse_http_date(b" \tSun, 06 Nov 1994 08:49:37 GMT\t "),
+            Some(T_1994)
+        );
+    }
 
     #[test]
     fn rfc9110_5_6_7_all_three_formats_are_accepted() {
