@@ -226,12 +226,15 @@ async fn write(
     // write's place in the store's history starts now, not when it began waiting.
     ctx.ticket = Some(s.store.ticket());
     if has_any || required {
-        let mut entry: Option<Entry> = s
-            .store
-            .get(&key.as_key(), ctx.principal)
-            .filter(|e| decidable(e, needs_date))
-            .map(|e| (*e).clone());
-        if entry.is_none() {
+        let stored = || {
+            s.store
+                .get(&key.as_key(), ctx.principal)
+                .filter(|e| decidable(e, needs_date))
+        };
+        let mut view = stored();
+        // What the probe showed, when the store did not keep it.
+        let mut shown = None;
+        if view.is_none() {
             let head = settings.probe == Probe::Head;
             match fetch_and_learn(s, session, ctx, route, &key, head).await {
                 Ok((fetched, peer, v)) => {
@@ -245,14 +248,12 @@ async fn write(
                             .await
                             .map(|()| true);
                     }
-                    entry = s
-                        .store
-                        .get(&key.as_key(), ctx.principal)
-                        .filter(|e| decidable(e, needs_date))
-                        .map(|e| (*e).clone())
+                    view = stored();
+                    if view.is_none() {
                         // The store may not have kept it (full, and the newcomer not admitted):
                         // the write is judged on what the probe just showed all the same.
-                        .or_else(|| probed(status, &v, lm));
+                        shown = probed(status, &v, lm);
+                    }
                 }
                 Err(e) => {
                     warn!(path = %s.shown_target(session.req_header()), error = %Shown(&e.to_string()), "probe failed");
@@ -261,13 +262,13 @@ async fn write(
                 }
             }
         }
-        match entry {
+        match view.as_deref().or(shown.as_ref()) {
             Some(entry) => {
                 let cond = conditional(&session.req_header().headers, judged);
-                match evaluate(&cond, &current_of(&entry), required) {
+                match evaluate(&cond, &current_of(entry), required) {
                     Decision::PreconditionFailed(f) => {
                         ctx.write_lock = None;
-                        answer::reject(s, session, f, Some(&entry)).await?;
+                        answer::reject(s, session, f, Some(entry)).await?;
                         return Ok(true);
                     }
                     Decision::PreconditionRequired => {
