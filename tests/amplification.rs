@@ -124,6 +124,118 @@ fn a_refused_write_with_a_drained_body_answers_the_pipelined_request_too() {
     );
 }
 
+/// Sends a write of `declared` body bytes (the first `sent` of them, in chunks, as a client
+/// streaming an upload does) and then reads the answer: what a client that writes its whole body
+/// before reading sees. Returns how the upload ended and the answer's head (status line and
+/// headers), or the error that ended the read.
+fn upload_then_read(
+    addr: std::net::SocketAddr,
+    head: &str,
+    sent: usize,
+) -> (std::io::Result<()>, std::io::Result<String>) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut upload = Ok(());
+    let mut left = sent;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if let Err(e) = s.write_all(&chunk[..n]) {
+            upload = Err(e);
+            break;
+        }
+        left -= n;
+    }
+    let mut answer = Vec::new();
+    let read = s.read_to_end(&mut answer).map(|_| {
+        let text = String::from_utf8_lossy(&answer);
+        text.split("\r\n\r\n").next().unwrap_or("").to_string()
+    });
+    (upload, read)
+}
+
+#[test]
+fn a_refused_large_upload_gets_its_412_through_a_lingering_close() {
+    // 32 MiB declared and sent (more than the socket buffers of both ends hold): without a
+    // lingering close precond closes with the body unread, the kernel resets the connection, and
+    // the client's upload fails before it ever reads the 412.
+    let o = demo();
+    let p = proxy(&guard_config("superseded"), o.addr);
+    let old = replaced_tag(p.addr, "/items/1");
+    let before = o.stats.requests.load(Ordering::SeqCst);
+    let size = 32 << 20;
+    let head = format!(
+        "PUT /items/1 HTTP/1.1\r\nHost: test.local\r\nIf-Match: {old}\r\nContent-Length: {size}\r\n\r\n"
+    );
+    let (upload, answer) = upload_then_read(p.addr, &head, size);
+    assert!(
+        upload.is_ok(),
+        "the upload was cut off by a reset: {upload:?}"
+    );
+    let answer = answer.expect("the 412 is read after the upload");
+    assert!(answer.starts_with("HTTP/1.1 412"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert_eq!(o.stats.requests.load(Ordering::SeqCst), before);
+
+    // The same for a chunked upload.
+    let head = format!(
+        "PUT /items/1 HTTP/1.1\r\nHost: test.local\r\nIf-Match: {old}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let chunk = format!("10000\r\n{}\r\n", "y".repeat(0x10000));
+    for _ in 0..512 {
+        s.write_all(chunk.as_bytes())
+            .expect("the chunked upload was cut off by a reset");
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 412"));
+}
+
+#[test]
+fn a_client_that_keeps_sending_is_not_waited_for_past_linger_timeout() {
+    let o = demo();
+    let text = guard_config("superseded").replace(
+        "[[upstream]]",
+        "[edge]\nlinger_timeout = \"300ms\"\n\n[[upstream]]",
+    );
+    let p = proxy(&text, o.addr);
+    let old = replaced_tag(p.addr, "/items/1");
+    // Declares 1 GiB and trickles it: the 412 comes at once, and precond closes the
+    // connection once linger_timeout has passed, long before the body could be complete.
+    let head = format!(
+        "PUT /items/1 HTTP/1.1\r\nHost: test.local\r\nIf-Match: {old}\r\nContent-Length: 1073741824\r\n\r\n"
+    );
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let start = Instant::now();
+    let mut closed = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        if s.write_all(b"z").is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(closed, "precond kept reading a trickled body for 10 s");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        start.elapsed()
+    );
+}
+
 /// The precond binary, run as an operator would, with its log captured.
 struct Binary {
     child: Child,

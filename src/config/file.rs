@@ -131,6 +131,8 @@ pub(super) struct RawEdge {
     pub(super) drain_limit: Spanned<i64>,
     #[serde(default = "default_drain_timeout")]
     pub(super) drain_timeout: Spanned<String>,
+    #[serde(default = "default_linger_timeout")]
+    pub(super) linger_timeout: Spanned<String>,
 }
 
 impl Default for RawEdge {
@@ -139,6 +141,7 @@ impl Default for RawEdge {
             disclose_validators: true,
             drain_limit: default_drain_limit(),
             drain_timeout: default_drain_timeout(),
+            linger_timeout: default_linger_timeout(),
         }
     }
 }
@@ -149,6 +152,9 @@ pub(super) fn default_drain_limit() -> Spanned<i64> {
     unspanned(64 * 1024)
 }
 pub(super) fn default_drain_timeout() -> Spanned<String> {
+    unspanned("2s".into())
+}
+pub(super) fn default_linger_timeout() -> Spanned<String> {
     unspanned("2s".into())
 }
 

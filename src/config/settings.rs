@@ -75,6 +75,11 @@ pub struct EdgeSettings {
     pub drain_limit: u64,
     /// Longest time spent draining such a body.
     pub drain_timeout: Duration,
+    /// After an edge answer that leaves a body unread (larger than `drain_limit`, or chunked),
+    /// the longest time spent reading and discarding what the client still sends before the
+    /// connection is closed (a lingering close: closing with unread bytes resets the connection,
+    /// and a client still sending may then never read the answer). Zero: close at once.
+    pub linger_timeout: Duration,
 }
 
 /// What logs (and problem bodies) repeat of requests.

@@ -311,6 +311,7 @@ impl Validator<'_> {
                 self.positive(&raw.edge.drain_limit, "edge.drain_limit", 16 << 20)?
             },
             drain_timeout: self.duration(&raw.edge.drain_timeout, "edge.drain_timeout")?,
+            linger_timeout: self.duration(&raw.edge.linger_timeout, "edge.linger_timeout")?,
         };
 
         let mut upstreams: Vec<Upstream> = Vec::new();

@@ -12,6 +12,8 @@
 //!   chunked or `Expect: 100-continue` bodies are not read (Pingora then closes the connection).
 //! - An edge 412 discloses the current validators only when `edge.disclose_validators` is on.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::prelude::*;
@@ -33,8 +35,9 @@ pub const DECISION_HEADER: &str = "Precond-Decision";
 
 /// Reads and discards a small declared request body so that the connection can stay open
 /// after an edge answer. `Expect: 100-continue` (the client waits for us before sending),
-/// chunked and large bodies are not read: Pingora then answers with `Connection: close`.
-async fn drain_small_body(s: &Shared, session: &mut Session) {
+/// chunked and large bodies are not read: the connection then closes after the answer.
+/// Returns whether a body the client may still be sending was left unread.
+async fn drain_small_body(s: &Shared, session: &mut Session) -> bool {
     let req = session.req_header();
     let expect_continue = req
         .headers
@@ -47,14 +50,34 @@ async fn drain_small_body(s: &Shared, session: &mut Session) {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let chunked = req.headers.contains_key(header::TRANSFER_ENCODING);
-    if expect_continue || chunked || session.is_body_empty() {
-        return;
+    if expect_continue || session.is_body_done() || (!chunked && session.is_body_empty()) {
+        return false;
     }
-    if declared.is_some_and(|n| n <= s.config.edge.drain_limit) {
+    if !chunked && declared.is_some_and(|n| n <= s.config.edge.drain_limit) {
         session.set_total_drain_timeout(Some(s.config.edge.drain_timeout));
         if session.drain_request_body().await.is_err() {
+            // Read for drain_timeout already: a client that slow is not waited for again.
             session.set_keepalive(None);
         }
+        return false;
+    }
+    // Whatever was not read makes the connection unusable for another request.
+    session.set_keepalive(None);
+    true
+}
+
+/// A lingering close: after an answer that left the request body unread, reads and discards
+/// what the client still sends, for at most `limit`, before the connection is closed. Closing a
+/// socket with unread bytes makes the kernel reset the connection, and a client still writing
+/// its body then fails on its next write (or loses the answer) instead of reading the 412.
+/// Bounded by time only: the bytes are discarded as they arrive, nothing is buffered.
+async fn linger(session: &mut Session, limit: Duration) {
+    if limit.is_zero() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Ok(Some(_))) = tokio::time::timeout_at(deadline, session.read_request_body()).await
+    {
     }
 }
 
@@ -67,7 +90,7 @@ pub(crate) async fn respond(
     body: Vec<u8>,
     extra: &[(HeaderName, HeaderValue)],
 ) -> Result<()> {
-    drain_small_body(s, session).await;
+    let unread = drain_small_body(s, session).await;
     let mut resp = ResponseHeader::build(status, Some(6 + extra.len()))?;
     resp.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE)?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
@@ -88,6 +111,9 @@ pub(crate) async fn respond(
         session
             .write_response_body(Some(Bytes::from(body)), true)
             .await?;
+    }
+    if unread {
+        linger(session, s.config.edge.linger_timeout).await;
     }
     Ok(())
 }
