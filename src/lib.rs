@@ -21,5 +21,6 @@ pub mod precondition;
 mod proxy;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;
 
 pub use proxy::DECISION_HEADER;

@@ -86,13 +86,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
-                // A configured secret file is read too (the environment and a generated secret
-                // are the running process's business).
-                if let config::SecretSource::File(_) = c.secret {
-                    if let Err(e) = precond::app::secret::read(&c.secret) {
-                        eprintln!("{}: {e}", config.display());
-                        return ExitCode::FAILURE;
-                    }
+                // Configured secret and token files are read and server names resolved too (the
+                // environment and a generated secret are the running process's business).
+                if let Err(e) = precond::app::preflight(&c) {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::FAILURE;
                 }
                 println!(
                     "{}: OK ({} upstream(s), {} route(s), listening on {:?})",

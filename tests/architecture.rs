@@ -23,9 +23,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["precondition", "identity"]),
     ("store", &["precondition", "identity"]),
     ("telemetry", &["precondition"]),
+    ("upstream", &["config"]),
     (
         "proxy",
-        &["config", "store", "telemetry", "identity", "precondition"],
+        &[
+            "config",
+            "store",
+            "telemetry",
+            "upstream",
+            "identity",
+            "precondition",
+        ],
     ),
     (
         "app",
@@ -34,6 +42,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "store",
             "telemetry",
+            "upstream",
             "identity",
             "precondition",
         ],

@@ -98,7 +98,9 @@ fn config_defaults_are_documented_and_equal_the_parsers() {
     // Every key the parser accepts, per table, as its unknown-key error lists them.
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let sections = sections_of(&text);
-    for table in ["", "server", "store", "edge", "log", "upstream", "route"] {
+    for table in [
+        "", "server", "store", "edge", "log", "admin", "upstream", "route",
+    ] {
         let bogus = match table {
             "" => format!("zz_bogus = 1\n{text}"),
             t => text.replacen(

@@ -19,6 +19,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use tokio::sync::Notify;
 
+mod admin;
 mod metrics_listener;
 pub mod secret;
 
@@ -26,16 +27,32 @@ use crate::config::Config;
 use crate::proxy::Precond;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::upstream::Upstreams;
 use metrics_listener::MetricsApp;
 
 /// The shared runtime state of one precond process.
 pub struct State {
+    /// The upstream pools (servers and their health).
+    pub upstreams: Arc<Upstreams>,
     /// The validated configuration.
     pub config: Arc<Config>,
     /// The validator store.
     pub store: Arc<Store>,
     /// The counters.
     pub metrics: Arc<Metrics>,
+}
+
+/// What `precond check` verifies beyond the file itself, as a start would: a configured secret
+/// file and admin token file are readable and long enough, and every upstream server's host
+/// name resolves.
+pub fn preflight(config: &Config) -> std::io::Result<()> {
+    if let crate::config::SecretSource::File(_) = config.secret {
+        secret::read(&config.secret)?;
+    }
+    if let Some(path) = &config.admin.token_file {
+        admin::read_token(path)?;
+    }
+    Upstreams::new(&config.upstreams).map(|_| ())
 }
 
 /// Builds the Pingora server (not started yet) and the state it shares.
@@ -57,12 +74,28 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
     ));
     let metrics = Arc::new(Metrics::default());
     let keys = secret::load(&config.secret)?;
-    let proxy = Precond::new(config.clone(), store.clone(), metrics.clone(), keys)?;
+    let upstreams = Arc::new(Upstreams::new(&config.upstreams)?);
+    // Health checks and re-resolution run as background services; the proxy starts once each
+    // pool has its servers.
+    let pools: Vec<_> = upstreams
+        .pools()
+        .iter()
+        .filter_map(|p| p.service())
+        .map(|svc| server.add_boxed_service(svc))
+        .collect();
+    let proxy = Precond::new(
+        config.clone(),
+        store.clone(),
+        metrics.clone(),
+        upstreams.clone(),
+        keys,
+    );
     let mut service = http_proxy_service(&server.configuration, proxy);
     for addr in &config.server.listen {
         service.add_tcp(&addr.to_string());
     }
-    server.add_service(service);
+    let handle = server.add_service(service);
+    handle.add_dependencies(pools.iter());
     if let Some(addr) = config.server.metrics_listen {
         let mut m = Service::new(
             "precond metrics".to_string(),
@@ -74,9 +107,29 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
         m.add_tcp(&addr.to_string());
         server.add_service(m);
     }
+    if let Some(addr) = config.admin.listen {
+        let token = config
+            .admin
+            .token_file
+            .as_deref()
+            .map(admin::read_token)
+            .transpose()?;
+        let mut a = Service::new(
+            "precond admin".to_string(),
+            admin::AdminApp {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                upstreams: upstreams.clone(),
+                token,
+            },
+        );
+        a.add_tcp(&addr.to_string());
+        server.add_service(a);
+    }
     Ok((
         server,
         State {
+            upstreams,
             config,
             store,
             metrics,

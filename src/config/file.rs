@@ -25,6 +25,8 @@ pub(super) struct RawFile {
     pub(super) enforce: RawEnforce,
     #[serde(default)]
     pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
     #[serde(default, rename = "upstream")]
     pub(super) upstreams: Vec<Spanned<RawUpstream>>,
     #[serde(default, rename = "route")]
@@ -174,11 +176,21 @@ pub(super) struct RawLog {
     pub(super) log_query: bool,
 }
 
+/// `[admin]`: off unless `listen` is set.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
     pub(super) name: Spanned<String>,
-    pub(super) servers: Vec<Spanned<String>>,
+    /// `"host:port"` strings or `{ addr = "host:port", weight = N }` tables (read by hand so
+    /// that a mistake gets a precise message).
+    pub(super) servers: Vec<Spanned<toml::Value>>,
     #[serde(default = "default_connect_timeout")]
     pub(super) connect_timeout: Spanned<String>,
     #[serde(default = "default_io_timeout")]
@@ -187,6 +199,45 @@ pub(super) struct RawUpstream {
     pub(super) write_timeout: Spanned<String>,
     #[serde(default = "default_idle_timeout")]
     pub(super) idle_timeout: Spanned<String>,
+    #[serde(default = "default_selection")]
+    pub(super) selection: Spanned<String>,
+    #[serde(default = "default_health_check")]
+    pub(super) health_check: Spanned<String>,
+    #[serde(default = "default_health_check_interval")]
+    pub(super) health_check_interval: Spanned<String>,
+    /// `http` only (default `/`).
+    pub(super) health_check_path: Option<Spanned<String>>,
+    #[serde(default = "default_health_check_timeout")]
+    pub(super) health_check_timeout: Spanned<String>,
+    #[serde(default = "default_health_check_rise")]
+    pub(super) health_check_rise: Spanned<i64>,
+    #[serde(default = "default_health_check_fall")]
+    pub(super) health_check_fall: Spanned<i64>,
+    #[serde(default = "default_resolve_interval")]
+    pub(super) resolve_interval: Spanned<String>,
+}
+pub(super) fn default_selection() -> Spanned<String> {
+    unspanned("round_robin".into())
+}
+pub(super) fn default_health_check() -> Spanned<String> {
+    unspanned("none".into())
+}
+pub(super) fn default_health_check_interval() -> Spanned<String> {
+    unspanned("5s".into())
+}
+pub(super) fn default_health_check_timeout() -> Spanned<String> {
+    unspanned("1s".into())
+}
+/// Consecutive successful checks that bring a server back.
+pub(super) fn default_health_check_rise() -> Spanned<i64> {
+    unspanned(1)
+}
+/// Consecutive failed checks that take a server out.
+pub(super) fn default_health_check_fall() -> Spanned<i64> {
+    unspanned(2)
+}
+pub(super) fn default_resolve_interval() -> Spanned<String> {
+    unspanned("30s".into())
 }
 pub(super) fn default_connect_timeout() -> Spanned<String> {
     unspanned("2s".into())

@@ -10,13 +10,15 @@
 
 mod file;
 mod settings;
+mod upstream;
 mod validate;
 
 use std::path::Path;
 
 pub use settings::{
-    Config, EdgeSettings, EnforceSettings, FenceSettings, LogSettings, Mode, Policy, Probe, Route,
-    Scope, SecretSource, ServerSettings, StoreSettings, Upstream,
+    AdminSettings, Config, EdgeSettings, EnforceSettings, FenceSettings, HealthCheck, HealthProbe,
+    LogSettings, Mode, Policy, Probe, Route, Scope, SecretSource, Selection, Server,
+    ServerSettings, StoreSettings, Upstream,
 };
 pub use validate::ConfigError;
 

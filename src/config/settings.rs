@@ -29,10 +29,21 @@ pub struct Config {
     pub log: LogSettings,
     /// Where the deployment secret of synthesised tags and principals comes from.
     pub secret: SecretSource,
+    /// The admin listener (health, readiness, metrics).
+    pub admin: AdminSettings,
     /// Upstream groups, referenced by index from routes.
     pub upstreams: Vec<Upstream>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
+}
+
+/// The admin listener: `/healthz`, `/readyz`, `/metrics`, apart from the data port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Where it listens (off when `None`).
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token `/metrics` requires (required off loopback).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Listener and process settings.
@@ -118,8 +129,14 @@ pub enum Scope {
 pub struct Upstream {
     /// Name routes refer to.
     pub name: String,
-    /// Servers, balanced round-robin.
-    pub servers: Vec<SocketAddr>,
+    /// Servers, as written (resolved by the upstream pool, not here).
+    pub servers: Vec<Server>,
+    /// How a request picks one of them.
+    pub selection: Selection,
+    /// Active health checking.
+    pub health: HealthCheck,
+    /// How often host names among `servers` are resolved again.
+    pub resolve_interval: Duration,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Timeout of each read from the upstream.
@@ -129,6 +146,78 @@ pub struct Upstream {
     /// Idle pooled connections are closed after this long (keep it below the origin's keep-alive
     /// timeout so that no write lands on a connection the origin already closed).
     pub idle_timeout: Duration,
+}
+
+/// One server of an upstream: `host:port`, where the host is an IP literal or a DNS name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// IP literal (without brackets) or host name.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Relative share of the requests (1 unless set).
+    pub weight: usize,
+}
+
+impl Server {
+    /// The address when the host is an IP literal (no resolution needed).
+    pub fn literal(&self) -> Option<SocketAddr> {
+        self.host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How a request picks a server of its upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// In turn, by weight.
+    RoundRobin,
+    /// Ketama consistent hashing of the canonical resource (host, path, query): every request
+    /// for one resource reaches one server while the pool does not change.
+    Consistent,
+    /// At random, by weight.
+    Random,
+}
+
+/// What an active health check sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// No checks: every server is always selectable.
+    None,
+    /// A TCP connection is established.
+    Tcp,
+    /// A `GET` of this path answers 2xx.
+    Http {
+        /// Path (and query) requested.
+        path: String,
+    },
+}
+
+/// Active health checking of an upstream's servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What a check sends.
+    pub probe: HealthProbe,
+    /// Time between two checks of a server.
+    pub interval: Duration,
+    /// Connect (and, for `http`, answer) timeout of one check.
+    pub timeout: Duration,
+    /// Consecutive successes that bring an unhealthy server back.
+    pub rise: usize,
+    /// Consecutive failures that take a healthy server out.
+    pub fall: usize,
 }
 
 /// What precond does on a route.

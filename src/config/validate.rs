@@ -34,8 +34,8 @@ fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 use super::settings::{
-    strip_port, Config, EdgeSettings, EnforceSettings, FenceSettings, LogSettings, Mode, Policy,
-    Route, SecretSource, ServerSettings, StoreSettings, Upstream,
+    strip_port, AdminSettings, Config, EdgeSettings, EnforceSettings, FenceSettings, LogSettings,
+    Mode, Policy, Route, SecretSource, ServerSettings, StoreSettings, Upstream,
 };
 use crate::identity::{canonical_path, PrincipalSource, RouteId};
 
@@ -75,7 +75,7 @@ pub(super) struct Validator<'t> {
 }
 
 impl Validator<'_> {
-    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: None,
             position: (span.end > 0).then(|| line_col(self.text, span.start)),
@@ -83,7 +83,11 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&self, v: &Spanned<String>, what: &str) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(
+        &self,
+        v: &Spanned<String>,
+        what: &str,
+    ) -> Result<Duration, ConfigError> {
         let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
             self.err(
                 v.span(),
@@ -114,7 +118,12 @@ impl Validator<'_> {
         Ok(n)
     }
 
-    fn positive(&self, v: &Spanned<i64>, what: &str, max: i64) -> Result<u64, ConfigError> {
+    pub(super) fn positive(
+        &self,
+        v: &Spanned<i64>,
+        what: &str,
+        max: i64,
+    ) -> Result<u64, ConfigError> {
         let n = *v.get_ref();
         if n < 1 || n > max {
             return Err(self.err(
@@ -316,30 +325,14 @@ impl Validator<'_> {
 
         let mut upstreams: Vec<Upstream> = Vec::new();
         for u in &raw.upstreams {
-            let span = u.span();
-            let u = u.get_ref();
-            let name = u.name.get_ref().trim().to_string();
-            if name.is_empty() {
-                return Err(self.err(u.name.span(), "upstream.name must not be empty"));
+            let up = self.upstream(u)?;
+            if upstreams.iter().any(|x| x.name == up.name) {
+                return Err(self.err(
+                    u.get_ref().name.span(),
+                    format!("upstream {:?} is defined twice", up.name),
+                ));
             }
-            if upstreams.iter().any(|x| x.name == name) {
-                return Err(self.err(u.name.span(), format!("upstream {name:?} is defined twice")));
-            }
-            if u.servers.is_empty() {
-                return Err(self.err(span, format!("upstream {name:?} has no servers")));
-            }
-            upstreams.push(Upstream {
-                servers: u
-                    .servers
-                    .iter()
-                    .map(|a| self.addr(a, "upstream.servers"))
-                    .collect::<Result<_, _>>()?,
-                connect_timeout: self.duration(&u.connect_timeout, "upstream.connect_timeout")?,
-                read_timeout: self.duration(&u.read_timeout, "upstream.read_timeout")?,
-                write_timeout: self.duration(&u.write_timeout, "upstream.write_timeout")?,
-                idle_timeout: self.duration(&u.idle_timeout, "upstream.idle_timeout")?,
-                name,
-            });
+            upstreams.push(up);
         }
 
         if raw.routes.is_empty() {
@@ -438,7 +431,29 @@ impl Validator<'_> {
             Some(f) => SecretSource::File(f.get_ref().trim().into()),
             None => SecretSource::EnvOrGenerated,
         };
+        let admin = AdminSettings {
+            listen: raw
+                .admin
+                .listen
+                .as_ref()
+                .map(|a| self.addr(a, "admin.listen"))
+                .transpose()?,
+            token_file: raw
+                .admin
+                .token_file
+                .as_ref()
+                .map(|f| std::path::PathBuf::from(f.get_ref().trim())),
+        };
+        if let (Some(addr), None, Some(a)) = (admin.listen, &admin.token_file, &raw.admin.listen) {
+            if !addr.ip().is_loopback() {
+                return Err(self.err(
+                    a.span(),
+                    format!("admin.listen = \"{addr}\" is not a loopback address: set admin.token_file (a file holding the bearer token that /metrics then requires), or listen on 127.0.0.1"),
+                ));
+            }
+        }
         Ok(Config {
+            admin,
             server,
             store,
             edge,

@@ -348,7 +348,13 @@ pub(crate) async fn not_modified(
 }
 
 /// A request precond sent itself failed before a response: 502/504 with a problem body.
-pub(crate) async fn upstream_failed(s: &Shared, session: &mut Session, e: &Error) -> Result<()> {
+/// `retry_after`: seconds sent in `Retry-After` with a 503 (no healthy server).
+pub(crate) async fn upstream_failed(
+    s: &Shared,
+    session: &mut Session,
+    e: &Error,
+    retry_after: Option<u64>,
+) -> Result<()> {
     s.metrics
         .upstream_failures
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -359,12 +365,24 @@ pub(crate) async fn upstream_failed(s: &Shared, session: &mut Session, e: &Error
     };
     let (title, detail) = error_problem(code, e);
     let body = problem::simple(code, title, &detail);
-    respond(s, session, code, "upstream-error", body, &[]).await
+    let retry: Vec<(HeaderName, HeaderValue)> = retry_after
+        .filter(|_| code == 503)
+        .map(|secs| (header::RETRY_AFTER, HeaderValue::from(secs)))
+        .into_iter()
+        .collect();
+    respond(s, session, code, "upstream-error", body, &retry).await
 }
 
 /// The answer to a proxied exchange that failed (Pingora's `fail_to_proxy`): the status written
 /// (0: the client is gone, nothing written).
-pub(crate) async fn proxy_failed(s: &Shared, session: &mut Session, e: &Error) -> u16 {
+///
+/// `retry_after`: seconds sent in `Retry-After` with a 503 (no healthy server).
+pub(crate) async fn proxy_failed(
+    s: &Shared,
+    session: &mut Session,
+    e: &Error,
+    retry_after: Option<u64>,
+) -> u16 {
     let code = error_status(e);
     if code >= 500 {
         s.metrics
@@ -383,6 +401,9 @@ pub(crate) async fn proxy_failed(s: &Shared, session: &mut Session, e: &Error) -
         let _ = resp.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE);
         let _ = resp.insert_header(header::CONTENT_LENGTH, body.len().to_string());
         let _ = resp.insert_header(DECISION_HEADER, "upstream-error");
+        if let Some(secs) = retry_after.filter(|_| code == 503) {
+            let _ = resp.insert_header(header::RETRY_AFTER, secs.to_string());
+        }
         if let Err(err) = session.write_error_response(resp, body).await {
             warn!("failed to send error response downstream: {err}");
         }
@@ -421,7 +442,7 @@ pub(crate) fn error_problem(code: u16, e: &Error) -> (&'static str, String) {
         .unwrap_or("Error");
     let detail = match code {
         502 => "The upstream server failed to answer. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
-        503 => "No upstream server is available for this route.".to_string(),
+        503 => "No server of this route's upstream is healthy; nothing was sent. Retry after the time in Retry-After.".to_string(),
         408 => "The request body did not arrive in time (write_body_timeout on enforce routes), so the write was aborted. It may have reached the origin incomplete: fetch the resource before retrying.".to_string(),
         504 => "The upstream server did not answer in time. A write may or may not have been applied: fetch the resource before retrying.".to_string(),
         _ => format!("precond could not handle the request: {}", e.etype().as_str()),

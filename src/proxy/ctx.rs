@@ -30,6 +30,12 @@ pub struct Ctx {
     /// `guard`: the write's places at its fence and single-flight gate, released once the
     /// origin's answer has been learned (or the exchange ended without one).
     pub(crate) fence: Vec<Hold>,
+    /// The server of the attempt in progress.
+    pub(crate) server: Option<std::net::SocketAddr>,
+    /// Servers this request failed to connect to (never tried again).
+    pub(crate) tried: Vec<std::net::SocketAddr>,
+    /// The consistent-selection key, computed on the first attempt.
+    pub(crate) select_key: Option<Vec<u8>>,
     /// `enforce`: the preconditions were evaluated against synthesised tags; remove
     /// `If-Match`/`If-None-Match` before forwarding (the origin never issued those tags).
     pub(crate) strip_tags: bool,
@@ -50,6 +56,9 @@ impl Ctx {
             body_deadline: None,
             fence: Vec::new(),
             strip_tags: false,
+            server: None,
+            tried: Vec::new(),
+            select_key: None,
         }
     }
 }

@@ -28,8 +28,8 @@ pub(crate) mod headers;
 mod locks;
 mod principal;
 mod problem;
+mod select;
 mod shared;
-mod upstream;
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
@@ -47,6 +47,7 @@ use crate::precondition::{EntityTag, Method};
 use crate::store::{Observation, Outcome, Store};
 use crate::telemetry::redact::Shown;
 use crate::telemetry::Metrics;
+use crate::upstream::Upstreams;
 
 pub use answer::DECISION_HEADER;
 pub use ctx::Ctx;
@@ -88,11 +89,12 @@ impl Precond {
         config: Arc<Config>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
+        upstreams: Arc<Upstreams>,
         keys: Keys,
-    ) -> std::io::Result<Self> {
-        Ok(Precond {
-            s: Shared::new(config, store, metrics, keys)?,
-        })
+    ) -> Self {
+        Precond {
+            s: Shared::new(config, store, metrics, upstreams, keys),
+        }
     }
 }
 
@@ -163,15 +165,32 @@ impl ProxyHttp for Precond {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .map(|i| &self.s.config.routes[i])
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let peer = self.s.upstreams.peer_for(route.upstream)?;
-        ctx.forwarded = true;
-        self.s.metrics.forwarded.fetch_add(1, Relaxed);
+        let peer = select::peer(&self.s, session.req_header(), ctx, route.upstream)?;
+        if !ctx.forwarded {
+            ctx.forwarded = true;
+            self.s.metrics.forwarded.fetch_add(1, Relaxed);
+        }
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent: trying another server is safe for every method, a write included.
+        let again = ctx.route.is_some_and(|i| {
+            select::retry_after_connect_failure(&self.s, ctx, self.s.config.routes[i].upstream)
+        });
+        e.set_retry(again);
+        e
     }
 
     async fn request_body_filter(
@@ -321,7 +340,13 @@ impl ProxyHttp for Precond {
             );
         }
         FailToProxy {
-            error_code: answer::proxy_failed(&self.s, session, e).await,
+            error_code: answer::proxy_failed(
+                &self.s,
+                session,
+                e,
+                select::retry_after(&self.s, ctx, e),
+            )
+            .await,
             can_reuse_downstream: false,
         }
     }

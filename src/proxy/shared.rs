@@ -12,18 +12,18 @@ use crate::config::Config;
 use crate::identity::{OwnedKey, PrincipalKey};
 use crate::store::Store;
 use crate::telemetry::{redact, Metrics, RateLimit};
+use crate::upstream::Upstreams;
 
 use super::guard::fence::Fences;
 use super::headers::path_and_query;
 use super::locks::KeyedLocks;
-use super::upstream::Upstreams;
 
 /// The state request handlers share.
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) store: Arc<Store>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) upstreams: Upstreams,
+    pub(crate) upstreams: Arc<Upstreams>,
     /// Upstream connections for requests precond sends itself (`enforce` probes and reads).
     pub(crate) connector: Connector,
     /// `enforce`: one write lock per resource.
@@ -59,10 +59,11 @@ impl Shared {
         config: Arc<Config>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
+        upstreams: Arc<Upstreams>,
         keys: Keys,
-    ) -> std::io::Result<Shared> {
-        Ok(Shared {
-            upstreams: Upstreams::new(&config.upstreams)?,
+    ) -> Shared {
+        Shared {
+            upstreams,
             weak_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
             fence_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
             config,
@@ -72,6 +73,6 @@ impl Shared {
             locks: Arc::default(),
             fences: Fences::default(),
             keys,
-        })
+        }
     }
 }

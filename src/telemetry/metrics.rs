@@ -35,10 +35,55 @@ pub struct StoreGauges {
     pub evicted_expired: u64,
 }
 
+/// The health of one upstream's servers (handed over by the app).
+#[derive(Clone, Debug)]
+pub struct UpstreamGauge<'a> {
+    /// The upstream's name.
+    pub name: &'a str,
+    /// Servers in the selection (healthy, or not checked).
+    pub healthy: usize,
+    /// Servers known (resolved).
+    pub servers: usize,
+}
+
+/// `precond_upstream_servers{upstream, state}`: servers per upstream, healthy and unhealthy.
+pub fn render_upstreams(gauges: &[UpstreamGauge<'_>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP precond_upstream_servers Servers of each upstream, by health.\n# TYPE precond_upstream_servers gauge"
+    );
+    for g in gauges {
+        let name = label(g.name);
+        let _ = writeln!(
+            out,
+            "precond_upstream_servers{{upstream=\"{name}\",state=\"healthy\"}} {}",
+            g.healthy
+        );
+        let _ = writeln!(
+            out,
+            "precond_upstream_servers{{upstream=\"{name}\",state=\"unhealthy\"}} {}",
+            g.servers.saturating_sub(g.healthy)
+        );
+    }
+    out
+}
+
+/// A label value, escaped as the exposition format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Process-wide counters.
 pub struct Metrics {
     /// Requests forwarded to an upstream.
     pub forwarded: AtomicU64,
+    /// Requests answered 503 because no server of their upstream was healthy.
+    pub upstream_unavailable: AtomicU64,
+    /// Attempts sent to another server after a connection could not be established.
+    pub upstream_connect_retries: AtomicU64,
     /// Forwarded writes that carried a precondition the edge could not prove false.
     pub forwarded_conditional_writes: AtomicU64,
     /// Requests with no matching route (404 at the edge).
@@ -70,6 +115,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             forwarded: AtomicU64::new(0),
+            upstream_unavailable: AtomicU64::new(0),
+            upstream_connect_retries: AtomicU64::new(0),
             forwarded_conditional_writes: AtomicU64::new(0),
             no_route: AtomicU64::new(0),
             upstream_failures: AtomicU64::new(0),
@@ -119,6 +166,16 @@ impl Metrics {
             "precond_forwarded_conditional_writes_total",
             "Forwarded writes whose precondition the edge could not prove false.",
             &self.forwarded_conditional_writes,
+        );
+        counter(
+            "precond_upstream_unavailable_total",
+            "Requests answered 503 because no server of their upstream was healthy.",
+            &self.upstream_unavailable,
+        );
+        counter(
+            "precond_upstream_connect_retries_total",
+            "Attempts sent to another server after a connection could not be established.",
+            &self.upstream_connect_retries,
         );
         counter(
             "precond_no_route_total",

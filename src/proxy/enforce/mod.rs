@@ -40,6 +40,7 @@ use crate::telemetry::redact::Shown;
 use super::answer;
 use super::ctx::Ctx;
 use super::headers::{conditional, has_date_precondition, header_bytes};
+use super::select;
 use super::shared::Shared;
 use probe::{fetch_and_learn, relay};
 
@@ -152,7 +153,12 @@ async fn read(
     // 2. Fetch the representation; learn (and synthesise) its validators.
     let (fetched, peer, v) = match fetch_and_learn(s, session, ctx, route, &key, false).await {
         Ok(f) => f,
-        Err(e) => return answer::upstream_failed(s, session, &e).await.map(|()| true),
+        Err(e) => {
+            let retry = select::retry_after(s, ctx, &e);
+            return answer::upstream_failed(s, session, &e, retry)
+                .await
+                .map(|()| true);
+        }
     };
     let (tag, synthetic) = (v.tag, v.synthetic);
     // 3. Evaluate against what the origin just showed.
@@ -258,6 +264,12 @@ async fn write(
                 Err(e) => {
                     warn!(path = %s.shown_target(session.req_header()), error = %Shown(&e.to_string()), "probe failed");
                     ctx.write_lock = None;
+                    if let Some(retry) = select::retry_after(s, ctx, &e) {
+                        // No server is healthy: nothing was sent, nothing is unknown.
+                        return answer::upstream_failed(s, session, &e, Some(retry))
+                            .await
+                            .map(|()| true);
+                    }
                     return answer::unknown_state(s, session, 502).await.map(|()| true);
                 }
             }

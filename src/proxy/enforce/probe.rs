@@ -30,6 +30,7 @@ use crate::proxy::answer::DECISION_HEADER;
 use crate::proxy::ctx::Ctx;
 use crate::proxy::headers::{client_ip, etag_trim, header_bytes, set_forwarding};
 use crate::proxy::principal::marks_private;
+use crate::proxy::select;
 use crate::proxy::shared::Shared;
 
 /// Hop-by-hop fields never relayed from a fetched response.
@@ -253,7 +254,17 @@ pub(super) async fn fetch_and_learn(
     key: &OwnedKey,
     head: bool,
 ) -> Result<(Fetched, HttpPeer, Validators)> {
-    let peer = s.upstreams.peer_for(route.upstream)?;
+    // The server the write itself would reach (one server per resource under consistent
+    // selection); a probe is not retried elsewhere.
+    let pool = select::pool(s, route.upstream)?;
+    let mut select_key = None;
+    let peer = pool.peer(select::server(
+        s,
+        pool,
+        session.req_header(),
+        &mut select_key,
+        &[],
+    )?);
     let req = probe_request(session, head, route.trust_forwarded)?;
     // The ticket is taken when the fetch starts: a write that completes while the fetch is in
     // flight makes its answer unteachable (store race rule). A probe made under the resource's

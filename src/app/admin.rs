@@ -1,0 +1,180 @@
+//! The admin listener (`[admin] listen`), apart from the data port so that nothing precond
+//! answers there can shadow the API: `GET /healthz` (the process is alive), `GET /readyz` (the
+//! configuration is loaded and every upstream has at least one healthy server: what a balancer
+//! in front of several precond instances checks), `GET /metrics` (Prometheus text).
+//!
+//! Owns: [`AdminApp`] and the bearer token check.
+//!
+//! Invariants: with `admin.token_file` set, `/metrics` answers only a request carrying
+//! `Authorization: Bearer <token>` (compared in constant time); `/healthz` and `/readyz` disclose
+//! nothing but liveness and readiness and never need it. Every answer has a `Content-Length`;
+//! anything else gets a 404 or 405 problem body.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::store::Store;
+use crate::telemetry::{render_upstreams, Metrics, StoreGauges, UpstreamGauge};
+use crate::upstream::Upstreams;
+
+/// Shortest admin token accepted, in bytes.
+const MIN_TOKEN: usize = 16;
+
+/// Serves the admin endpoints.
+pub(super) struct AdminApp {
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) store: Arc<Store>,
+    pub(super) upstreams: Arc<Upstreams>,
+    /// The bearer token `/metrics` requires, when configured.
+    pub(super) token: Option<Vec<u8>>,
+}
+
+/// Reads the admin token (trailing newlines trimmed; at least [`MIN_TOKEN`] bytes).
+pub(super) fn read_token(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut b = std::fs::read(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("[admin] token_file {}: {e}", path.display()),
+        )
+    })?;
+    while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
+        b.pop();
+    }
+    if b.len() < MIN_TOKEN {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "[admin] token_file {}: the token must be at least {MIN_TOKEN} bytes",
+                path.display()
+            ),
+        ));
+    }
+    Ok(b)
+}
+
+/// Equal, in a time that depends on the lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn answer(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::builder()
+        .status(status)
+        .header("Content-Type", content_type)
+        .header("Content-Length", body.len())
+        .header("Cache-Control", "no-store");
+    if status == 401 {
+        r = r.header("WWW-Authenticate", "Bearer");
+    }
+    r.body(body).expect("static response parts are valid")
+}
+
+fn problem(status: u16, title: &str, detail: &str) -> Response<Vec<u8>> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    });
+    answer(
+        status,
+        "application/problem+json",
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+impl AdminApp {
+    fn readiness(&self) -> Response<Vec<u8>> {
+        let upstreams: Vec<serde_json::Value> = self
+            .upstreams
+            .pools()
+            .iter()
+            .map(|p| {
+                let (healthy, servers) = p.health();
+                serde_json::json!({
+                    "name": p.settings().name,
+                    "healthy": healthy,
+                    "servers": servers,
+                })
+            })
+            .collect();
+        let ready = self.upstreams.ready();
+        let body = serde_json::json!({ "ready": ready, "upstreams": upstreams });
+        answer(
+            if ready { 200 } else { 503 },
+            "application/json",
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let (evicted_size, evicted_expired) = self.store.evictions();
+        let gauges = StoreGauges {
+            entries: self.store.len(),
+            bytes: self.store.bytes(),
+            evicted_size,
+            evicted_expired,
+        };
+        let health: Vec<(usize, usize)> =
+            self.upstreams.pools().iter().map(|p| p.health()).collect();
+        let upstreams: Vec<UpstreamGauge<'_>> = self
+            .upstreams
+            .pools()
+            .iter()
+            .zip(&health)
+            .map(|(p, (healthy, servers))| UpstreamGauge {
+                name: &p.settings().name,
+                healthy: *healthy,
+                servers: *servers,
+            })
+            .collect();
+        let mut text = self.metrics.render(gauges);
+        text.push_str(&render_upstreams(&upstreams));
+        answer(200, "text/plain; version=0.0.4", text.into_bytes())
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let path = req.uri.path();
+        let method = &req.method;
+        if method != Method::GET && method != Method::HEAD {
+            return problem(
+                405,
+                "Method Not Allowed",
+                "The admin endpoints answer GET only.",
+            );
+        }
+        match path {
+            "/healthz" => answer(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => self.readiness(),
+            "/metrics" => {
+                if let Some(token) = &self.token {
+                    let given = req
+                        .headers
+                        .get(http::header::AUTHORIZATION)
+                        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+                    if !given.is_some_and(|g| same(g, token)) {
+                        return problem(
+                            401,
+                            "Unauthorized",
+                            "This endpoint requires Authorization: Bearer <the token in admin.token_file>.",
+                        );
+                    }
+                }
+                self.metrics()
+            }
+            _ => problem(
+                404,
+                "Not Found",
+                "The admin listener serves /healthz, /readyz and /metrics.",
+            ),
+        }
+    }
+}

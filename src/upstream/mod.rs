@@ -1,0 +1,48 @@
+//! Upstream pools: which server of an `[[upstream]]` a request goes to.
+//!
+//! Selection (`round_robin`, `consistent` by canonical resource, `random`, with weights), active
+//! health checks and periodic re-resolution of host names all come from `pingora-load-balancing`;
+//! this module maps the configuration onto it (`pool`), resolves servers (`discovery`) and
+//! builds the checks (`health`). The proxy asks a [`Pool`] for a server and decides retries
+//! itself (a request is retried on another server only when no connection could be made).
+//!
+//! Invariants: a pool never returns an unhealthy server, nor one the request already failed to
+//! connect to; host names are resolved at start (a name that does not resolve stops the start)
+//! and, later, a failed resolution keeps the last addresses.
+
+mod discovery;
+mod health;
+mod pool;
+
+pub use pool::Pool;
+
+use crate::config::Upstream;
+
+/// The pools of every configured upstream, in file order (routes refer to them by index).
+pub struct Upstreams {
+    pools: Vec<Pool>,
+}
+
+impl Upstreams {
+    /// Pools for `upstreams` (resolving host names now).
+    pub fn new(upstreams: &[Upstream]) -> std::io::Result<Upstreams> {
+        Ok(Upstreams {
+            pools: upstreams.iter().map(Pool::new).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The pool of upstream `index`.
+    pub fn pool(&self, index: usize) -> Option<&Pool> {
+        self.pools.get(index)
+    }
+
+    /// Every pool, in file order.
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// Whether every upstream has at least one healthy server.
+    pub fn ready(&self) -> bool {
+        self.pools.iter().all(|p| p.health().0 > 0)
+    }
+}
