@@ -78,11 +78,10 @@ PRECOND_LOG=${PRECOND_LOG:-warn}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
-log() { printf '== %s\n' "$*" >&2; }
-die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 for v in KEYS KEY_LEN LONG_KEYS LONG_KEY_LEN MAX_KEY_BYTES CAPACITY CONNECTIONS THREADS IDLE WARMUP SETTLE; do
   is_uint "${!v}" || { echo "$v must be a whole number, not '${!v}'" >&2; exit 2; }
 done
@@ -104,15 +103,6 @@ if not m:
 f = {None: 1, "B": 1, "KB": 10**3, "kB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
 print(int(m.group(1)) * f[m.group(2)])' "$MAX_BYTES") || { echo "MAX_BYTES is not a size: '$MAX_BYTES'" >&2; exit 2; }
 if is_uint "$MAX_BYTES"; then MAX_BYTES_TOML=$MAX_BYTES; else MAX_BYTES_TOML="\"$MAX_BYTES\""; fi
-secs() { # 90, 90s, 5m, 1h -> seconds
-  local v=$1
-  case "$v" in
-    *h) echo $((${v%h} * 3600)) ;;
-    *m) echo $((${v%m} * 60)) ;;
-    *s) echo "${v%s}" ;;
-    *) echo "$v" ;;
-  esac
-}
 
 # --- tools -------------------------------------------------------------------------------------
 missing=()
@@ -148,107 +138,20 @@ tmp=$(mktemp -d /tmp/precond-flood.XXXXXX)
 chmod 755 "$tmp" # nginx workers run as an unprivileged user when started by root
 declare -A pids # pid -> the signal that stops it quickly
 
-stop() { # stop PID SIGNAL: send SIGNAL, wait up to 5 s, then SIGKILL it and any children left
-  local pid=$1 children i
-  kill -0 "$pid" 2>/dev/null || return 0
-  children=$(pgrep -P "$pid" || true)
-  kill -"$2" "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "warning: pid $pid did not stop on SIG$2; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  for i in $children; do kill -KILL "$i" 2>/dev/null || true; done
-  wait "$pid" 2>/dev/null || true
-}
 
-cleanup() {
-  local rc=$? pid
-  trap - EXIT INT TERM
-  for pid in "${!pids[@]}"; do stop "$pid" "${pids[$pid]}"; done
-  if [ "${KEEP_TMP:-0}" = 1 ] || [ "$rc" != 0 ]; then
-    echo "logs and configs kept in $tmp" >&2
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
-}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 declare -A PID
-start() { # NAME STOP-SIGNAL LOGFILE CMD...: starts in the background, records the pid
-  local name=$1 signal=$2 logfile=$3
-  shift 3
-  "$@" >"$logfile" 2>&1 &
-  pids[$!]=$signal
-  PID[$name]=$!
-}
-forget() { # NAME: a process that has been stopped or has exited
-  unset "pids[${PID[$1]}]"
-}
 
-wait_ready() { # NAME PID URL LOG
-  local i
-  for ((i = 0; i < 150; i++)); do
-    kill -0 "$2" 2>/dev/null || { tail -n 20 "$4" >&2; die "$1 exited during start-up"; }
-    if curl -s -o /dev/null --max-time 1 "$3"; then return 0; fi
-    sleep 0.1
-  done
-  tail -n 20 "$4" >&2
-  die "$1 did not answer $3 within 15 s"
-}
 
 # --- ports -------------------------------------------------------------------------------------
-# free_ports N: prints N distinct free loopback ports, outside the kernel's ephemeral range when it
-# can (as in benches/load/run.sh). Read its output with $(...).
-free_ports() {
-  python3 -c '
-import random, socket, sys
-n = int(sys.argv[1])
-try:
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        lo, hi = map(int, f.read().split())
-    candidates = [p for p in range(20000, 65536) if not lo <= p <= hi]
-except (OSError, ValueError):
-    candidates = []
-random.shuffle(candidates)
-socks = []
-for p in candidates + [0] * n:
-    if len(socks) == n:
-        break
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        s.close()
-        continue
-    socks.append(s)
-ports = [s.getsockname()[1] for s in socks]
-for s in socks:
-    s.close()
-print(*ports)
-' "$1"
-}
-check_free() { # PORT...: dies when one is taken already
-  local p
-  for p in "$@"; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use"; fi
-  done
-}
 read -r P_ORIGIN P_PRECOND P_METRICS <<<"$(free_ports 3)"
 check_free "$P_ORIGIN" "$P_PRECOND" "$P_METRICS"
 
 # --- origin: nginx, 200 {} with ETag "v1" for any path -----------------------------------------
 mkdir -p "$tmp/origin" "$tmp/precond" "$tmp/done"
-temp_paths() { # nginx temp directories inside the prefix
-  local d
-  for d in client_body proxy fastcgi uwsgi scgi; do printf '    %s_temp_path %s/%s;\n' "$d" "$1" "$d"; done
-}
 cat >"$tmp/origin/origin.conf" <<EOF
 daemon off;
 master_process on;

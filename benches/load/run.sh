@@ -82,9 +82,9 @@ esac
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
-log() { printf '== %s\n' "$*" >&2; }
-die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
 # --- tools -------------------------------------------------------------------------------------
 missing=()
@@ -129,78 +129,12 @@ tmp=$(mktemp -d /tmp/precond-load.XXXXXX)
 chmod 755 "$tmp" # nginx workers run as an unprivileged user when started by root
 declare -A pids # pid -> the signal that stops it quickly
 
-stop() { # stop PID SIGNAL: send SIGNAL, wait up to 5 s, then SIGKILL it and any children left
-  local pid=$1 children i
-  kill -0 "$pid" 2>/dev/null || return 0
-  children=$(pgrep -P "$pid" || true)
-  kill -"$2" "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "warning: pid $pid did not stop on SIG$2; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  for i in $children; do kill -KILL "$i" 2>/dev/null || true; done
-  wait "$pid" 2>/dev/null || true
-}
 
-cleanup() {
-  local rc=$? pid
-  trap - EXIT INT TERM
-  for pid in "${!pids[@]}"; do stop "$pid" "${pids[$pid]}"; done
-  if [ "${KEEP_TMP:-0}" = 1 ] || [ "$rc" != 0 ]; then
-    echo "logs and configs kept in $tmp" >&2
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
-}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- ports -------------------------------------------------------------------------------------
-# free_ports N: prints N distinct free loopback ports (bound at once, then released), taken
-# outside the kernel's ephemeral range when it can: a port from that range can be handed to an
-# outgoing connection (this machine's other work, a test suite) before the server binds it. Read
-# its output with $(...), which waits for it to exit, not with < <(...), which does not: a server
-# started at once could find the port still bound.
-free_ports() {
-  python3 -c '
-import random, socket, sys
-n = int(sys.argv[1])
-try:
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        lo, hi = map(int, f.read().split())
-    candidates = [p for p in range(20000, 65536) if not lo <= p <= hi]
-except (OSError, ValueError):
-    candidates = []
-random.shuffle(candidates)
-socks = []
-for p in candidates + [0] * n:
-    if len(socks) == n:
-        break
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        s.close()
-        continue
-    socks.append(s)
-ports = [s.getsockname()[1] for s in socks]
-for s in socks:
-    s.close()
-print(*ports)
-' "$1"
-}
-check_free() { # PORT...: dies when one is taken already
-  local p
-  for p in "$@"; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use"; fi
-  done
-}
 read -r P_ORIGIN P_NGINX P_BARE P_PASS P_GUARD P_NOFENCE M_PASS M_GUARD M_NOFENCE <<<"$(free_ports 9)"
 check_free "$P_ORIGIN" "$P_NGINX" "$P_BARE" "$P_PASS" "$P_GUARD" "$P_NOFENCE" "$M_PASS" "$M_GUARD" "$M_NOFENCE"
 
@@ -210,10 +144,6 @@ printf '{"id":1,"name":"widget","description":"a widget used by the precond load
   >"$tmp/origin/www/items/1"
 chmod -R a+rX "$tmp/origin/www"
 
-temp_paths() { # nginx temp directories inside the prefix
-  local d
-  for d in client_body proxy fastcgi uwsgi scgi; do printf '    %s_temp_path %s/%s;\n' "$d" "$1" "$d"; done
-}
 
 cat >"$tmp/origin/origin.conf" <<EOF
 daemon off;
@@ -308,13 +238,6 @@ policy = \"$GUARD_POLICY\"
 fence_wait = \"0s\""
 
 declare -A PID
-start() { # NAME STOP-SIGNAL LOGFILE CMD...: starts in the background, records the pid
-  local name=$1 signal=$2 logfile=$3
-  shift 3
-  "$@" >"$logfile" 2>&1 &
-  pids[$!]=$signal
-  PID[$name]=$!
-}
 
 "$NGINX" -t -q -p "$tmp/origin" -e "$tmp/origin/error.log" -c "$tmp/origin/origin.conf"
 "$NGINX" -t -q -p "$tmp/proxy" -e "$tmp/proxy/error.log" -c "$tmp/proxy/proxy.conf"
@@ -332,16 +255,6 @@ if [ -n "$BARE" ]; then
   start bare INT "$tmp/bare/bare.log" "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_ORIGIN" 2
 fi
 
-wait_ready() { # NAME PID URL LOG
-  local i
-  for ((i = 0; i < 150; i++)); do
-    kill -0 "$2" 2>/dev/null || { tail -n 20 "$4" >&2; die "$1 exited during start-up"; }
-    if curl -s -o /dev/null --max-time 1 "$3"; then return 0; fi
-    sleep 0.1
-  done
-  tail -n 20 "$4" >&2
-  die "$1 did not answer $3 within 15 s"
-}
 wait_ready origin "${PID[origin]}" "http://127.0.0.1:$P_ORIGIN/items/1" "$tmp/origin/error.log"
 wait_ready "nginx proxy" "${PID[nginx]}" "http://127.0.0.1:$P_NGINX/items/1" "$tmp/proxy/error.log"
 wait_ready "precond pass" "${PID[pass]}" "http://127.0.0.1:$P_PASS/items/1" "$tmp/pass/precond.log"

@@ -79,11 +79,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 flood=$root/benches/flood
 cd "$root"
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
-log() { printf '== %s\n' "$*" >&2; }
-die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 for v in CONNECTIONS ITEMS TRICKLERS ABORTERS CAPACITY FLAT_PCT SMOKE_FLAT_PCT; do
   is_uint "${!v}" || { echo "$v must be a whole number, not '${!v}'" >&2; exit 2; }
 done
@@ -93,15 +92,6 @@ case "$GUARD_POLICY" in
   *) echo "GUARD_POLICY must be superseded or mismatch, not '$GUARD_POLICY'" >&2; exit 2 ;;
 esac
 [[ "$DURATION" =~ ^[0-9]+[smh]?$ ]] || { echo "DURATION must look like 20s, 10m or 1h, not '$DURATION'" >&2; exit 2; }
-secs() { # 90, 90s, 5m, 1h -> seconds
-  local v=$1
-  case "$v" in
-    *h) echo $((${v%h} * 3600)) ;;
-    *m) echo $((${v%m} * 60)) ;;
-    *s) echo "${v%s}" ;;
-    *) echo "$v" ;;
-  esac
-}
 DURATION_S=$(secs "$DURATION")
 if [ "$SMOKE" = 0 ] && [ "$DURATION_S" -lt 120 ]; then
   echo "DURATION must be at least 2m (the flatness check compares the second minute with the last; SMOKE=1 for short runs)" >&2
@@ -151,98 +141,15 @@ tmp=$(mktemp -d /tmp/precond-soak.XXXXXX)
 chmod 755 "$tmp" # nginx workers run as an unprivileged user when started by root
 declare -A pids # pid -> the signal that stops it quickly
 
-stop() { # stop PID SIGNAL: send SIGNAL, wait up to 5 s, then SIGKILL it and any children left
-  local pid=$1 children i
-  kill -0 "$pid" 2>/dev/null || return 0
-  children=$(pgrep -P "$pid" || true)
-  kill -"$2" "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "warning: pid $pid did not stop on SIG$2; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  for i in $children; do kill -KILL "$i" 2>/dev/null || true; done
-  wait "$pid" 2>/dev/null || true
-}
 
-cleanup() {
-  local rc=$? pid
-  trap - EXIT INT TERM
-  for pid in "${!pids[@]}"; do stop "$pid" "${pids[$pid]}"; done
-  if [ "${KEEP_TMP:-0}" = 1 ] || [ "$rc" != 0 ]; then
-    echo "logs and configs kept in $tmp" >&2
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
-}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 declare -A PID
-start() { # NAME STOP-SIGNAL LOGFILE CMD...: starts in the background, records the pid
-  local name=$1 signal=$2 logfile=$3
-  shift 3
-  "$@" >"$logfile" 2>&1 &
-  pids[$!]=$signal
-  PID[$name]=$!
-}
-forget() { # NAME: a process that has been stopped or has exited
-  unset "pids[${PID[$1]}]"
-}
 
-wait_ready() { # NAME PID URL LOG
-  local i
-  for ((i = 0; i < 150; i++)); do
-    kill -0 "$2" 2>/dev/null || { tail -n 20 "$4" >&2; die "$1 exited during start-up"; }
-    if curl -s -o /dev/null --max-time 1 "$3"; then return 0; fi
-    sleep 0.1
-  done
-  tail -n 20 "$4" >&2
-  die "$1 did not answer $3 within 15 s"
-}
 
 # --- ports -------------------------------------------------------------------------------------
-# free_ports N: prints N distinct free loopback ports, outside the kernel's ephemeral range when it
-# can (as in benches/load/run.sh). Read its output with $(...).
-free_ports() {
-  python3 -c '
-import random, socket, sys
-n = int(sys.argv[1])
-try:
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        lo, hi = map(int, f.read().split())
-    candidates = [p for p in range(20000, 65536) if not lo <= p <= hi]
-except (OSError, ValueError):
-    candidates = []
-random.shuffle(candidates)
-socks = []
-for p in candidates + [0] * n:
-    if len(socks) == n:
-        break
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        s.close()
-        continue
-    socks.append(s)
-ports = [s.getsockname()[1] for s in socks]
-for s in socks:
-    s.close()
-print(*ports)
-' "$1"
-}
-check_free() { # PORT...: dies when one is taken already
-  local p
-  for p in "$@"; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use"; fi
-  done
-}
 read -r P_ORIGIN P_SINK P_PRECOND P_METRICS <<<"$(free_ports 4)"
 check_free "$P_ORIGIN" "$P_SINK" "$P_PRECOND" "$P_METRICS"
 
@@ -251,10 +158,6 @@ check_free "$P_ORIGIN" "$P_SINK" "$P_PRECOND" "$P_METRICS"
 # proxy reads the whole request body first, so a trickled upload is answered only once it has all
 # arrived (a bare `return` would answer at once and drop the body).
 mkdir -p "$tmp/origin" "$tmp/precond" "$tmp/counts"
-temp_paths() { # nginx temp directories inside the prefix
-  local d
-  for d in client_body proxy fastcgi uwsgi scgi; do printf '    %s_temp_path %s/%s;\n' "$d" "$1" "$d"; done
-}
 cat >"$tmp/origin/origin.conf" <<EOF
 daemon off;
 master_process on;
