@@ -83,6 +83,11 @@ def markdown(res, info, probe=None):
     out.append(f"- precond: {info.get('precond', '?')}")
     out.append(f"- load: {info.get('load', '?')}")
     out.append(f"- setup: {info.get('setup', '?')}")
+    if info.get("burst"):
+        out.append(
+            "- convergence after a write burst (precond guard, `policy = \"mismatch\"`): "
+            + info["burst"]
+        )
     out.append(
         "- caveat: wrk, the proxy under test and the origin share the same cores (loopback); "
         "the load generator competes for CPU with what it measures, so compare the ratios of "

@@ -169,6 +169,17 @@ $(temp_paths "$tmp/origin")
         listen 127.0.0.1:$P_ORIGIN;
         root $tmp/origin/www;
         etag off;
+        # The burst row's resource: every PUT is answered with a new tag (as an origin whose
+        # tags change with each version), GET shows "v1"; "X-Bench-Fail: 1" gets a 503.
+        location /burst/ {
+            if (\$http_x_bench_fail) { return 503; }
+            if (\$request_method = PUT) {
+                add_header ETag '"\$request_id"' always;
+                return 204;
+            }
+            add_header ETag '"v1"' always;
+            return 200 '{}';
+        }
         location /items/ {
             add_header ETag \$bench_etag always;
             # An API that never checks If-Match: every PUT succeeds.
@@ -498,6 +509,54 @@ for w in "${WORKLOADS[@]}"; do
   done
 done
 
+# --- convergence: a stale stream right after a write burst (guard, policy = "mismatch") ---------
+# The resource /burst/1 of an origin that answers every PUT with a new tag (and never checks
+# If-Match). A burst of writes from CONNECTIONS clients (put-match, cut off mid-flight: wrk killed
+# after BURST seconds) and then a write the origin answers 503 leave the resource's current tag
+# unknown to the guard. A stale stream (put-stale, If-Match: "v0") starts right after and runs
+# DURATION. While the state is unknown, one conditional write at a time goes to the origin
+# (single-flight, `uncertain_wait`); its answer re-teaches the current tag, and every later stale
+# write is refused at the edge (the in-flight fence also holds writes naming the tag of a write in
+# flight). With both off (BURST_GATES=off: uncertain_wait and fence_wait "0s", the "before") each
+# forwarded write's answer overlaps others and the state stays unknown: the stream keeps reaching
+# the origin. Counted: the requests that reached the origin during the stale stream.
+# FAIL when they exceed CONNECTIONS (the most writes the burst can have left in flight, one per
+# connection), unless BURST_GATES=off. A fresh precond guard (mismatch) runs it.
+BURST=${BURST:-1}
+read -r P_BURST M_BURST <<<"$(free_ports 2)"
+check_free "$P_BURST" "$M_BURST"
+BURST_GATES=${BURST_GATES:-on}
+case "$BURST_GATES" in
+  on) gates="" ;;
+  off) gates=$'\nuncertain_wait = "0s"\nfence_wait = "0s"' ;;
+  *) die "BURST_GATES must be on or off, not '$BURST_GATES'" ;;
+esac
+precond_conf burst "$P_BURST" "$M_BURST" "mode = \"guard\"
+policy = \"mismatch\"$gates"
+start burst INT "$tmp/burst/precond.log" "${PRECOND_ENV[@]}" "$PRECOND" run --config "$tmp/burst/burst.toml"
+wait_ready "precond guard (burst)" "${PID[burst]}" "http://127.0.0.1:$P_BURST/burst/1" "$tmp/burst/precond.log"
+URL[burst]="http://127.0.0.1:$P_BURST"
+curl -s -o /dev/null --max-time 5 "${URL[burst]}/burst/1"
+timeout -s KILL "$BURST" wrk -t"$THREADS" -c"$CONNECTIONS" -d60s -s "$tmp/put-match.lua" \
+  "${URL[burst]}/burst/1" >/dev/null 2>&1 || true
+curl -s -o /dev/null --max-time 5 -X PUT -H 'X-Bench-Fail: 1' "${URL[burst]}/burst/1"
+burst_before=$(origin_count)
+out="$tmp/wrk-burst-put-stale.txt"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$tmp/put-stale.lua" "${URL[burst]}/burst/1" >"$out" 2>&1
+sleep 0.3
+burst_origin=$(($(origin_count) - burst_before))
+burst_requests=$(awk '/requests in/ { print $1 }' "$out")
+burst_refused=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+burst_refused=${burst_refused:-0}
+burst_rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+[ -n "$burst_requests" ] || { cat "$out" >&2; die "cannot parse wrk output for the burst row"; }
+log "after a ${BURST}s burst: $burst_requests stale writes, $burst_refused refused at the edge, $burst_origin reached the origin (single-flight and fence: $BURST_GATES)"
+if [ "$BURST_GATES" = on ] && [ "$burst_origin" -gt "$CONNECTIONS" ]; then
+  failures+=("put-stale after a burst (mismatch): $burst_origin requests reached the origin (at most $CONNECTIONS, the writes the burst can leave in flight)")
+fi
+stop "${PID[burst]}" INT
+forget burst
+
 # --- lost-update probe ------------------------------------------------------------------------
 # 8 clients x 30 read-modify-write updates of one resource (benches/load/probe.py) per row: a
 # fresh precond in front of the bundled demo origin (`precond origin`, one per kind of tags, each
@@ -660,6 +719,7 @@ if [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; 
   echo "precond_log_warnings=$precond_warnings"
   echo "precond_log_closed=$precond_closed"
   echo "busy_before=$idle_busy"
+  echo "burst=$BURST s of writes (wrk -c$CONNECTIONS, killed mid-flight) and one answered 503, then put-stale for $DURATION (single-flight and fence: $BURST_GATES): $burst_requests stale writes ($burst_rps req/s), $burst_refused refused at the edge, $burst_origin reached the origin (at most $CONNECTIONS allowed)"
 } >"$tmp/machine.txt"
 
 out=${RESULTS_DIR:-$here}
