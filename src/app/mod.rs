@@ -23,8 +23,10 @@ mod admin;
 mod metrics_listener;
 pub mod secret;
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
+use crate::proxy::Keys;
 use crate::proxy::Precond;
+use crate::store::redis::{Redis, RedisSettings};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::Upstreams;
@@ -32,6 +34,8 @@ use metrics_listener::MetricsApp;
 
 /// The shared runtime state of one precond process.
 pub struct State {
+    /// The shared store, when `store.backend = "redis"`.
+    pub redis: Option<Arc<Redis>>,
     /// The upstream pools (servers and their health).
     pub upstreams: Arc<Upstreams>,
     /// The validated configuration.
@@ -52,7 +56,37 @@ pub fn preflight(config: &Config) -> std::io::Result<()> {
     if let Some(path) = &config.admin.token_file {
         admin::read_token(path)?;
     }
+    shared_store(config, &secret::derive(b"preflight: names are not used"))?;
     Upstreams::new(&config.upstreams).map(|_| ())
+}
+
+/// The shared store of `store.backend = "redis"` (nothing is connected yet: the first call
+/// connects). Several instances must name resources alike, so a secret they share is required.
+fn shared_store(config: &Config, keys: &Keys) -> std::io::Result<Option<Arc<Redis>>> {
+    let Backend::Redis {
+        url,
+        timeout,
+        lease_ttl,
+    } = &config.store.backend
+    else {
+        return Ok(None);
+    };
+    if !secret::is_configured(&config.secret) {
+        return Err(std::io::Error::other(format!(
+            "store.backend = \"redis\" needs the deployment secret every instance shares: set \
+             [enforce] tag_secret_file or {}",
+            secret::SECRET_ENV
+        )));
+    }
+    let settings = RedisSettings {
+        url: url.clone(),
+        timeout: *timeout,
+        lease_ttl: *lease_ttl,
+        state_ttl: config.store.ttl,
+    };
+    Redis::new(settings, keys.shared)
+        .map(Some)
+        .map_err(std::io::Error::other)
 }
 
 /// Builds the Pingora server (not started yet) and the state it shares.
@@ -74,6 +108,7 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
     ));
     let metrics = Arc::new(Metrics::default());
     let keys = secret::load(&config.secret)?;
+    let redis = shared_store(&config, &keys)?;
     let upstreams = Arc::new(Upstreams::new(&config.upstreams)?);
     // Health checks and re-resolution run as background services; the proxy starts once each
     // pool has its servers.
@@ -88,6 +123,7 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
         store.clone(),
         metrics.clone(),
         upstreams.clone(),
+        redis.clone(),
         keys,
     );
     let mut service = http_proxy_service(&server.configuration, proxy);
@@ -129,6 +165,7 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
     Ok((
         server,
         State {
+            redis,
             upstreams,
             config,
             store,

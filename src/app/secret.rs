@@ -26,6 +26,12 @@ pub const SECRET_ENV: &str = "PRECOND_TAG_SECRET";
 /// Shortest secret accepted, in bytes.
 pub const MIN_SECRET: usize = 16;
 
+/// Whether a secret shared by several instances is configured (a file, or the environment
+/// variable): without one, each process generates its own.
+pub fn is_configured(source: &SecretSource) -> bool {
+    matches!(source, SecretSource::File(_)) || std::env::var_os(SECRET_ENV).is_some()
+}
+
 /// Reads (or generates) the deployment secret and derives the proxy's keys.
 pub fn load(source: &SecretSource) -> std::io::Result<Keys> {
     let secret = read(source)?;
@@ -86,6 +92,7 @@ pub fn derive(secret: &[u8]) -> Keys {
     Keys {
         tag: label(b"precond/etag/v1"),
         principal: PrincipalKey::new(pk),
+        shared: label(b"precond/shared-store-names/v1"),
     }
 }
 

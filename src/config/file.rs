@@ -86,6 +86,25 @@ pub(super) struct RawStore {
     pub(super) max_key_bytes: Spanned<i64>,
     #[serde(default = "default_max_bytes")]
     pub(super) max_bytes: Spanned<RawSize>,
+    #[serde(default = "default_backend")]
+    pub(super) backend: Spanned<String>,
+    /// `redis` only.
+    pub(super) url: Option<Spanned<String>>,
+    #[serde(default = "default_store_timeout")]
+    pub(super) timeout: Spanned<String>,
+    #[serde(default = "default_lease_ttl")]
+    pub(super) lease_ttl: Spanned<String>,
+}
+pub(super) fn default_backend() -> Spanned<String> {
+    unspanned("memory".into())
+}
+/// `store.timeout`: the longest wait for one call to the shared store.
+pub(super) fn default_store_timeout() -> Spanned<String> {
+    unspanned("50ms".into())
+}
+/// `store.lease_ttl`: an enforce write's lease on the shared store (renewed while it is held).
+pub(super) fn default_lease_ttl() -> Spanned<String> {
+    unspanned("5s".into())
 }
 
 /// A size: a number of bytes, or a string such as `"64MiB"`.
@@ -114,6 +133,10 @@ impl Default for RawStore {
             ttl: default_ttl(),
             max_key_bytes: default_max_key_bytes(),
             max_bytes: default_max_bytes(),
+            backend: default_backend(),
+            url: None,
+            timeout: default_store_timeout(),
+            lease_ttl: default_lease_ttl(),
         }
     }
 }

@@ -16,8 +16,8 @@ mod validate;
 use std::path::Path;
 
 pub use settings::{
-    AdminSettings, Config, EdgeSettings, EnforceSettings, FenceSettings, HealthCheck, HealthProbe,
-    LogSettings, Mode, Policy, Probe, Route, Scope, SecretSource, Selection, Server,
+    AdminSettings, Backend, Config, EdgeSettings, EnforceSettings, FenceSettings, HealthCheck,
+    HealthProbe, LogSettings, Mode, Policy, Probe, Route, Scope, SecretSource, Selection, Server,
     ServerSettings, StoreSettings, Upstream,
 };
 pub use validate::ConfigError;

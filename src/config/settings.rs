@@ -74,6 +74,24 @@ pub struct StoreSettings {
     /// Most bytes of learned state (keys, tags, stored header fields, and a fixed estimate of
     /// each record's and partition's structures).
     pub max_bytes: u64,
+    /// Where state several instances share lives.
+    pub backend: Backend,
+}
+
+/// Where state several instances share lives (`store.backend`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Nothing is shared: each instance knows what it saw.
+    Memory,
+    /// Redis: `enforce` writes are serialised across instances by a lease there.
+    Redis {
+        /// `redis://host:port/db`.
+        url: String,
+        /// Longest wait for one call.
+        timeout: Duration,
+        /// Lease lifetime (renewed every third of it while the write is in flight).
+        lease_ttl: Duration,
+    },
 }
 
 /// What edge answers carry.

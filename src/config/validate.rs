@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use std::fmt;
 
-use super::file::{self, RawFile, RawPolicy, RawRoute, RawSize};
+use super::file::{self, RawFile, RawPolicy, RawRoute, RawSize, RawStore};
 
 /// `"256MiB"`, `"1 GB"`, `"4096"`: a size in bytes (`None` when malformed or too large).
 fn parse_size(text: &str) -> Option<u64> {
@@ -34,8 +34,8 @@ fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 use super::settings::{
-    strip_port, AdminSettings, Config, EdgeSettings, EnforceSettings, FenceSettings, LogSettings,
-    Mode, Policy, Route, SecretSource, ServerSettings, StoreSettings, Upstream,
+    strip_port, AdminSettings, Backend, Config, EdgeSettings, EnforceSettings, FenceSettings,
+    LogSettings, Mode, Policy, Route, SecretSource, ServerSettings, StoreSettings, Upstream,
 };
 use crate::identity::{canonical_path, PrincipalSource, RouteId};
 
@@ -270,6 +270,62 @@ impl Validator<'_> {
         })
     }
 
+    /// `store.backend` and the keys of the shared store.
+    fn backend(&self, raw: &RawStore) -> Result<Backend, ConfigError> {
+        let timeout = self.duration(&raw.timeout, "store.timeout")?;
+        let lease_ttl = self.duration(&raw.lease_ttl, "store.lease_ttl")?;
+        match raw.backend.get_ref().trim() {
+            "memory" => {
+                if let Some(u) = &raw.url {
+                    return Err(self.err(u.span(), "store.url applies to backend = \"redis\" only"));
+                }
+                Ok(Backend::Memory)
+            }
+            "redis" => {
+                let Some(u) = &raw.url else {
+                    return Err(self.err(
+                        raw.backend.span(),
+                        "backend = \"redis\" needs store.url, e.g. url = \"redis://127.0.0.1:6379/0\"",
+                    ));
+                };
+                let url = u.get_ref().trim().to_string();
+                if url.starts_with("rediss://") {
+                    return Err(self.err(u.span(), "store.url: rediss:// (TLS) is not supported by this build; use redis:// on a trusted network, or a TLS tunnel"));
+                }
+                if !url.starts_with("redis://") {
+                    return Err(self.err(
+                        u.span(),
+                        format!("store.url: {url:?} is not a redis:// URL"),
+                    ));
+                }
+                if timeout.is_zero() || timeout > Duration::from_secs(10) {
+                    return Err(self.err(
+                        raw.timeout.span(),
+                        "store.timeout must be between 1ms and 10s",
+                    ));
+                }
+                if lease_ttl < Duration::from_millis(300) || lease_ttl > Duration::from_secs(300) {
+                    return Err(self.err(
+                        raw.lease_ttl.span(),
+                        "store.lease_ttl must be between 300ms and 300s",
+                    ));
+                }
+                if lease_ttl < timeout * 6 {
+                    return Err(self.err(raw.lease_ttl.span(), "store.lease_ttl must be at least 6 × store.timeout (it is renewed every third of it)"));
+                }
+                Ok(Backend::Redis {
+                    url,
+                    timeout,
+                    lease_ttl,
+                })
+            }
+            other => Err(self.err(
+                raw.backend.span(),
+                format!("store.backend: {other:?} is not one of \"memory\", \"redis\""),
+            )),
+        }
+    }
+
     pub(super) fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
         let s = &raw.server;
         if s.listen.is_empty() {
@@ -311,6 +367,7 @@ impl Validator<'_> {
                 n as usize
             },
             max_bytes: self.size(&raw.store.max_bytes, "store.max_bytes", 1 << 20)?,
+            backend: self.backend(&raw.store)?,
         };
         let edge = EdgeSettings {
             disclose_validators: raw.edge.disclose_validators,

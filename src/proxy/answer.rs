@@ -118,6 +118,35 @@ pub(crate) async fn respond(
     Ok(())
 }
 
+/// 503: an enforce write could not be serialised across instances because the shared store
+/// did not answer in time; nothing was sent to the origin.
+pub(crate) async fn shared_store_unavailable(
+    s: &Shared,
+    session: &mut Session,
+    error: &str,
+) -> Result<()> {
+    s.metrics
+        .shared_store_unavailable
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    info!(decision = "503", error = %Shown(error), "write refused: shared store unavailable");
+    let body = problem::simple(
+        503,
+        "Service Unavailable",
+        "The write could not be serialised with the other precond instances: the shared store \
+         (Redis) did not answer in time. Nothing was sent to the origin; retry after the time in \
+         Retry-After.",
+    );
+    respond(
+        s,
+        session,
+        503,
+        "shared-store-unavailable",
+        body,
+        &[(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+    )
+    .await
+}
+
 /// 404: no route of this precond matches the request.
 pub(crate) async fn no_route(s: &Shared, session: &mut Session) -> Result<()> {
     let req = session.req_header();

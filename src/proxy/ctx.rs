@@ -5,6 +5,7 @@
 
 use crate::identity::{OwnedKey, Principal};
 use crate::precondition::Method;
+use crate::store::redis::Lease;
 use crate::store::Ticket;
 
 use super::guard::fence::Hold;
@@ -25,6 +26,8 @@ pub struct Ctx {
     pub(crate) learned: bool,
     /// `enforce`: the per-resource write lock, held until the origin's answer is learned.
     pub(crate) write_lock: Option<KeyGuard<OwnedKey>>,
+    /// `enforce` with a shared store: the resource's lease there, held like `write_lock`.
+    pub(crate) lease: Option<Lease>,
     /// `enforce`: when the body of the write holding the lock must have arrived.
     pub(crate) body_deadline: Option<std::time::Instant>,
     /// `guard`: the write's places at its fence and single-flight gate, released once the
@@ -53,6 +56,7 @@ impl Ctx {
             forwarded: false,
             learned: false,
             write_lock: None,
+            lease: None,
             body_deadline: None,
             fence: Vec::new(),
             strip_tags: false,

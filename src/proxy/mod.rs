@@ -44,6 +44,7 @@ use tracing::warn;
 use crate::config::{Config, Mode, Policy};
 use crate::identity::{canonical_host, canonical_path, Ambiguous, OwnedKey};
 use crate::precondition::{EntityTag, Method};
+use crate::store::redis::Redis;
 use crate::store::{Observation, Outcome, Store};
 use crate::telemetry::redact::Shown;
 use crate::telemetry::Metrics;
@@ -90,10 +91,11 @@ impl Precond {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         upstreams: Arc<Upstreams>,
+        redis: Option<Arc<Redis>>,
         keys: Keys,
     ) -> Self {
         Precond {
-            s: Shared::new(config, store, metrics, upstreams, keys),
+            s: Shared::new(config, store, metrics, upstreams, redis, keys),
         }
     }
 }
@@ -206,6 +208,7 @@ impl ProxyHttp for Precond {
             let now = std::time::Instant::now();
             if now >= deadline {
                 ctx.write_lock = None;
+                ctx.lease = None; // released in the background, unpublished: the next probes
                 return Error::e_explain(
                     ErrorType::HTTPStatus(408),
                     "write_body_timeout elapsed while the write held its resource's lock",
@@ -281,6 +284,19 @@ impl ProxyHttp for Precond {
         };
         self.s.store.learn(&key.as_key(), ticket, &obs);
         ctx.learned = true;
+        // The shared store's lease: the write is answered, the resource changed (the next
+        // holder probes). A 5xx leaves the outcome unknown: released without publishing, which
+        // breaks the chain just the same.
+        if let Some(lease) = ctx.lease.take() {
+            if resp.status.is_server_error() {
+                let _ = lease.release().await;
+            } else if let Ok(false) = lease.publish(true, None).await {
+                warn!(
+                    path = %self.s.shown_target(session.req_header()),
+                    "the write's shared lease expired while it was in flight: its result was not published"
+                );
+            }
+        }
         // The origin's answer is in the store: the next write to this resource (enforce), or
         // naming the same tag (guard's fence), may go.
         ctx.write_lock = None;

@@ -10,6 +10,7 @@ use pingora::connectors::http::Connector;
 
 use crate::config::Config;
 use crate::identity::{OwnedKey, PrincipalKey};
+use crate::store::redis::Redis;
 use crate::store::Store;
 use crate::telemetry::{redact, Metrics, RateLimit};
 use crate::upstream::Upstreams;
@@ -24,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) upstreams: Arc<Upstreams>,
+    /// The shared store (`store.backend = "redis"`): serialises enforce writes across instances.
+    pub(crate) redis: Option<Arc<Redis>>,
     /// Upstream connections for requests precond sends itself (`enforce` probes and reads).
     pub(crate) connector: Connector,
     /// `enforce`: one write lock per resource.
@@ -45,6 +48,8 @@ pub struct Keys {
     pub tag: [u8; 32],
     /// Key of principal hashes.
     pub principal: PrincipalKey,
+    /// Key of the resource ids written to the shared store.
+    pub shared: [u8; 32],
 }
 
 impl Shared {
@@ -60,10 +65,12 @@ impl Shared {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         upstreams: Arc<Upstreams>,
+        redis: Option<Arc<Redis>>,
         keys: Keys,
     ) -> Shared {
         Shared {
             upstreams,
+            redis,
             weak_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
             fence_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
             config,

@@ -27,6 +27,7 @@ pub mod fastpath;
 pub mod index;
 pub mod learn;
 pub mod partition;
+pub mod redis;
 pub mod summary;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub upstream_unavailable: AtomicU64,
     /// Attempts sent to another server after a connection could not be established.
     pub upstream_connect_retries: AtomicU64,
+    /// Enforce writes answered 503 because the shared store (Redis) did not answer in time.
+    pub shared_store_unavailable: AtomicU64,
     /// Forwarded writes that carried a precondition the edge could not prove false.
     pub forwarded_conditional_writes: AtomicU64,
     /// Requests with no matching route (404 at the edge).
@@ -117,6 +119,7 @@ impl Default for Metrics {
             forwarded: AtomicU64::new(0),
             upstream_unavailable: AtomicU64::new(0),
             upstream_connect_retries: AtomicU64::new(0),
+            shared_store_unavailable: AtomicU64::new(0),
             forwarded_conditional_writes: AtomicU64::new(0),
             no_route: AtomicU64::new(0),
             upstream_failures: AtomicU64::new(0),
@@ -176,6 +179,11 @@ impl Metrics {
             "precond_upstream_connect_retries_total",
             "Attempts sent to another server after a connection could not be established.",
             &self.upstream_connect_retries,
+        );
+        counter(
+            "precond_shared_store_unavailable_total",
+            "Enforce writes answered 503 because the shared store did not answer in time.",
+            &self.shared_store_unavailable,
         );
         counter(
             "precond_no_route_total",

@@ -34,6 +34,7 @@ use crate::identity::OwnedKey;
 use crate::precondition::date::parse_http_date;
 use crate::precondition::evaluate::has_usable_precondition;
 use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence, Method};
+use crate::store::redis::Snapshot;
 use crate::store::{Entry, Tag, META_HEADERS};
 use crate::telemetry::redact::Shown;
 
@@ -84,6 +85,25 @@ fn probed(status: u16, v: &probe::Validators, lm: Option<i64>) -> Option<Entry> 
     Some(e)
 }
 
+/// The state a shared-store snapshot describes (as [`probed`] reads a probe).
+fn from_snapshot(sn: &Snapshot) -> Option<Entry> {
+    let v = probe::Validators {
+        tag: sn.tag.clone(),
+        synthetic: sn.synthetic,
+        alias: sn.alias.clone(),
+    };
+    probed(sn.status, &v, sn.last_modified)
+}
+
+/// A write refused under the shared store's lease: the resource did not change; what this
+/// write's probe showed (if it probed) is published for the next holder. A failure to publish
+/// only costs the next holder a probe.
+async fn end_unchanged(ctx: &mut Ctx, snapshot: Option<&Snapshot>) {
+    if let Some(lease) = ctx.lease.take() {
+        let _ = lease.publish(false, snapshot).await;
+    }
+}
+
 /// The state `evaluate` needs. With several current tags (`Vary`), the latest one is used.
 fn current_of(e: &Entry) -> Current<'_> {
     Current {
@@ -127,11 +147,12 @@ async fn read(
     key: OwnedKey,
 ) -> Result<bool> {
     let needs_date = has_date_precondition(session.req_header());
-    // 1. Known validators: answer 304/412 without the origin.
+    // 1. Known validators: answer 304/412 without the origin. Not with a shared store: another
+    // instance may have written the resource since this one learned it.
     if let Some(entry) = s
         .store
         .get(&key.as_key(), ctx.principal)
-        .filter(|e| decidable(e, needs_date))
+        .filter(|e| s.redis.is_none() && decidable(e, needs_date))
     {
         let cond = conditional(&session.req_header().headers, ctx.method);
         if cond.has_any() {
@@ -223,6 +244,30 @@ async fn write(
         return Ok(true);
     };
     ctx.write_lock = Some(lock);
+    // With a shared store, the resource's lease there too (several instances): the write is then
+    // decided on what the lease's previous holder published, or on a probe made under it, never
+    // on this instance's own store.
+    let mut shared_view: Option<Entry> = None;
+    if let Some(redis) = &s.redis {
+        let deadline = std::time::Instant::now() + settings.write_wait;
+        match redis.acquire(&key.as_key(), ctx.principal, deadline).await {
+            Ok(Some(lease)) => {
+                shared_view = lease.snapshot().and_then(from_snapshot);
+                ctx.lease = Some(lease);
+            }
+            Ok(None) => {
+                ctx.write_lock = None;
+                warn!(path = %s.shown_target(session.req_header()), "shared write lease not obtained in time");
+                answer::write_busy(s, session, settings.write_wait).await?;
+                return Ok(true);
+            }
+            Err(e) => {
+                ctx.write_lock = None;
+                answer::shared_store_unavailable(s, session, &e.to_string()).await?;
+                return Ok(true);
+            }
+        }
+    }
     // The body must arrive within `write_body_timeout` of taking the lock (the deadline is
     // enforced per read here and between chunks in `request_body_filter`).
     ctx.body_deadline = Some(Instant::now() + settings.write_body_timeout);
@@ -232,15 +277,19 @@ async fn write(
     // write's place in the store's history starts now, not when it began waiting.
     ctx.ticket = Some(s.store.ticket());
     if has_any || required {
+        let shared = s.redis.is_some();
         let stored = || {
             s.store
                 .get(&key.as_key(), ctx.principal)
-                .filter(|e| decidable(e, needs_date))
+                .filter(|e| !shared && decidable(e, needs_date))
         };
         let mut view = stored();
-        // What the probe showed, when the store did not keep it.
-        let mut shown = None;
-        if view.is_none() {
+        // What the probe showed, when the store did not keep it (or what the shared store's
+        // previous lease holder published).
+        let mut shown = shared_view.filter(|e| decidable(e, needs_date));
+        // What this write's probe showed, for the shared store's next holder.
+        let mut probed_snapshot = None;
+        if view.is_none() && shown.is_none() {
             let head = settings.probe == Probe::Head;
             match fetch_and_learn(s, session, ctx, route, &key, head).await {
                 Ok((fetched, peer, v)) => {
@@ -259,6 +308,15 @@ async fn write(
                         // The store may not have kept it (full, and the newcomer not admitted):
                         // the write is judged on what the probe just showed all the same.
                         shown = probed(status, &v, lm);
+                    }
+                    if shared {
+                        probed_snapshot = Some(Snapshot {
+                            status,
+                            tag: v.tag.clone(),
+                            synthetic: v.synthetic,
+                            alias: v.alias.clone(),
+                            last_modified: lm,
+                        });
                     }
                 }
                 Err(e) => {
@@ -279,11 +337,13 @@ async fn write(
                 let cond = conditional(&session.req_header().headers, judged);
                 match evaluate(&cond, &current_of(entry), required) {
                     Decision::PreconditionFailed(f) => {
+                        end_unchanged(ctx, probed_snapshot.as_ref()).await;
                         ctx.write_lock = None;
                         answer::reject(s, session, f, Some(entry)).await?;
                         return Ok(true);
                     }
                     Decision::PreconditionRequired => {
+                        end_unchanged(ctx, probed_snapshot.as_ref()).await;
                         ctx.write_lock = None;
                         answer::require(s, session).await?;
                         return Ok(true);
@@ -300,6 +360,7 @@ async fn write(
                         None,
                     )
                 {
+                    end_unchanged(ctx, probed_snapshot.as_ref()).await;
                     ctx.write_lock = None;
                     answer::require(s, session).await?;
                     return Ok(true);

@@ -1,0 +1,254 @@
+//! The per-resource lease of `enforce` writes on the shared store.
+//!
+//! Owns: [`Redis::acquire`] and [`Lease`]. A lease is `SET lease token NX PX ttl`; while it is
+//! held a background task renews it every third of its TTL; it ends by [`Lease::publish`] (the
+//! holder's result, stored only if the lease is still the holder's) or by a compare-and-delete
+//! release (explicit, or when the lease is dropped: the chain is then broken and the next holder
+//! probes the origin).
+//!
+//! Invariants: a lease is released at most once; a dropped lease never publishes; the renewal
+//! task ends with the lease.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use tracing::warn;
+
+use crate::identity::{Principal, ResourceKey};
+
+use super::snapshot::Snapshot;
+use super::{Redis, SharedError};
+
+/// A held lease on one resource.
+pub struct Lease {
+    redis: Arc<Redis>,
+    lease_key: String,
+    state_key: String,
+    token: String,
+    fence: i64,
+    /// The partition's snapshot field.
+    field: String,
+    /// The snapshot the previous holder left for this partition (only when the chain is
+    /// unbroken).
+    snapshot: Option<Snapshot>,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    done: bool,
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 16];
+    // A failing system RNG leaves a time-based token: still unique per holder in practice.
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b = t.to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn ms(d: Duration) -> Vec<u8> {
+    d.as_millis().max(1).to_string().into_bytes()
+}
+
+impl Redis {
+    /// Waits (polling, backing off from 2 ms to 50 ms) until the lease of `key` is this caller's,
+    /// or `deadline` passes (`Ok(None)`).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        key: &ResourceKey<'_>,
+        principal: Principal,
+        deadline: Instant,
+    ) -> Result<Option<Lease>, SharedError> {
+        let id = self.resource_id(key);
+        let (lease_key, fence_key, state_key) = (
+            format!("precond:{{{id}}}:lease"),
+            format!("precond:{{{id}}}:fence"),
+            format!("precond:{{{id}}}:state"),
+        );
+        let field = format!("p:{:016x}", principal.0);
+        let token = random_token();
+        let ttl = ms(self.settings.lease_ttl);
+        let state_ttl = ms(self.settings.state_ttl);
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let got: Option<Vec<Value>> = self
+                .run(
+                    "acquire",
+                    &self.scripts.acquire,
+                    &[&lease_key, &fence_key, &state_key],
+                    &[token.as_bytes(), &ttl, field.as_bytes(), &state_ttl],
+                )
+                .await?;
+            if let Some(reply) = got {
+                let int = |v: Option<&Value>| match v {
+                    Some(Value::Int(n)) => Some(*n),
+                    _ => None,
+                };
+                let fence = int(reply.first())
+                    .ok_or_else(|| SharedError("acquire: unexpected reply".into()))?;
+                let clean = int(reply.get(1)) == Some(1);
+                let snapshot = match reply.get(2) {
+                    Some(Value::BulkString(b)) if clean => Snapshot::decode(b),
+                    _ => None,
+                };
+                let mut lease = Lease {
+                    redis: self.clone(),
+                    lease_key,
+                    state_key,
+                    token,
+                    fence,
+                    field,
+                    snapshot,
+                    renewal: None,
+                    done: false,
+                };
+                lease.renewal = Some(lease.spawn_renewal());
+                return Ok(Some(lease));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("fence", &self.fence)
+            .field("snapshot", &self.snapshot.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// This holder's fence number (every acquisition of the resource's lease gets the next one).
+    pub fn fence(&self) -> i64 {
+        self.fence
+    }
+
+    /// What the previous holder established for this caller's partition, when it published and
+    /// nobody broke the chain since.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    fn spawn_renewal(&self) -> tokio::task::JoinHandle<()> {
+        let (redis, key, token) = (
+            self.redis.clone(),
+            self.lease_key.clone(),
+            self.token.clone(),
+        );
+        let ttl = redis.settings.lease_ttl;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let kept: Result<i64, _> = redis
+                    .run(
+                        "renew",
+                        &redis.scripts.renew,
+                        &[&key],
+                        &[token.as_bytes(), &ms(ttl)],
+                    )
+                    .await;
+                if let Ok(0) = kept {
+                    warn!("shared store: a write's lease expired while it was in flight");
+                    return;
+                }
+            }
+        })
+    }
+
+    fn stop_renewal(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+    }
+
+    /// Ends the lease with this holder's result: `changed` when the resource was written (every
+    /// partition's snapshot is dropped), else unchanged; `snapshot`: what this holder's probe
+    /// showed for its partition. `Ok(false)` when the lease was no longer this holder's (it
+    /// expired): nothing was published.
+    pub async fn publish(
+        mut self,
+        changed: bool,
+        snapshot: Option<&Snapshot>,
+    ) -> Result<bool, SharedError> {
+        self.stop_renewal();
+        self.done = true;
+        let encoded = snapshot.and_then(Snapshot::encode);
+        let field: &[u8] = if encoded.is_some() {
+            self.field.as_bytes()
+        } else {
+            b""
+        };
+        let fence = self.fence.to_string();
+        let mode: &[u8] = if changed { b"changed" } else { b"unchanged" };
+        let r = &self.redis;
+        let published: i64 = r
+            .run(
+                "publish",
+                &r.scripts.publish,
+                &[&self.lease_key, &self.state_key],
+                &[
+                    self.token.as_bytes(),
+                    fence.as_bytes(),
+                    mode,
+                    field,
+                    encoded.as_deref().unwrap_or_default(),
+                    &ms(r.settings.state_ttl),
+                ],
+            )
+            .await?;
+        Ok(published == 1)
+    }
+
+    /// Ends the lease without a result: the next holder probes the origin.
+    pub async fn release(mut self) -> Result<(), SharedError> {
+        self.stop_renewal();
+        self.done = true;
+        let r = &self.redis;
+        let _: i64 = r
+            .run(
+                "release",
+                &r.scripts.release,
+                &[&self.lease_key],
+                &[self.token.as_bytes()],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop_renewal();
+        if self.done {
+            return;
+        }
+        // An abandoned lease (the exchange broke, the write was refused early): released in the
+        // background; if even that fails, it expires after its TTL.
+        let (redis, key, token) = (
+            self.redis.clone(),
+            std::mem::take(&mut self.lease_key),
+            std::mem::take(&mut self.token),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _: Result<i64, _> = redis
+                    .run(
+                        "release",
+                        &redis.scripts.release,
+                        &[&key],
+                        &[token.as_bytes()],
+                    )
+                    .await;
+            });
+        }
+    }
+}

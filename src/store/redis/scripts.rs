@@ -1,0 +1,77 @@
+//! The Lua scripts of the shared store's per-resource lease. Each runs atomically on the Redis
+//! server; every key of one resource carries the same hash tag (`{id}`), so on Redis Cluster they
+//! live in one slot and a script may touch them all.
+//!
+//! Keys of a resource `id`: `precond:{id}:lease` (the holder's token, with a TTL),
+//! `precond:{id}:fence` (a counter, incremented by every acquisition), `precond:{id}:state` (a
+//! hash: `fence`, the number of the last holder that published, and one snapshot per caller
+//! partition, field `p:<hex>`).
+
+/// Acquire: `SET lease token NX PX ttl`; on success the holder's fence number (`INCR fence`) and,
+/// when the previous holder published (the state's `fence` is this one minus one: nobody in
+/// between died or left an unknown outcome), the caller's snapshot. Returns nil when the lease is
+/// held by another.
+///
+/// KEYS: lease, fence, state. ARGV: token, lease TTL (ms), snapshot field, state TTL (ms).
+pub(super) const ACQUIRE: &str = r"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return false
+end
+local f = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local published = tonumber(redis.call('HGET', KEYS[3], 'fence') or '-1')
+if published == f - 1 then
+  local snap = redis.call('HGET', KEYS[3], ARGV[3])
+  if snap then
+    return {f, 1, snap}
+  end
+  return {f, 1}
+end
+return {f, 0}
+";
+
+/// Renew: extend the lease's TTL while the holder still owns it. Returns 1, or 0 when the lease
+/// was lost (expired, taken by another).
+///
+/// KEYS: lease. ARGV: token, lease TTL (ms).
+pub(super) const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Publish and release: only while the holder still owns the lease (a holder whose lease
+/// expired cannot publish over a newer holder's result). `changed` drops every partition's
+/// snapshot (the resource was written); the state's `fence` becomes the holder's number, so the
+/// next holder knows the chain is unbroken; a snapshot given is stored for its partition.
+/// Returns 1 when published, 0 when the lease was no longer the holder's.
+///
+/// KEYS: lease, state. ARGV: token, fence, "changed" | "unchanged", snapshot field ("" for
+/// none), snapshot, state TTL (ms).
+pub(super) const PUBLISH: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[3] == 'changed' then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('HSET', KEYS[2], 'fence', ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+/// Release without publishing (compare-and-delete): the state's `fence` is left behind, so the
+/// next holder sees the chain broken and probes the origin. Returns 1 when released.
+///
+/// KEYS: lease. ARGV: token.
+pub(super) const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";

@@ -1,0 +1,292 @@
+//! The shared store on Redis (issue 12): enforce writes serialised across instances by a lease in
+//! a real `redis-server` (started here on an ephemeral loopback port), and what happens when Redis
+//! goes away and comes back.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use precond::demo::{DemoOrigin, Tags};
+
+const CLIENTS: usize = 8;
+const UPDATES: u64 = 30;
+
+/// A `redis-server` on a loopback port, stopped when dropped.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = free_addr().port();
+        let mut r = RedisServer { child: None, port };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port.
+    fn restart(&mut self) {
+        let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("redis-server is missing: run scripts/setup (it installs the Debian package)");
+        let child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A secret file every instance shares.
+fn secret_file() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("precond-shared-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("secret");
+    std::fs::write(&f, "a-secret-every-instance-shares-0123\n").unwrap();
+    f
+}
+
+/// An enforce instance in front of `origin`, with `store` lines (the backend).
+fn instance(origin: SocketAddr, store: &str) -> precond::app::Running {
+    let text = route_config("mode = \"enforce\"").replace(
+        "[[upstream]]",
+        &format!(
+            "[store]\n{store}\n\n[enforce]\ntag_secret_file = \"{}\"\n\n[[upstream]]",
+            secret_file().display()
+        ),
+    );
+    proxy(&text, origin)
+}
+
+fn redis_store(r: &RedisServer) -> String {
+    format!(
+        "backend = \"redis\"\nurl = \"{}\"\ntimeout = \"200ms\"\nlease_ttl = \"2s\"",
+        r.url()
+    )
+}
+
+/// 8 clients × 30 read-modify-write increments of `path`, each GET through one instance and its
+/// PUT (with the GET's `ETag` in `If-Match`) through the other, as a balancer without affinity
+/// spreads them. Returns the updates lost.
+fn probe_across(a: SocketAddr, b: SocketAddr, path: &str) -> u64 {
+    let created = request(a, "PUT", path, &[], r#"{"n":0}"#);
+    assert!(matches!(created.status, 200 | 201), "{created:?}");
+    let start = Arc::new(Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (start, path) = (start.clone(), path.to_string());
+            thread::spawn(move || {
+                start.wait();
+                let (mut done, mut refused) = (0, 0u64);
+                let mut turn = c;
+                while done < UPDATES {
+                    let (read_via, write_via) = if turn % 2 == 0 { (a, b) } else { (b, a) };
+                    turn += 1;
+                    let r = request(read_via, "GET", &path, &[], "");
+                    assert_eq!(r.status, 200, "{r:?}");
+                    let n = r.json()["n"].as_u64().unwrap();
+                    let put = request(
+                        write_via,
+                        "PUT",
+                        &path,
+                        &[("If-Match", &r.etag())],
+                        &format!(r#"{{"n":{}}}"#, n + 1),
+                    );
+                    match put.status {
+                        200 | 201 | 204 => done += 1,
+                        412 => refused += 1,
+                        s => panic!("unexpected {s}: {}", put.body_str()),
+                    }
+                    assert!(refused < 5000, "no progress");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let n = request(a, "GET", path, &[], "").json()["n"]
+        .as_u64()
+        .unwrap();
+    CLIENTS as u64 * UPDATES - n
+}
+
+#[test]
+fn two_enforce_instances_on_one_redis_lose_no_update() {
+    let redis = RedisServer::start();
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::None, "").unwrap();
+    let store = redis_store(&redis);
+    let (a, b) = (instance(origin.addr, &store), instance(origin.addr, &store));
+    let lost = probe_across(a.addr, b.addr, "/shared/doc");
+    assert_eq!(
+        lost, 0,
+        "two instances sharing Redis lost {lost} of 240 updates"
+    );
+    assert_eq!(a.state.redis.as_ref().unwrap().errors(), 0);
+}
+
+#[test]
+fn without_the_shared_store_two_instances_lose_updates() {
+    // The baseline the shared store exists for: each instance serialises alone.
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::None, "").unwrap();
+    let (a, b) = (
+        instance(origin.addr, "backend = \"memory\""),
+        instance(origin.addr, "backend = \"memory\""),
+    );
+    let lost = probe_across(a.addr, b.addr, "/shared/doc");
+    println!("memory backend, two instances: {lost} of 240 updates lost");
+    assert!(
+        lost > 0,
+        "the baseline lost nothing: the probe shows nothing"
+    );
+}
+
+#[test]
+fn a_stale_write_through_the_other_instance_is_refused() {
+    let redis = RedisServer::start();
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::None, "").unwrap();
+    let store = redis_store(&redis);
+    let (a, b) = (instance(origin.addr, &store), instance(origin.addr, &store));
+    assert_eq!(request(a.addr, "PUT", "/d", &[], r#"{"v":1}"#).status, 201);
+    let t1 = request(a.addr, "GET", "/d", &[], "").etag();
+    assert_eq!(
+        t1,
+        request(b.addr, "GET", "/d", &[], "").etag(),
+        "one secret: one tag"
+    );
+    // A write through B replaces the representation A's client read.
+    assert_eq!(
+        request(b.addr, "PUT", "/d", &[("If-Match", &t1)], r#"{"v":2}"#).status,
+        200
+    );
+    let writes = origin.stats.writes.load(Ordering::SeqCst);
+    // A's client, still holding t1, is refused at A although A never saw B's write.
+    let r = request(a.addr, "PUT", "/d", &[("If-Match", &t1)], r#"{"v":3}"#);
+    assert_eq!(r.status, 412, "{}", r.body_str());
+    assert_eq!(origin.stats.writes.load(Ordering::SeqCst), writes);
+    // And the current tag, which A never saw, is accepted.
+    let t2 = request(b.addr, "GET", "/d", &[], "").etag();
+    assert_ne!(t1, t2);
+    assert_eq!(
+        request(a.addr, "PUT", "/d", &[("If-Match", &t2)], r#"{"v":4}"#).status,
+        200
+    );
+}
+
+#[test]
+fn redis_down_means_503_for_writes_and_recovery_without_a_restart() {
+    let mut redis = RedisServer::start();
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::None, "").unwrap();
+    let p = instance(origin.addr, &redis_store(&redis));
+    assert_eq!(request(p.addr, "PUT", "/r", &[], r#"{"v":1}"#).status, 201);
+    let tag = request(p.addr, "GET", "/r", &[], "").etag();
+    redis.stop();
+    let writes = origin.stats.writes.load(Ordering::SeqCst);
+    for body in [r#"{"v":2}"#, r#"{"v":3}"#] {
+        let r = request(p.addr, "PUT", "/r", &[("If-Match", &tag)], body);
+        assert_eq!(r.status, 503, "{}", r.body_str());
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(r.body_str().contains("shared store"), "{}", r.body_str());
+    }
+    // Never an unserialised write; reads go on (they need no lease).
+    assert_eq!(origin.stats.writes.load(Ordering::SeqCst), writes);
+    let m = p.state.metrics.render(Default::default());
+    assert!(
+        m.contains("precond_shared_store_unavailable_total 2\n"),
+        "{m}"
+    );
+    assert_eq!(request(p.addr, "GET", "/r", &[], "").status, 200);
+    // Redis comes back: the same process serialises writes again.
+    redis.restart();
+    let mut ok = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let r = request(p.addr, "PUT", "/r", &[("If-Match", &tag)], r#"{"v":4}"#);
+        if r.status == 200 {
+            ok = true;
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body_str());
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ok, "writes did not recover after Redis came back");
+}
+
+#[test]
+fn shared_store_config_is_checked() {
+    let base = "[[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:9\"]\n\n[[route]]\nupstream = \"o\"\nmode = \"enforce\"\n";
+    for (store, expected) in [
+        ("backend = \"redis\"", "needs store.url"),
+        (
+            "backend = \"redis\"\nurl = \"rediss://h:1\"",
+            "not supported",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"http://h:1\"",
+            "not a redis:// URL",
+        ),
+        (
+            "backend = \"memory\"\nurl = \"redis://h:1\"",
+            "applies to backend = \"redis\" only",
+        ),
+        ("backend = \"etcd\"", "store.backend"),
+        (
+            "backend = \"redis\"\nurl = \"redis://h:1\"\nlease_ttl = \"100ms\"",
+            "lease_ttl",
+        ),
+    ] {
+        let e = precond::config::parse(&format!("[store]\n{store}\n\n{base}")).unwrap_err();
+        assert!(e.position.is_some(), "{store}: {e}");
+        assert!(e.message.contains(expected), "{store}: {e}");
+    }
+    // Several instances must name resources alike: a generated secret is refused.
+    let c = precond::config::parse(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:1/0\"\n\n{base}"
+    ))
+    .unwrap();
+    if std::env::var_os("PRECOND_TAG_SECRET").is_none() {
+        let e = precond::app::preflight(&c).unwrap_err().to_string();
+        assert!(e.contains("secret"), "{e}");
+    }
+}
