@@ -10,7 +10,12 @@
 //! saw succeed and whose id is missing at the end was lost; an update whose client saw an error
 //! has an unknown outcome (its id may or may not be there).
 //!
-//! HAProxy and nginx must be installed (`scripts/setup` installs them; `scripts/test` runs it).
+//! With the shared store (issue 12: `[store] backend = "redis"`, a real `redis-server` on a
+//! loopback port), the same probe through HAProxy with `balance roundrobin`; and what a killed
+//! instance's lease does to the next writer, against an origin whose writes are slow.
+//!
+//! HAProxy, nginx and redis-server must be installed (`scripts/setup` installs them;
+//! `scripts/test` runs it).
 
 mod common;
 
@@ -25,7 +30,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_addr, Resp};
+use common::{free_addr, RedisServer, Resp};
 use precond::demo::{DemoOrigin, Tags};
 
 const CLIENTS: usize = 8;
@@ -251,7 +256,8 @@ fn parse(raw: &[u8]) -> Option<Resp> {
 // ---------------------------------------------------------------------------------------------
 // The tier's parts.
 
-/// A precond binary in enforce mode in front of `origin`, with an admin listener.
+/// A precond binary in enforce mode in front of `origin`, with an admin listener (and, with
+/// [`Instance::start_with`], a `[store]` section).
 struct Instance {
     data: SocketAddr,
     admin: SocketAddr,
@@ -260,11 +266,23 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(origin: SocketAddr) -> Instance {
+    /// With `store` as the lines of a `[store]` section (none when empty).
+    fn start_with(origin: SocketAddr, store: &str) -> Instance {
+        Instance::start_tuned(origin, store, "read_timeout = \"5s\"", "")
+    }
+
+    /// With `upstream` lines (timeouts) and `route` lines added to the config.
+    fn start_tuned(origin: SocketAddr, store: &str, upstream: &str, route: &str) -> Instance {
         let dir = TempDir::new("precond");
         let (data, admin) = (free_addr(), free_addr());
+        let store = if store.is_empty() {
+            String::new()
+        } else {
+            format!("[store]\n{store}\n")
+        };
         let config = format!(
             r#"
+{store}
 [server]
 listen = ["{data}"]
 threads = 2
@@ -278,12 +296,13 @@ listen = "{admin}"
 name = "origin"
 servers = ["{origin}"]
 connect_timeout = "1s"
-read_timeout = "5s"
+{upstream}
 
 [[route]]
 path_prefix = "/"
 upstream = "origin"
 mode = "enforce"
+{route}
 "#
         );
         let file = dir.join("precond.toml");
@@ -321,8 +340,16 @@ struct Tier {
 
 impl Tier {
     fn start() -> Tier {
+        Tier::start_with("")
+    }
+
+    /// With `store` as each instance's `[store]` lines.
+    fn start_with(store: &str) -> Tier {
         let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::None, "").unwrap();
-        let instances = [Instance::start(origin.addr), Instance::start(origin.addr)];
+        let instances = [
+            Instance::start_with(origin.addr, store),
+            Instance::start_with(origin.addr, store),
+        ];
         Tier { origin, instances }
     }
     fn origin_writes(&self) -> u64 {
@@ -1008,4 +1035,601 @@ fn through_nginx_affinity_loses_no_update_and_writes_are_never_resent() {
     assert_eq!(tier.origin_writes(), writes_before, "the write was resent");
     let read = send(n.addr, "GET", path, &[], "").unwrap();
     assert_eq!(read.status, 200, "a read is retried on the survivor");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared store on Redis (issue 12): the same tier with `[store] backend = "redis"`.
+
+/// The `[store]` lines of an instance on `redis` with a lease of `lease_ttl` (each call to Redis
+/// bounded by `timeout`; the lease must be at least 6 times that).
+fn redis_store(redis: &RedisServer, timeout: &str, lease_ttl: &str) -> String {
+    format!(
+        "backend = \"redis\"\nurl = \"{}\"\ntimeout = \"{timeout}\"\nlease_ttl = \"{lease_ttl}\"",
+        redis.url()
+    )
+}
+
+/// With the shared store, the tier no longer needs affinity: through the shipped HAProxy file
+/// with `balance roundrobin` (the baseline above, which loses updates with the memory store),
+/// the two instances serialise every write to the document on its Redis lease.
+#[test]
+fn through_round_robin_haproxy_two_instances_on_redis_lose_no_update() {
+    let _one = one_at_a_time();
+    let redis = RedisServer::start();
+    let tier = Tier::start_with(&redis_store(&redis, "200ms", "2s"));
+    let h = Haproxy::start(&tier, false);
+    let path = "/tier/redis-round-robin";
+    create(h.addr, path);
+    let writes_before = tier.origin_writes();
+    let completed = Arc::new(AtomicU64::new(0));
+    let by = served_by(&h, || {
+        let p = probe(h.addr, path, &completed, Duration::from_secs(40));
+        eprintln!("round robin, shared store on Redis: {}", summary(&p));
+        assert_eq!(p.finished, CLIENTS, "{}", summary(&p));
+        assert!(p.lost().is_empty(), "{}", summary(&p));
+        assert!(p.unknown.is_empty(), "{:?}", p.unknown);
+        // Every refusal was answered at the edge: the origin received the updates the clients
+        // saw succeed, nothing else.
+        assert_eq!(
+            tier.origin_writes() - writes_before,
+            p.succeeded.len() as u64
+        );
+    });
+    // Both instances served the document (round robin), and neither ever lost Redis.
+    assert!(by[0] > 0 && by[1] > 0, "{by:?}");
+    for i in &tier.instances {
+        let m = send(i.admin, "GET", "/metrics", &[], "").expect("metrics");
+        assert!(
+            m.body_str()
+                .contains("precond_shared_store_unavailable_total 0\n"),
+            "{}",
+            m.body_str()
+        );
+    }
+}
+
+/// What the slow origin saw, in order.
+#[derive(Clone, Debug)]
+struct Seen {
+    at: Instant,
+    method: String,
+    path: String,
+    /// A PUT's body; for a GET, the document it was answered with.
+    body: String,
+    /// `received` (a PUT's whole request is in: it is held), `applied` (the PUT's body is now
+    /// the document; its answer is being sent), `answered` (a GET).
+    what: &'static str,
+}
+
+/// A legacy origin (no validators, never checks preconditions) holding one document per path,
+/// whose writes are slow: a `PUT` is held for `hold` after its whole request arrived, then
+/// applied (whether or not its sender is still there) and answered `204`. Reads are answered at
+/// once. One thread per connection, keep-alive. Stopped when dropped.
+struct SlowOrigin {
+    addr: SocketAddr,
+    docs: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    /// Holds other than the default, by path and body.
+    holds: Arc<Mutex<std::collections::HashMap<(String, String), Duration>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl SlowOrigin {
+    fn start(hold: Duration) -> SlowOrigin {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let docs = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let holds = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (d, hs, v, st) = (docs.clone(), holds.clone(), seen.clone(), stop.clone());
+        let accept = thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let (d, hs, v) = (d.clone(), hs.clone(), v.clone());
+                        thread::spawn(move || SlowOrigin::serve(c, hold, &d, &hs, &v));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        SlowOrigin {
+            addr,
+            docs,
+            holds,
+            seen,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    fn serve(
+        c: TcpStream,
+        hold: Duration,
+        docs: &Mutex<std::collections::HashMap<String, String>>,
+        holds: &Mutex<std::collections::HashMap<(String, String), Duration>>,
+        seen: &Mutex<Vec<Seen>>,
+    ) {
+        use std::io::BufRead;
+        c.set_nonblocking(false).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(c);
+        let note = |method: &str, path: &str, body: &str, what| {
+            seen.lock().unwrap().push(Seen {
+                at: Instant::now(),
+                method: method.to_string(),
+                path: path.to_string(),
+                body: body.to_string(),
+                what,
+            });
+        };
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut words = line.split_whitespace();
+            let (method, target) = (
+                words.next().unwrap_or("").to_string(),
+                words.next().unwrap_or("/").to_string(),
+            );
+            let (mut len, mut chunked, mut close) = (0usize, false, false);
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 {
+                    return;
+                }
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                let (k, v) = h.split_once(':').unwrap_or((h, ""));
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+                match k.as_str() {
+                    "content-length" => len = v.parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = v.contains("chunked"),
+                    "connection" => close = v.contains("close"),
+                    _ => {}
+                }
+            }
+            let mut body = Vec::new();
+            if chunked {
+                loop {
+                    let mut size = String::new();
+                    if r.read_line(&mut size).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let n = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
+                        .unwrap_or(0);
+                    let mut chunk = vec![0; n + 2];
+                    if r.read_exact(&mut chunk).is_err() {
+                        return;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+            } else {
+                body.resize(len, 0);
+                if r.read_exact(&mut body).is_err() {
+                    return;
+                }
+            }
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let path = target.split('?').next().unwrap_or("/").to_string();
+            let reply = match method.as_str() {
+                "PUT" => {
+                    note(&method, &path, &body, "received");
+                    let held = holds
+                        .lock()
+                        .unwrap()
+                        .get(&(path.clone(), body.clone()))
+                        .copied();
+                    thread::sleep(held.unwrap_or(hold));
+                    docs.lock().unwrap().insert(path.clone(), body.clone());
+                    note(&method, &path, &body, "applied");
+                    "HTTP/1.1 204 No Content\r\n\r\n".to_string()
+                }
+                "GET" | "HEAD" => match docs.lock().unwrap().get(&path).cloned() {
+                    Some(doc) => {
+                        note(&method, &path, &doc, "answered");
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\n\r\n",
+                            doc.len()
+                        );
+                        if method == "GET" {
+                            head + &doc
+                        } else {
+                            head
+                        }
+                    }
+                    None => {
+                        note(&method, &path, "", "answered");
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+                    }
+                },
+                _ => "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n".to_string(),
+            };
+            if w.write_all(reply.as_bytes()).is_err() || close {
+                return;
+            }
+        }
+    }
+
+    fn set(&self, path: &str, doc: &str) {
+        self.docs
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), doc.to_string());
+    }
+
+    /// Holds a `PUT` of `body` to `path` for `hold` instead.
+    fn hold_for(&self, path: &str, body: &str, hold: Duration) {
+        self.holds
+            .lock()
+            .unwrap()
+            .insert((path.to_string(), body.to_string()), hold);
+    }
+
+    fn doc(&self, path: &str) -> Option<String> {
+        self.docs.lock().unwrap().get(path).cloned()
+    }
+
+    /// What it saw of `path`.
+    fn seen(&self, path: &str) -> Vec<Seen> {
+        let all = self.seen.lock().unwrap();
+        all.iter().filter(|s| s.path == path).cloned().collect()
+    }
+
+    /// When it saw `what` of the PUT of `body` to `path` (first time), if it did.
+    fn put(&self, path: &str, body: &str, what: &str) -> Option<Instant> {
+        self.seen(path)
+            .into_iter()
+            .find(|s| s.method == "PUT" && s.body == body && s.what == what)
+            .map(|s| s.at)
+    }
+}
+
+impl Drop for SlowOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The remaining TTL of the one lease in `redis` (none when no lease is held).
+fn lease_left(redis: &RedisServer) -> Option<Duration> {
+    let keys = redis.command(&["KEYS", "precond:*:lease"]);
+    let key = keys.lines().find(|l| l.starts_with("precond:"))?;
+    let ttl = redis.command(&["PTTL", key]);
+    let ms: i64 = ttl.strip_prefix(':')?.parse().ok()?;
+    (ms >= 0).then(|| Duration::from_millis(ms as u64))
+}
+
+/// Signed milliseconds from `from` to `to`.
+fn ms_from(from: Instant, to: Instant) -> i64 {
+    if to >= from {
+        (to - from).as_millis() as i64
+    } else {
+        -((from - to).as_millis() as i64)
+    }
+}
+
+/// How long the slow origin holds a write.
+const HOLD: Duration = Duration::from_millis(1500);
+/// The lease TTL of the kill tests (`store.timeout` 100 ms: the lease must be 6 times that).
+const LEASE_TTL: Duration = Duration::from_secs(1);
+/// The writes of the kill tests: A's (through the instance killed) and B's (through the other).
+const BODY_A: &str = r#"{"v":"A"}"#;
+const BODY_B: &str = r#"{"v":"B"}"#;
+/// The document before them.
+const BODY_0: &str = r#"{"v":0}"#;
+
+/// What [`kill_mid_write`] measured.
+#[derive(Debug)]
+struct KillRun {
+    /// What A's client got (the connection breaks when A dies).
+    a: Result<u16, String>,
+    /// The remaining TTL of A's lease in Redis right after the kill.
+    lease_left: Duration,
+    /// When A was killed.
+    killed: Instant,
+    /// When B's write was sent, and its answer (or what broke).
+    b_sent: Instant,
+    b: Result<u16, String>,
+    /// When the origin applied A's write.
+    a_applied: Instant,
+    /// A's writes the origin received.
+    a_puts: usize,
+    /// B's first request at the origin after B's write was sent (its probe).
+    b_probe: Seen,
+    /// When the origin received B's write, if it did.
+    b_received: Option<Instant>,
+    /// The document at the end.
+    end: String,
+}
+
+impl KillRun {
+    /// How long B's write waited before its probe reached the origin: the wait for the lease
+    /// (the probe itself is a loopback round trip).
+    fn b_wait(&self) -> Duration {
+        self.b_probe.at - self.b_sent
+    }
+    /// When A's lease expired in Redis (at the latest: measured just after the kill).
+    fn expired(&self) -> Instant {
+        self.killed + self.lease_left
+    }
+}
+
+/// The scenario of the kill tests, on `path` of `origin` (which holds writes): the document is
+/// `{"v":0}`; instance B refuses a stale write first (under the lease it probes and publishes
+/// what it saw, so the chain is unbroken); then a new instance A gets a conditional write naming
+/// the document's tag (`{"v":"A"}`): decided on B's published snapshot, it is forwarded without
+/// a probe. While the origin holds it, A is killed (SIGKILL) `kill_after` after the origin
+/// received it, and at once B gets a conditional write naming the same tag (`{"v":"B"}`).
+/// Prints the timeline; returns when the origin has applied every write it received.
+fn kill_mid_write(
+    redis: &RedisServer,
+    origin: &SlowOrigin,
+    b: &Instance,
+    path: &str,
+    kill_after: Duration,
+) -> KillRun {
+    origin.set(path, BODY_0);
+    let mut a = killable(origin.addr, redis);
+    let t0 = send(a.data, "GET", path, &[], "").unwrap();
+    assert_eq!(t0.status, 200, "{t0:?}");
+    let t0 = t0.etag();
+    assert_eq!(
+        send(b.data, "GET", path, &[], "").unwrap().etag(),
+        t0,
+        "one secret: one tag"
+    );
+    let r = send(b.data, "PUT", path, &[("If-Match", "\"stale\"")], BODY_B).unwrap();
+    assert_eq!(r.status, 412, "{r:?}");
+    let setup = origin.seen(path).len();
+
+    let (a_data, tag, target) = (a.data, t0.clone(), path.to_string());
+    let sent = Instant::now();
+    let a_client =
+        thread::spawn(move || send(a_data, "PUT", &target, &[("If-Match", &tag)], BODY_A));
+    wait_for(
+        "the origin to receive A's write",
+        Duration::from_secs(5),
+        || origin.put(path, BODY_A, "received").is_some(),
+    );
+    let a_received = origin.put(path, BODY_A, "received").unwrap();
+    // A decided on B's published snapshot: its write is the first thing it sent the origin.
+    let by_a: Vec<_> = origin.seen(path)[setup..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.what))
+        .collect();
+    assert_eq!(by_a, ["PUT received"], "A probed: the chain was broken");
+    thread::sleep((a_received + kill_after).saturating_duration_since(Instant::now()));
+    a.proc.kill();
+    let killed = Instant::now();
+    let lease_left = lease_left(redis).expect("A's lease is in Redis after the kill");
+    let b_sent = Instant::now();
+    let b_put = send(b.data, "PUT", path, &[("If-Match", &t0)], BODY_B);
+    let b_answered = Instant::now();
+    let a_answer = a_client.join().unwrap();
+    wait_for(
+        "the origin to apply A's write",
+        Duration::from_secs(5),
+        || origin.put(path, BODY_A, "applied").is_some(),
+    );
+    let b_received = origin.put(path, BODY_B, "received");
+    if b_received.is_some() {
+        wait_for(
+            "the origin to apply B's write",
+            Duration::from_secs(5),
+            || origin.put(path, BODY_B, "applied").is_some(),
+        );
+    }
+    let seen = origin.seen(path);
+    eprintln!(
+        "{path}: timeline, ms from the kill of A ({} ms after A's client sent its write):",
+        ms_from(sent, killed)
+    );
+    for s in &seen[setup..] {
+        eprintln!(
+            "  {:>6}  origin: {} {} {}",
+            ms_from(killed, s.at),
+            s.method,
+            s.what,
+            s.body
+        );
+    }
+    let run = KillRun {
+        a: a_answer.map(|r| r.status),
+        lease_left,
+        killed,
+        b_sent,
+        b: b_put.map(|r| r.status),
+        a_applied: origin.put(path, BODY_A, "applied").unwrap(),
+        a_puts: seen
+            .iter()
+            .filter(|s| s.method == "PUT" && s.body == BODY_A && s.what == "received")
+            .count(),
+        b_probe: seen
+            .iter()
+            .find(|s| s.at >= b_sent && !(s.method == "PUT" && s.body == BODY_A))
+            .cloned()
+            .expect("B's write reached the origin"),
+        b_received,
+        end: origin.doc(path).unwrap(),
+    };
+    eprintln!(
+        "  A's client: {:?}; A's lease had {} ms left at the kill; B's write sent at {} ms, \
+         answered at {} ms: {:?}; B waited {} ms for the lease ({} ms after it expired)",
+        run.a,
+        run.lease_left.as_millis(),
+        ms_from(killed, b_sent),
+        ms_from(killed, b_answered),
+        run.b,
+        run.b_wait().as_millis(),
+        ms_from(run.expired(), run.b_probe.at),
+    );
+    // What holds in every case: A's client never saw success; the origin received A's write
+    // once; B could not take the lease before A's expired (A is dead and no longer renews it:
+    // at most `lease_ttl` after its last renewal), then waited out the rest of A's bound in
+    // flight (4 s from when A forwarded, see `killable`); and B's write probed the origin (A
+    // never published: the chain is broken).
+    assert!(!matches!(run.a, Ok(200..=299)), "{:?}", run.a);
+    assert_eq!(run.a_puts, 1);
+    assert!(run.lease_left <= LEASE_TTL, "{run:?}");
+    assert!(
+        run.b_probe.at + Duration::from_millis(5) >= run.expired(),
+        "B reached the origin before A's lease expired: {run:?}"
+    );
+    assert!(
+        run.b_wait() < LEASE_TTL + Duration::from_secs(4 + 1),
+        "B waited {:?}",
+        run.b_wait()
+    );
+    assert_eq!(
+        (run.b_probe.method.as_str(), run.b_probe.what),
+        ("GET", "answered"),
+        "B's write did not probe: {run:?}"
+    );
+    run
+}
+
+/// A write whose instance is killed (SIGKILL) while the origin processes it, and which the
+/// origin applies before the dead instance's lease expires (here: the origin needs 300 ms more,
+/// the lease has about 800 ms left: A last renewed it ~200 ms before). A conditional write
+/// through the other instance naming the tag from before waits for the lease (A is dead and
+/// stops renewing it, so it expires at most `lease_ttl` after A's last renewal), then probes the
+/// origin (A never published), sees A's result and is refused with 412: no update is lost, and
+/// B's write never reaches the origin.
+#[test]
+fn a_killed_instance_mid_write_blocks_the_resource_until_its_lease_expires_then_the_next_writer_probes(
+) {
+    let _one = one_at_a_time();
+    let redis = RedisServer::start();
+    let origin = SlowOrigin::start(HOLD);
+    let b = killable(origin.addr, &redis);
+    // Killed 1.2 s into the origin's 1.5 s: after A's lease was renewed at least twice.
+    let run = kill_mid_write(
+        &redis,
+        &origin,
+        &b,
+        "/lease/late",
+        Duration::from_millis(1200),
+    );
+    // The scenario: the origin applied A's write while A's lease still blocked the resource.
+    assert!(run.a_applied < run.expired(), "{run:?}");
+    assert_eq!(run.b, Ok(412), "{run:?}");
+    assert!(
+        run.b_probe.at >= run.a_applied && run.b_probe.body == BODY_A,
+        "B's probe did not see A's write: {run:?}"
+    );
+    assert_eq!(run.b_received, None, "B's stale write reached the origin");
+    assert_eq!(run.end, BODY_A);
+}
+
+/// An instance of the kill tests: lease 1 s; a forwarded write is in flight at most
+/// `write_body_timeout` 1 s + `connect_timeout` 1 s + `read_timeout` 2 s = 4 s (the bound a holder
+/// after a dead one waits out); `write_wait` 8 s, so that a writer may wait it out.
+fn killable(origin: SocketAddr, redis: &RedisServer) -> Instance {
+    Instance::start_tuned(
+        origin,
+        &redis_store(redis, "100ms", "1s"),
+        "read_timeout = \"2s\"",
+        "write_body_timeout = \"1s\"\nwrite_wait = \"8s\"",
+    )
+}
+
+/// The lease alone bounds how long a dead instance blocks a resource, not how long the origin
+/// goes on processing the write that instance had forwarded. So before forwarding, a holder
+/// records until when its write may be in flight (its own bound: `write_body_timeout` +
+/// `connect_timeout` + `read_timeout`), and a holder after a broken chain waits that out before
+/// it probes. Here A is killed 200 ms into the origin's hold (before its first renewal): its lease
+/// expires about 0.8 s later, while the origin still holds A's write (1.5 s, or 2.5 s: longer
+/// than B's). B takes the lease, waits until A's bound has passed, probes, sees A's write, and its
+/// stale write is refused: nothing is lost, whichever order the origin would have applied them in.
+/// A writer whose `write_wait` cannot cover the rest of that bound gets a 503 at once.
+#[test]
+fn a_dead_instances_write_that_outlasts_its_lease_is_waited_out_by_the_next_writer() {
+    let _one = one_at_a_time();
+    let redis = RedisServer::start();
+    let origin = SlowOrigin::start(HOLD);
+    let b = killable(origin.addr, &redis);
+    for (path, a_hold, b_hold) in [
+        ("/lease/early", HOLD, HOLD),
+        (
+            "/lease/overtaken",
+            Duration::from_millis(2500),
+            Duration::from_millis(100),
+        ),
+    ] {
+        origin.hold_for(path, BODY_A, a_hold);
+        origin.hold_for(path, BODY_B, b_hold);
+        let run = kill_mid_write(&redis, &origin, &b, path, Duration::from_millis(200));
+        // The scenario: A's lease expired while the origin still held A's write.
+        assert!(run.expired() < run.a_applied, "{run:?}");
+        // B waited past A's write, saw it, and was refused: no update lost.
+        assert!(
+            run.b_probe.at >= run.a_applied && run.b_probe.body == BODY_A,
+            "B's probe did not see A's write: {run:?}"
+        );
+        assert_eq!(run.b, Ok(412), "{run:?}");
+        assert_eq!(run.b_received, None, "B's stale write reached the origin");
+        assert_eq!(run.end, BODY_A, "{run:?}");
+        assert_eq!(run.a_puts, 1);
+        // Within the lease's TTL plus A's bound in flight (4 s), and a margin.
+        assert!(
+            run.b_wait() < Duration::from_millis(1000 + 4000 + 2000),
+            "{run:?}"
+        );
+        eprintln!(
+            "{path}: B waited {} ms, saw A's write, refused 412",
+            run.b_wait().as_millis()
+        );
+    }
+    // A writer that cannot wait that long (write_wait 1 s) gets a 503 at once, and nothing of
+    // it reaches the origin.
+    let path = "/lease/impatient";
+    origin.hold_for(path, BODY_A, Duration::from_millis(2500));
+    let c = Instance::start_tuned(
+        origin.addr,
+        &redis_store(&redis, "100ms", "1s"),
+        "read_timeout = \"2s\"",
+        "write_body_timeout = \"1s\"\nwrite_wait = \"1s\"",
+    );
+    origin.set(path, BODY_0);
+    let mut a = killable(origin.addr, &redis);
+    let t0 = send(a.data, "GET", path, &[], "").unwrap().etag();
+    let (a_data, tag) = (a.data, t0.clone());
+    let a_client = thread::spawn(move || {
+        send(
+            a_data,
+            "PUT",
+            "/lease/impatient",
+            &[("If-Match", &tag)],
+            BODY_A,
+        )
+    });
+    wait_for(
+        "the origin to receive A's write",
+        Duration::from_secs(5),
+        || origin.put(path, BODY_A, "received").is_some(),
+    );
+    a.proc.kill();
+    let r = send(c.data, "PUT", path, &[("If-Match", &t0)], BODY_B).unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("earlier write"),
+        "{r:?}"
+    );
+    let _ = a_client.join();
+    assert_eq!(origin.put(path, BODY_B, "received"), None);
 }

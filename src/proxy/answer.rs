@@ -319,6 +319,24 @@ pub(crate) async fn write_busy(
     retry_shortly(s, session, "write-busy", &detail).await
 }
 
+/// 503 (shared store): an earlier write to this resource, forwarded by an instance that died or
+/// gave up on the origin, may still be in flight there for `left`; this write is not forwarded
+/// beside it.
+pub(crate) async fn earlier_write_in_flight(
+    s: &Shared,
+    session: &mut Session,
+    left: std::time::Duration,
+) -> Result<()> {
+    let detail = format!(
+        "An earlier write to this resource has an unknown outcome (the instance that sent it \
+         stopped, or gave up waiting for the origin) and may still be applied for up to \
+         {:.1} s; this write was not forwarded beside it. Retry after that, and read the \
+         resource first.",
+        left.as_secs_f64()
+    );
+    retry_shortly(s, session, "earlier-write-in-flight", &detail).await
+}
+
 /// 503 when the validators a conditional write needs could not be established.
 pub(crate) async fn unknown_state(
     s: &Shared,

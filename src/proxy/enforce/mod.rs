@@ -95,6 +95,43 @@ fn from_snapshot(sn: &Snapshot) -> Option<Entry> {
     probed(sn.status, &v, sn.last_modified)
 }
 
+/// Shared store only: refuses the write (412/428) when the state its last lease holder published,
+/// with no write in flight, proves the precondition false. `Ok(false)`: not decided here (no
+/// shared store, nothing published, a write in flight, the precondition holds, or Redis did not
+/// answer: the write then takes the lease, which answers 503 if Redis is down).
+async fn refused_on_peek(
+    s: &Shared,
+    session: &mut Session,
+    ctx: &Ctx,
+    judged: Method,
+    required: bool,
+    key: &OwnedKey,
+) -> Result<bool> {
+    let Some(redis) = &s.redis else {
+        return Ok(false);
+    };
+    let needs_date = has_date_precondition(session.req_header());
+    let Some(entry) = redis
+        .peek(&key.as_key(), ctx.principal)
+        .await
+        .ok()
+        .flatten()
+        .as_ref()
+        .and_then(from_snapshot)
+        .filter(|e| decidable(e, needs_date))
+    else {
+        return Ok(false);
+    };
+    let cond = conditional(&session.req_header().headers, judged);
+    match evaluate(&cond, &current_of(&entry), required) {
+        Decision::PreconditionFailed(f) => {
+            answer::reject(s, session, f, Some(&entry)).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// A write refused under the shared store's lease: the resource did not change; what this
 /// write's probe showed (if it probed) is published for the next holder. A failure to publish
 /// only costs the next holder a probe.
@@ -238,6 +275,11 @@ async fn write(
         answer::require(s, session).await?;
         return Ok(true);
     }
+    // With a shared store: a write whose precondition the published state already proves false
+    // is refused without waiting for (or taking) the lock and the lease.
+    if has_any && refused_on_peek(s, session, ctx, judged, required, &key).await? {
+        return Ok(true);
+    }
     let Some(lock) = s.locks.lock(&key, settings.write_wait).await else {
         warn!(path = %s.shown_target(session.req_header()), "write lock not obtained in time");
         answer::write_busy(s, session, settings.write_wait).await?;
@@ -252,6 +294,19 @@ async fn write(
         let deadline = std::time::Instant::now() + settings.write_wait;
         match redis.acquire(&key.as_key(), ctx.principal, deadline).await {
             Ok(Some(lease)) => {
+                // The chain is broken: a write an earlier holder forwarded (it died, or gave up on
+                // the origin) may still be in flight there. Nothing is forwarded beside it.
+                let quiet = lease.quiet();
+                if !quiet.is_zero() {
+                    if std::time::Instant::now() + quiet > deadline {
+                        drop(lease);
+                        ctx.write_lock = None;
+                        warn!(path = %s.shown_target(session.req_header()), wait_ms = quiet.as_millis() as u64, "write refused: an earlier write to the resource may still be in flight");
+                        answer::earlier_write_in_flight(s, session, quiet).await?;
+                        return Ok(true);
+                    }
+                    tokio::time::sleep(quiet).await;
+                }
                 shared_view = lease.snapshot().and_then(from_snapshot);
                 ctx.lease = Some(lease);
             }
@@ -369,6 +424,27 @@ async fn write(
                     path = %s.shown_target(session.req_header()),
                     "write forwarded unevaluated: the probe established no state"
                 );
+            }
+        }
+    }
+    // Shared store: the write's bound in flight is recorded before it is sent, so that a holder
+    // after it whose chain is broken waits it out.
+    if let Some(lease) = &ctx.lease {
+        let up = &s.config.upstreams[route.upstream];
+        let hold = settings.write_body_timeout + up.connect_timeout + up.read_timeout;
+        match lease.mark_forwarding(hold).await {
+            Ok(true) => {}
+            Ok(false) => {
+                ctx.lease = None;
+                ctx.write_lock = None;
+                answer::shared_store_unavailable(s, session, "the write's lease expired").await?;
+                return Ok(true);
+            }
+            Err(e) => {
+                ctx.lease = None;
+                ctx.write_lock = None;
+                answer::shared_store_unavailable(s, session, &e.to_string()).await?;
+                return Ok(true);
             }
         }
     }

@@ -32,6 +32,9 @@ pub struct Lease {
     /// The snapshot the previous holder left for this partition (only when the chain is
     /// unbroken).
     snapshot: Option<Snapshot>,
+    /// With a broken chain: how long until every write an earlier holder forwarded is past
+    /// precond's bound on it.
+    quiet: Duration,
     renewal: Option<tokio::task::JoinHandle<()>>,
     done: bool,
 }
@@ -52,7 +55,40 @@ fn ms(d: Duration) -> Vec<u8> {
     d.as_millis().max(1).to_string().into_bytes()
 }
 
+/// The three keys of a resource id: lease, fence, state.
+fn keys_of(id: &str) -> (String, String, String) {
+    (
+        format!("precond:{{{id}}}:lease"),
+        format!("precond:{{{id}}}:fence"),
+        format!("precond:{{{id}}}:state"),
+    )
+}
+
+fn field_of(principal: Principal) -> String {
+    format!("p:{:016x}", principal.0)
+}
+
 impl Redis {
+    /// The caller's snapshot of `key` as of now, without taking the lease: only when no write
+    /// holds the lease and the last holder published (otherwise `None`). A write may be refused
+    /// on it; anything else must take the lease.
+    pub async fn peek(
+        &self,
+        key: &ResourceKey<'_>,
+        principal: Principal,
+    ) -> Result<Option<Snapshot>, SharedError> {
+        let (lease_key, fence_key, state_key) = keys_of(&self.resource_id(key));
+        let got: Option<Vec<u8>> = self
+            .run(
+                "peek",
+                &self.scripts.peek,
+                &[&lease_key, &fence_key, &state_key],
+                &[field_of(principal).as_bytes()],
+            )
+            .await?;
+        Ok(got.as_deref().and_then(Snapshot::decode))
+    }
+
     /// Waits (polling, backing off from 2 ms to 50 ms) until the lease of `key` is this caller's,
     /// or `deadline` passes (`Ok(None)`).
     pub async fn acquire(
@@ -61,13 +97,8 @@ impl Redis {
         principal: Principal,
         deadline: Instant,
     ) -> Result<Option<Lease>, SharedError> {
-        let id = self.resource_id(key);
-        let (lease_key, fence_key, state_key) = (
-            format!("precond:{{{id}}}:lease"),
-            format!("precond:{{{id}}}:fence"),
-            format!("precond:{{{id}}}:state"),
-        );
-        let field = format!("p:{:016x}", principal.0);
+        let (lease_key, fence_key, state_key) = keys_of(&self.resource_id(key));
+        let field = field_of(principal);
         let token = random_token();
         let ttl = ms(self.settings.lease_ttl);
         let state_ttl = ms(self.settings.state_ttl);
@@ -89,7 +120,8 @@ impl Redis {
                 let fence = int(reply.first())
                     .ok_or_else(|| SharedError("acquire: unexpected reply".into()))?;
                 let clean = int(reply.get(1)) == Some(1);
-                let snapshot = match reply.get(2) {
+                let quiet = Duration::from_millis(int(reply.get(2)).unwrap_or(0).max(0) as u64);
+                let snapshot = match reply.get(3) {
                     Some(Value::BulkString(b)) if clean => Snapshot::decode(b),
                     _ => None,
                 };
@@ -101,6 +133,7 @@ impl Redis {
                     fence,
                     field,
                     snapshot,
+                    quiet,
                     renewal: None,
                     done: false,
                 };
@@ -136,6 +169,28 @@ impl Lease {
     /// nobody broke the chain since.
     pub fn snapshot(&self) -> Option<&Snapshot> {
         self.snapshot.as_ref()
+    }
+
+    /// How long this holder must wait before forwarding a write: zero when the previous holder
+    /// published; otherwise the rest of the bound on the last write an earlier holder forwarded
+    /// (a holder that died, or gave up on the origin, may have left it in flight there).
+    pub fn quiet(&self) -> Duration {
+        self.quiet
+    }
+
+    /// Records that this holder forwards its write now, in flight at most `hold`. `Ok(false)`:
+    /// the lease is no longer this holder's; the write must not be forwarded.
+    pub async fn mark_forwarding(&self, hold: Duration) -> Result<bool, SharedError> {
+        let r = &self.redis;
+        let marked: i64 = r
+            .run(
+                "mark",
+                &r.scripts.mark,
+                &[&self.lease_key, &self.state_key],
+                &[self.token.as_bytes(), &ms(hold), &ms(r.settings.state_ttl)],
+            )
+            .await?;
+        Ok(marked == 1)
     }
 
     fn spawn_renewal(&self) -> tokio::task::JoinHandle<()> {

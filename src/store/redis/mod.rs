@@ -69,6 +69,8 @@ struct Scripts {
     renew: redis::Script,
     publish: redis::Script,
     release: redis::Script,
+    peek: redis::Script,
+    mark: redis::Script,
 }
 
 /// A connection to the shared store.
@@ -100,6 +102,8 @@ impl Redis {
                 renew: redis::Script::new(scripts::RENEW),
                 publish: redis::Script::new(scripts::PUBLISH),
                 release: redis::Script::new(scripts::RELEASE),
+                peek: redis::Script::new(scripts::PEEK),
+                mark: redis::Script::new(scripts::MARK),
             },
             errors: AtomicU64::new(0),
             warned: AtomicU64::new(0),

@@ -4,13 +4,16 @@
 //!
 //! Keys of a resource `id`: `precond:{id}:lease` (the holder's token, with a TTL),
 //! `precond:{id}:fence` (a counter, incremented by every acquisition), `precond:{id}:state` (a
-//! hash: `fence`, the number of the last holder that published, and one snapshot per caller
-//! partition, field `p:<hex>`).
+//! hash: `fence`, the number of the last holder that published; `quiet`, until when a write an
+//! earlier holder forwarded may still be in flight; one snapshot per caller partition, field
+//! `p:<hex>`).
 
-/// Acquire: `SET lease token NX PX ttl`; on success the holder's fence number (`INCR fence`) and,
-/// when the previous holder published (the state's `fence` is this one minus one: nobody in
-/// between died or left an unknown outcome), the caller's snapshot. Returns nil when the lease is
-/// held by another.
+/// Acquire: `SET lease token NX PX ttl`; on success the holder's fence number (`INCR fence`),
+/// whether the chain is unbroken (the state's `fence` is this one minus one: the previous holder
+/// published, nobody in between died or left an unknown outcome), and then the caller's snapshot;
+/// when it is broken, how long (ms, by the server's clock) until every write an earlier holder
+/// forwarded is past precond's own bound on it (`quiet`, set by `MARK`): the new holder must not
+/// forward before. Returns nil when the lease is held by another.
 ///
 /// KEYS: lease, fence, state. ARGV: token, lease TTL (ms), snapshot field, state TTL (ms).
 pub(super) const ACQUIRE: &str = r"
@@ -23,11 +26,31 @@ local published = tonumber(redis.call('HGET', KEYS[3], 'fence') or '-1')
 if published == f - 1 then
   local snap = redis.call('HGET', KEYS[3], ARGV[3])
   if snap then
-    return {f, 1, snap}
+    return {f, 1, 0, snap}
   end
-  return {f, 1}
+  return {f, 1, 0}
 end
-return {f, 0}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local quiet = tonumber(redis.call('HGET', KEYS[3], 'quiet') or '0')
+return {f, 0, math.max(0, quiet - now)}
+";
+
+/// Mark: the holder is about to forward its write; until `now + hold` (precond's bound on how
+/// long it waits for the origin's answer) a holder after it whose chain is broken must not
+/// forward. Returns 1, or 0 when the lease is no longer the holder's (then it must not forward).
+///
+/// KEYS: lease, state. ARGV: token, hold (ms), state TTL (ms).
+pub(super) const MARK: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local quiet = tonumber(redis.call('HGET', KEYS[2], 'quiet') or '0')
+redis.call('HSET', KEYS[2], 'quiet', math.max(quiet, now + tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
 ";
 
 /// Renew: extend the lease's TTL while the holder still owns it. Returns 1, or 0 when the lease
@@ -74,4 +97,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+";
+
+/// Peek: the caller's snapshot, only while nobody holds the lease and the last holder published
+/// (the state's `fence` equals the counter): the resource's state as of this instant, good
+/// enough to refuse a write without taking the lease. nil otherwise.
+///
+/// KEYS: lease, fence, state. ARGV: snapshot field.
+pub(super) const PEEK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+local f = tonumber(redis.call('GET', KEYS[2]) or '-1')
+local published = tonumber(redis.call('HGET', KEYS[3], 'fence') or '-2')
+if published ~= f then
+  return false
+end
+return redis.call('HGET', KEYS[3], ARGV[1])
 ";

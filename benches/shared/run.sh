@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Shared-store benchmark: what `[store] backend = "redis"` costs an enforce route, against the
+# memory backend in the same run. Two precond enforce instances (one per backend, 2 threads each)
+# in front of the bundled legacy origin (`precond origin --tags none`), a local redis-server
+# (`--save "" --appendonly no`), wrk on loopback.
+#
+#   bash benches/shared/run.sh            # DURATION=10s
+#   DURATION=2s bash benches/shared/run.sh   # a smoke run
+#
+# Rows, per backend:
+#   put-match  one client (wrk -c1): PUT /items/1 with If-Match: its current (synthesised) tag and
+#              the same body each time, so every write matches and is forwarded. Under the lease
+#              (redis: acquire + publish, two round trips) or the local lock (memory), each write
+#              probes the origin (a legacy origin's write answer carries no tag) and is forwarded:
+#              its p50/p99 latency is the write's cost; redis minus memory is what the lease adds.
+#   put-stale  32 clients (wrk -c32): PUT /items/1 with If-Match: "stale": refused at the edge.
+#              memory: decided on the local store; redis: on the snapshot the previous holder
+#              published, under the lease (two round trips per refusal, serialised per resource).
+# Checks (FAIL, non-zero exit): put-match all 2xx, put-stale all 412 (the origin never answers
+# 412: every one is precond's), no socket errors.
+#
+# Knobs: DURATION (10s), PRECOND_BIN, RESULTS_DIR (default benches/shared), KEEP_TMP=1. Needs
+# redis-server (scripts/setup installs it), wrk, curl, python3.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+RESULTS_DIR=${RESULTS_DIR:-$here}
+cd "$root"
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+
+install_missing
+command -v redis-server >/dev/null 2>&1 || die "redis-server is missing: run scripts/setup"
+precond_binary
+
+tmp=$(mktemp -d /tmp/precond-shared.XXXXXX)
+declare -A pids
+declare -A PID
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+read -r P_REDIS P_ORIGIN P_MEM P_RED <<<"$(free_ports 4)"
+check_free "$P_REDIS" "$P_ORIGIN" "$P_MEM" "$P_RED"
+
+start redis-server TERM "$tmp/redis-server.log" redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no
+start origin INT "$tmp/origin.log" "$PRECOND" origin --listen "127.0.0.1:$P_ORIGIN" --tags none
+for backend in memory redis; do
+  port=$P_MEM
+  store='backend = "memory"'
+  if [ "$backend" = redis ]; then
+    port=$P_RED
+    store="backend = \"redis\"
+url = \"redis://127.0.0.1:$P_REDIS/0\""
+  fi
+  cat >"$tmp/$backend.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$port"]
+threads = 2
+grace_period = "0s"
+graceful_shutdown_timeout = "1s"
+
+[store]
+$store
+
+[[upstream]]
+name = "origin"
+servers = ["127.0.0.1:$P_ORIGIN"]
+
+[[route]]
+upstream = "origin"
+mode = "enforce"
+CONF
+  PRECOND_TAG_SECRET=precond-shared-benchmark-secret "$PRECOND" check --config "$tmp/$backend.toml" >/dev/null
+  PRECOND_TAG_SECRET=precond-shared-benchmark-secret RUST_LOG=warn \
+    start "$backend" INT "$tmp/precond-$backend.log" "$PRECOND" run --config "$tmp/$backend.toml"
+done
+wait_ready origin "${PID[origin]}" "http://127.0.0.1:$P_ORIGIN/items/1" "$tmp/origin.log"
+wait_ready "precond memory" "${PID[memory]}" "http://127.0.0.1:$P_MEM/items/1" "$tmp/precond-memory.log"
+wait_ready "precond redis" "${PID[redis]}" "http://127.0.0.1:$P_RED/items/1" "$tmp/precond-redis.log"
+
+BODY='{"id":1,"name":"widget","stock":7}'
+curl -s -o /dev/null -X PUT --data-binary "$BODY" "http://127.0.0.1:$P_MEM/items/1"
+TAG=$(curl -s -D - -o /dev/null "http://127.0.0.1:$P_MEM/items/1" | tr -d '\r' | awk 'tolower($1) == "etag:" { print $2 }')
+[ -n "$TAG" ] || die "no ETag from the enforce route"
+[ "$TAG" = "$(curl -s -D - -o /dev/null "http://127.0.0.1:$P_RED/items/1" | tr -d '\r' | awk 'tolower($1) == "etag:" { print $2 }')" ] ||
+  die "the two instances synthesise different tags (one secret: one tag)"
+cat >"$tmp/put-match.lua" <<LUA
+wrk.method = "PUT"
+wrk.headers["If-Match"] = '$TAG'
+wrk.body = '$BODY'
+LUA
+cat >"$tmp/put-stale.lua" <<LUA
+wrk.method = "PUT"
+wrk.headers["If-Match"] = '"stale"'
+wrk.body = '$BODY'
+LUA
+
+failures=()
+rows=()
+for w in put-match put-stale; do
+  for backend in memory redis; do
+    port=$P_MEM
+    [ "$backend" = memory ] || port=$P_RED
+    c=1
+    [ "$w" = put-match ] || c=32
+    out="$tmp/wrk-$w-$backend.txt"
+    wrk -t1 -c"$c" -d"$DURATION" --latency -s "$tmp/$w.lua" "http://127.0.0.1:$port/items/1" >"$out" 2>&1
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p50=$(awk '$1 == "50%" { print $2 }' "$out")
+    p99=$(awk '$1 == "99%" { print $2 }' "$out")
+    bad=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+    requests=$(awk '/requests in/ { print $1 }' "$out")
+    errs=$(awk '/Socket errors:/ { print $0 }' "$out")
+    [ -z "$errs" ] || failures+=("$w $backend: $errs")
+    if [ "$w" = put-match ] && [ -n "$bad" ]; then failures+=("$w $backend: $bad answers not 2xx"); fi
+    if [ "$w" = put-stale ] && [ "${bad:-0}" != "$requests" ]; then failures+=("$w $backend: ${bad:-0} of $requests refused (all must be 412)"); fi
+    rows+=("| $w | $backend | $c | $rps | $p50 | $p99 |")
+    log "$w $backend: $rps req/s, p50 $p50, p99 $p99"
+  done
+done
+errors=$(cat "$tmp/precond-redis.log" "$tmp/precond-memory.log" | grep -c -E 'WARN|ERROR' || true)
+
+mkdir -p "$RESULTS_DIR"
+{
+  echo "# precond shared-store benchmark (enforce: memory vs redis backend)"
+  echo
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC') (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))"
+  echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); redis: $(redis-server --version | awk '{ print $3 }')"
+  echo "- precond: $PRECOND (HEAD $(git rev-parse --short HEAD 2>/dev/null || echo unknown)), enforce, 2 threads, one instance per backend; origin: \`precond origin --tags none\`"
+  echo "- load: wrk -t1, $DURATION per row, one resource"
+  echo
+  echo "| workload | backend | connections | req/s | p50 | p99 |"
+  echo "|---|---|---:|---:|---:|---:|"
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "precond logged $errors WARN/ERROR lines. Reproduce: \`bash benches/shared/run.sh\` (knobs in its header)."
+} >"$RESULTS_DIR/results.md"
+cat "$RESULTS_DIR/results.md"
+if [ ${#failures[@]} -gt 0 ]; then
+  printf 'FAIL: %s\n' "${failures[@]}" >&2
+  exit 1
+fi
+echo "OK: matching writes forwarded, stale writes refused at the edge, on both backends"
