@@ -229,3 +229,87 @@ fn shared_store_config_is_checked() {
         assert!(e.contains("secret"), "{e}");
     }
 }
+
+/// The lease's chain rules, on the library's API against the real Redis: a snapshot is trusted
+/// only when the previous holder published; a holder that found the chain broken cannot vouch
+/// for other partitions' snapshots; a holder after a broken chain is told how long the last
+/// forwarded write may still be in flight; state that expired is not trusted.
+#[test]
+fn lease_chain_rules_hold_against_a_real_redis() {
+    use precond::identity::{Principal, ResourceKey, RouteId};
+    use precond::store::redis::{Redis, RedisSettings, Snapshot};
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let redis = Redis::new(
+            RedisSettings {
+                url: server.url(),
+                timeout: Duration::from_millis(500),
+                lease_ttl: Duration::from_secs(3),
+                state_ttl: Duration::from_millis(1500),
+            },
+            [7; 32],
+        )
+        .unwrap();
+        let key = ResourceKey {
+            route: RouteId(1),
+            host: "h",
+            path: "/r",
+        };
+        let deadline = || Instant::now() + Duration::from_secs(2);
+        let snap = |tag: &str| Snapshot {
+            status: 200,
+            tag: Some(tag.as_bytes().to_vec()),
+            synthetic: true,
+            alias: None,
+            last_modified: None,
+        };
+        let (p1, p2, p3) = (Principal(1), Principal(2), Principal(3));
+        // P1 probes and publishes E1 (unchanged): the next holder of P1 trusts it.
+        let l = redis.acquire(&key, p1, deadline()).await.unwrap().unwrap();
+        assert!(l.snapshot().is_none());
+        assert!(l.publish(false, Some(&snap("\"E1\""))).await.unwrap());
+        let l = redis.acquire(&key, p1, deadline()).await.unwrap().unwrap();
+        assert_eq!(l.snapshot(), Some(&snap("\"E1\"")));
+        assert_eq!(l.quiet(), Duration::ZERO);
+        assert!(l.publish(false, None).await.unwrap());
+        assert_eq!(
+            redis.peek(&key, p1).await.unwrap(),
+            Some(snap("\"E1\"")),
+            "no holder, chain unbroken: the published state"
+        );
+        // P2 forwards a write (bound 400 ms) and ends without publishing: the chain is broken.
+        let l = redis.acquire(&key, p2, deadline()).await.unwrap().unwrap();
+        assert!(l.mark_forwarding(Duration::from_millis(400)).await.unwrap());
+        l.release().await.unwrap();
+        assert_eq!(redis.peek(&key, p1).await.unwrap(), None, "chain broken");
+        // P3 must wait out P2's bound, and cannot vouch for P1's snapshot.
+        let mut l = redis.acquire(&key, p3, deadline()).await.unwrap().unwrap();
+        assert!(l.snapshot().is_none());
+        assert!(
+            l.quiet() > Duration::from_millis(100) && l.quiet() <= Duration::from_millis(400),
+            "{:?}",
+            l.quiet()
+        );
+        tokio::time::sleep(l.quiet()).await;
+        l.waited_out();
+        assert!(l.publish(false, Some(&snap("\"E3\""))).await.unwrap());
+        let l = redis.acquire(&key, p1, deadline()).await.unwrap().unwrap();
+        assert!(
+            l.snapshot().is_none(),
+            "P1's snapshot from before the broken chain was trusted again"
+        );
+        assert!(l.publish(false, None).await.unwrap());
+        let l = redis.acquire(&key, p3, deadline()).await.unwrap().unwrap();
+        assert_eq!(l.snapshot(), Some(&snap("\"E3\"")));
+        drop(l); // abandoned: ended in the background ("changed")
+                 // Idle past the state's TTL: nothing is trusted any more.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let l = redis.acquire(&key, p3, deadline()).await.unwrap().unwrap();
+        assert!(l.snapshot().is_none(), "expired state trusted");
+        assert!(l.publish(true, None).await.unwrap());
+    });
+}

@@ -1481,7 +1481,7 @@ fn kill_mid_write(
     // What holds in every case: A's client never saw success; the origin received A's write
     // once; B could not take the lease before A's expired (A is dead and no longer renews it:
     // at most `lease_ttl` after its last renewal), then waited out the rest of A's bound in
-    // flight (4 s from when A forwarded, see `killable`); and B's write probed the origin (A
+    // flight (5 s from when A forwarded, see `killable`); and B's write probed the origin (A
     // never published: the chain is broken).
     assert!(!matches!(run.a, Ok(200..=299)), "{:?}", run.a);
     assert_eq!(run.a_puts, 1);
@@ -1491,7 +1491,7 @@ fn kill_mid_write(
         "B reached the origin before A's lease expired: {run:?}"
     );
     assert!(
-        run.b_wait() < LEASE_TTL + Duration::from_secs(4 + 1),
+        run.b_wait() < LEASE_TTL + Duration::from_secs(5 + 1),
         "B waited {:?}",
         run.b_wait()
     );
@@ -1537,13 +1537,14 @@ fn a_killed_instance_mid_write_blocks_the_resource_until_its_lease_expires_then_
 }
 
 /// An instance of the kill tests: lease 1 s; a forwarded write is in flight at most
-/// `write_body_timeout` 1 s + `connect_timeout` 1 s + `read_timeout` 2 s = 4 s (the bound a holder
-/// after a dead one waits out); `write_wait` 8 s, so that a writer may wait it out.
+/// `write_body_timeout` 1 s + `connect_timeout` 1 s (one server) + `write_timeout` 1 s +
+/// `read_timeout` 2 s = 5 s (the bound a holder after a dead one waits out); `write_wait` 8 s,
+/// so that a writer may wait it out.
 fn killable(origin: SocketAddr, redis: &RedisServer) -> Instance {
     Instance::start_tuned(
         origin,
         &redis_store(redis, "100ms", "1s"),
-        "read_timeout = \"2s\"",
+        "read_timeout = \"2s\"\nwrite_timeout = \"1s\"",
         "write_body_timeout = \"1s\"\nwrite_wait = \"8s\"",
     )
 }
@@ -1585,9 +1586,9 @@ fn a_dead_instances_write_that_outlasts_its_lease_is_waited_out_by_the_next_writ
         assert_eq!(run.b_received, None, "B's stale write reached the origin");
         assert_eq!(run.end, BODY_A, "{run:?}");
         assert_eq!(run.a_puts, 1);
-        // Within the lease's TTL plus A's bound in flight (4 s), and a margin.
+        // Within the lease's TTL plus A's bound in flight (5 s), and a margin.
         assert!(
-            run.b_wait() < Duration::from_millis(1000 + 4000 + 2000),
+            run.b_wait() < Duration::from_millis(1000 + 5000 + 2000),
             "{run:?}"
         );
         eprintln!(
@@ -1602,7 +1603,7 @@ fn a_dead_instances_write_that_outlasts_its_lease_is_waited_out_by_the_next_writ
     let c = Instance::start_tuned(
         origin.addr,
         &redis_store(&redis, "100ms", "1s"),
-        "read_timeout = \"2s\"",
+        "read_timeout = \"2s\"\nwrite_timeout = \"1s\"",
         "write_body_timeout = \"1s\"\nwrite_wait = \"1s\"",
     );
     origin.set(path, BODY_0);

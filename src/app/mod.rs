@@ -78,11 +78,20 @@ fn shared_store(config: &Config, keys: &Keys) -> std::io::Result<Option<Arc<Redi
             secret::SECRET_ENV
         )));
     }
+    // A resource's state must outlive the longest write bound (a dead holder's `quiet`), or a
+    // holder after it would not wait it out.
+    let longest = config
+        .routes
+        .iter()
+        .filter(|r| r.mode == crate::config::Mode::Enforce)
+        .map(|r| config.enforce_write_bound(r))
+        .max()
+        .unwrap_or_default();
     let settings = RedisSettings {
         url: url.clone(),
         timeout: *timeout,
         lease_ttl: *lease_ttl,
-        state_ttl: config.store.ttl,
+        state_ttl: config.store.ttl.max(longest + *lease_ttl),
     };
     Redis::new(settings, keys.shared)
         .map(Some)

@@ -332,6 +332,19 @@ impl Route {
 }
 
 impl Config {
+    /// How long an enforce write on `route` may be in flight at the origin once precond forwards
+    /// it, by precond's own timeouts: its body upload (`write_body_timeout`), a connection
+    /// attempt to each server of the upstream, one write and one read timeout. (A read timeout
+    /// restarts with each byte read, so an origin trickling its answer can exceed it: a bound on
+    /// precond's patience, not on the origin.)
+    pub fn enforce_write_bound(&self, route: &Route) -> Duration {
+        let up = &self.upstreams[route.upstream];
+        route.enforce.write_body_timeout
+            + up.connect_timeout * up.servers.len().max(1) as u32
+            + up.write_timeout
+            + up.read_timeout
+    }
+
     /// The route for a request: among routes whose host matches (or have none), a route with a
     /// host beats one without, then the longest path prefix wins, then file order.
     pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<(usize, &Route)> {

@@ -303,8 +303,19 @@ async fn retry_shortly(
     decision: &str,
     detail: &str,
 ) -> Result<()> {
+    retry_after(s, session, decision, detail, 1).await
+}
+
+/// 503 with `Retry-After: secs`.
+async fn retry_after(
+    s: &Shared,
+    session: &mut Session,
+    decision: &str,
+    detail: &str,
+    secs: u64,
+) -> Result<()> {
     let body = problem::simple(503, "Service Unavailable", detail);
-    let extra = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+    let extra = [(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))];
     respond(s, session, 503, decision, body, &extra).await
 }
 
@@ -334,7 +345,8 @@ pub(crate) async fn earlier_write_in_flight(
          resource first.",
         left.as_secs_f64()
     );
-    retry_shortly(s, session, "earlier-write-in-flight", &detail).await
+    let secs = left.as_millis().div_ceil(1000) as u64;
+    retry_after(s, session, "earlier-write-in-flight", &detail, secs).await
 }
 
 /// 503 when the validators a conditional write needs could not be established.

@@ -284,13 +284,10 @@ impl ProxyHttp for Precond {
         };
         self.s.store.learn(&key.as_key(), ticket, &obs);
         ctx.learned = true;
-        // The shared store's lease: the write is answered, the resource changed (the next
-        // holder probes). A 5xx leaves the outcome unknown: released without publishing, which
-        // breaks the chain just the same.
+        // The shared store's lease: the write is answered (whatever the status: the origin is
+        // done with it), the resource may have changed: the next holder probes.
         if let Some(lease) = ctx.lease.take() {
-            if resp.status.is_server_error() {
-                let _ = lease.release().await;
-            } else if let Ok(false) = lease.publish(true, None).await {
+            if let Ok(false) = lease.publish(true, None).await {
                 warn!(
                     path = %self.s.shown_target(session.req_header()),
                     "the write's shared lease expired while it was in flight: its result was not published"
@@ -346,6 +343,9 @@ impl ProxyHttp for Precond {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // The shared lease is not held while the error answer is written (the exchange is
+        // over: the next holder probes).
+        ctx.lease = None;
         // Forgotten before the client hears of the failure: its next request must not be
         // decided on what the broken write may have changed.
         if self.forget_if_broken(ctx) {

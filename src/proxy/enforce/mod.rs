@@ -296,16 +296,19 @@ async fn write(
             Ok(Some(lease)) => {
                 // The chain is broken: a write an earlier holder forwarded (it died, or gave up on
                 // the origin) may still be in flight there. Nothing is forwarded beside it.
+                let mut lease = lease;
                 let quiet = lease.quiet();
                 if !quiet.is_zero() {
                     if std::time::Instant::now() + quiet > deadline {
-                        drop(lease);
+                        // Released (not published): the chain stays broken for the next holder.
+                        let _ = lease.release().await;
                         ctx.write_lock = None;
                         warn!(path = %s.shown_target(session.req_header()), wait_ms = quiet.as_millis() as u64, "write refused: an earlier write to the resource may still be in flight");
                         answer::earlier_write_in_flight(s, session, quiet).await?;
                         return Ok(true);
                     }
                     tokio::time::sleep(quiet).await;
+                    lease.waited_out();
                 }
                 shared_view = lease.snapshot().and_then(from_snapshot);
                 ctx.lease = Some(lease);
@@ -353,6 +356,7 @@ async fn write(
                         header_bytes(&fetched.header, "last-modified").and_then(parse_http_date);
                     fetched.finish(&s.connector, &peer).await;
                     if status >= 500 {
+                        ctx.lease = None;
                         ctx.write_lock = None;
                         return answer::unknown_state(s, session, status)
                             .await
@@ -376,6 +380,7 @@ async fn write(
                 }
                 Err(e) => {
                     warn!(path = %s.shown_target(session.req_header()), error = %Shown(&e.to_string()), "probe failed");
+                    ctx.lease = None;
                     ctx.write_lock = None;
                     if let Some(retry) = select::retry_after(s, ctx, &e) {
                         // No server is healthy: nothing was sent, nothing is unknown.
@@ -430,8 +435,7 @@ async fn write(
     // Shared store: the write's bound in flight is recorded before it is sent, so that a holder
     // after it whose chain is broken waits it out.
     if let Some(lease) = &ctx.lease {
-        let up = &s.config.upstreams[route.upstream];
-        let hold = settings.write_body_timeout + up.connect_timeout + up.read_timeout;
+        let hold = s.config.enforce_write_bound(route);
         match lease.mark_forwarding(hold).await {
             Ok(true) => {}
             Ok(false) => {

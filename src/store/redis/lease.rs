@@ -3,11 +3,16 @@
 //! Owns: [`Redis::acquire`] and [`Lease`]. A lease is `SET lease token NX PX ttl`; while it is
 //! held a background task renews it every third of its TTL; it ends by [`Lease::publish`] (the
 //! holder's result, stored only if the lease is still the holder's) or by a compare-and-delete
-//! release (explicit, or when the lease is dropped: the chain is then broken and the next holder
-//! probes the origin).
+//! [`Lease::release`] that leaves the chain broken.
 //!
-//! Invariants: a lease is released at most once; a dropped lease never publishes; the renewal
-//! task ends with the lease.
+//! A lease dropped without either (the exchange broke: the client left, the body timed out) ends
+//! as "changed, state unknown": the chain stays unbroken and the next holder probes the origin at
+//! once, as the next write would on one instance. Only a holder that never ends its lease (it
+//! died) breaks the chain, and the next holder then waits out the bound its write recorded. A
+//! holder that acquired a broken chain and has not waited its bound out yet is released, never
+//! published, so that the chain stays broken for the next one.
+//!
+//! Invariants: a lease ends at most once; the renewal task ends with the lease.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +40,8 @@ pub struct Lease {
     /// With a broken chain: how long until every write an earlier holder forwarded is past
     /// precond's bound on it.
     quiet: Duration,
+    /// The chain was unbroken at acquisition (the previous holder published).
+    clean: bool,
     renewal: Option<tokio::task::JoinHandle<()>>,
     done: bool,
 }
@@ -55,11 +62,10 @@ fn ms(d: Duration) -> Vec<u8> {
     d.as_millis().max(1).to_string().into_bytes()
 }
 
-/// The three keys of a resource id: lease, fence, state.
-fn keys_of(id: &str) -> (String, String, String) {
+/// The two keys of a resource id: lease, state.
+fn keys_of(id: &str) -> (String, String) {
     (
         format!("precond:{{{id}}}:lease"),
-        format!("precond:{{{id}}}:fence"),
         format!("precond:{{{id}}}:state"),
     )
 }
@@ -77,12 +83,12 @@ impl Redis {
         key: &ResourceKey<'_>,
         principal: Principal,
     ) -> Result<Option<Snapshot>, SharedError> {
-        let (lease_key, fence_key, state_key) = keys_of(&self.resource_id(key));
+        let (lease_key, state_key) = keys_of(&self.resource_id(key));
         let got: Option<Vec<u8>> = self
             .run(
                 "peek",
                 &self.scripts.peek,
-                &[&lease_key, &fence_key, &state_key],
+                &[&lease_key, &state_key],
                 &[field_of(principal).as_bytes()],
             )
             .await?;
@@ -97,7 +103,7 @@ impl Redis {
         principal: Principal,
         deadline: Instant,
     ) -> Result<Option<Lease>, SharedError> {
-        let (lease_key, fence_key, state_key) = keys_of(&self.resource_id(key));
+        let (lease_key, state_key) = keys_of(&self.resource_id(key));
         let field = field_of(principal);
         let token = random_token();
         let ttl = ms(self.settings.lease_ttl);
@@ -108,7 +114,7 @@ impl Redis {
                 .run(
                     "acquire",
                     &self.scripts.acquire,
-                    &[&lease_key, &fence_key, &state_key],
+                    &[&lease_key, &state_key],
                     &[token.as_bytes(), &ttl, field.as_bytes(), &state_ttl],
                 )
                 .await?;
@@ -134,6 +140,7 @@ impl Redis {
                     field,
                     snapshot,
                     quiet,
+                    clean,
                     renewal: None,
                     done: false,
                 };
@@ -176,6 +183,11 @@ impl Lease {
     /// (a holder that died, or gave up on the origin, may have left it in flight there).
     pub fn quiet(&self) -> Duration {
         self.quiet
+    }
+
+    /// The holder waited [`Self::quiet`] out: ending the lease may now mend the chain.
+    pub fn waited_out(&mut self) {
+        self.quiet = Duration::ZERO;
     }
 
     /// Records that this holder forwards its write now, in flight at most `hold`. `Ok(false)`:
@@ -243,7 +255,12 @@ impl Lease {
             b""
         };
         let fence = self.fence.to_string();
-        let mode: &[u8] = if changed { b"changed" } else { b"unchanged" };
+        // A holder that found the chain broken cannot vouch for other partitions' snapshots.
+        let mode: &[u8] = if changed || !self.clean {
+            b"changed"
+        } else {
+            b"unchanged"
+        };
         let r = &self.redis;
         let published: i64 = r
             .run(
@@ -263,7 +280,8 @@ impl Lease {
         Ok(published == 1)
     }
 
-    /// Ends the lease without a result: the next holder probes the origin.
+    /// Ends the lease without a result, leaving the chain broken: the next holder waits out the
+    /// bound recorded by the last write forwarded, then probes the origin.
     pub async fn release(mut self) -> Result<(), SharedError> {
         self.stop_renewal();
         self.done = true;
@@ -286,23 +304,44 @@ impl Drop for Lease {
         if self.done {
             return;
         }
-        // An abandoned lease (the exchange broke, the write was refused early): released in the
-        // background; if even that fails, it expires after its TTL.
-        let (redis, key, token) = (
+        // An abandoned lease (the exchange broke, the write was given up): ended in the
+        // background ("changed, unknown": the next holder probes; or, while a broken chain's
+        // bound is not waited out, released so that the chain stays broken). If even that fails,
+        // the lease expires after its TTL.
+        let (redis, lease_key, state_key, token) = (
             self.redis.clone(),
             std::mem::take(&mut self.lease_key),
+            std::mem::take(&mut self.state_key),
             std::mem::take(&mut self.token),
         );
+        let (fence, settled) = (self.fence.to_string(), self.quiet.is_zero());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _: Result<i64, _> = redis
-                    .run(
+                let r = &redis;
+                let _: Result<i64, _> = if settled {
+                    r.run(
+                        "publish",
+                        &r.scripts.publish,
+                        &[&lease_key, &state_key],
+                        &[
+                            token.as_bytes(),
+                            fence.as_bytes(),
+                            b"changed",
+                            b"",
+                            b"",
+                            &ms(r.settings.state_ttl),
+                        ],
+                    )
+                    .await
+                } else {
+                    r.run(
                         "release",
-                        &redis.scripts.release,
-                        &[&key],
+                        &r.scripts.release,
+                        &[&lease_key],
                         &[token.as_bytes()],
                     )
-                    .await;
+                    .await
+                };
             });
         }
     }

@@ -2,11 +2,12 @@
 //! server; every key of one resource carries the same hash tag (`{id}`), so on Redis Cluster they
 //! live in one slot and a script may touch them all.
 //!
-//! Keys of a resource `id`: `precond:{id}:lease` (the holder's token, with a TTL),
-//! `precond:{id}:fence` (a counter, incremented by every acquisition), `precond:{id}:state` (a
-//! hash: `fence`, the number of the last holder that published; `quiet`, until when a write an
-//! earlier holder forwarded may still be in flight; one snapshot per caller partition, field
-//! `p:<hex>`).
+//! Keys of a resource `id`: `precond:{id}:lease` (the holder's token, with a TTL) and
+//! `precond:{id}:state`, a hash: `n`, the fence counter (incremented by every acquisition);
+//! `fence`, the number of the last holder that published; `quiet`, until when a write an earlier
+//! holder forwarded may still be in flight; one snapshot per caller partition, field `p:<hex>`.
+//! The counter lives in the same key as what it is compared with, so that they expire together
+//! (a counter that restarted could otherwise match an old published number).
 
 /// Acquire: `SET lease token NX PX ttl`; on success the holder's fence number (`INCR fence`),
 /// whether the chain is unbroken (the state's `fence` is this one minus one: the previous holder
@@ -15,16 +16,16 @@
 /// forwarded is past precond's own bound on it (`quiet`, set by `MARK`): the new holder must not
 /// forward before. Returns nil when the lease is held by another.
 ///
-/// KEYS: lease, fence, state. ARGV: token, lease TTL (ms), snapshot field, state TTL (ms).
+/// KEYS: lease, state. ARGV: token, lease TTL (ms), snapshot field, state TTL (ms).
 pub(super) const ACQUIRE: &str = r"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return false
 end
-local f = redis.call('INCR', KEYS[2])
+local f = redis.call('HINCRBY', KEYS[2], 'n', 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-local published = tonumber(redis.call('HGET', KEYS[3], 'fence') or '-1')
+local published = tonumber(redis.call('HGET', KEYS[2], 'fence') or '-1')
 if published == f - 1 then
-  local snap = redis.call('HGET', KEYS[3], ARGV[3])
+  local snap = redis.call('HGET', KEYS[2], ARGV[3])
   if snap then
     return {f, 1, 0, snap}
   end
@@ -32,7 +33,7 @@ if published == f - 1 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local quiet = tonumber(redis.call('HGET', KEYS[3], 'quiet') or '0')
+local quiet = tonumber(redis.call('HGET', KEYS[2], 'quiet') or '0')
 return {f, 0, math.max(0, quiet - now)}
 ";
 
@@ -66,8 +67,9 @@ return 0
 
 /// Publish and release: only while the holder still owns the lease (a holder whose lease
 /// expired cannot publish over a newer holder's result). `changed` drops every partition's
-/// snapshot (the resource was written); the state's `fence` becomes the holder's number, so the
-/// next holder knows the chain is unbroken; a snapshot given is stored for its partition.
+/// snapshot (the resource was written, or the holder found the chain broken: what other
+/// partitions were shown before may be stale); the state's `fence` becomes the holder's number,
+/// so the next holder knows the chain is unbroken; a snapshot given is stored for its partition.
 /// Returns 1 when published, 0 when the lease was no longer the holder's.
 ///
 /// KEYS: lease, state. ARGV: token, fence, "changed" | "unchanged", snapshot field ("" for
@@ -77,7 +79,12 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 if ARGV[3] == 'changed' then
-  redis.call('DEL', KEYS[2])
+  local fields = redis.call('HKEYS', KEYS[2])
+  for _, k in ipairs(fields) do
+    if string.sub(k, 1, 2) == 'p:' then
+      redis.call('HDEL', KEYS[2], k)
+    end
+  end
 end
 redis.call('HSET', KEYS[2], 'fence', ARGV[2])
 if ARGV[4] ~= '' then
@@ -103,15 +110,15 @@ return 0
 /// (the state's `fence` equals the counter): the resource's state as of this instant, good
 /// enough to refuse a write without taking the lease. nil otherwise.
 ///
-/// KEYS: lease, fence, state. ARGV: snapshot field.
+/// KEYS: lease, state. ARGV: snapshot field.
 pub(super) const PEEK: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
-local f = tonumber(redis.call('GET', KEYS[2]) or '-1')
-local published = tonumber(redis.call('HGET', KEYS[3], 'fence') or '-2')
+local f = tonumber(redis.call('HGET', KEYS[2], 'n') or '-1')
+local published = tonumber(redis.call('HGET', KEYS[2], 'fence') or '-2')
 if published ~= f then
   return false
 end
-return redis.call('HGET', KEYS[3], ARGV[1])
+return redis.call('HGET', KEYS[2], ARGV[1])
 ";
