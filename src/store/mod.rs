@@ -10,6 +10,8 @@
 //! - [`summary`]: fixed-size fingerprint digests of entries, read by the fast path;
 //! - [`index`]: what the lock-free index holds ([`Record`], [`Slot`]);
 //! - [`fastpath`]: the benchmarked `guard` decision ([`guard_decision`]);
+//! - [`redis`]: the shared store of several instances (`store.backend = "redis"`): enforce's
+//!   per-resource lease, its fencing chain and published snapshots;
 //! - this file: the [`Store`] facade that ties moka (bounds) to the index (reads).
 //!
 //! Invariants:
