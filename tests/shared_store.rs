@@ -275,6 +275,11 @@ fn lease_chain_rules_hold_against_a_real_redis() {
         let l = redis.acquire(&key, p1, deadline()).await.unwrap().unwrap();
         assert_eq!(l.snapshot(), Some(&snap("\"E1\"")));
         assert_eq!(l.quiet(), Duration::ZERO);
+        assert_eq!(
+            redis.peek(&key, p1).await.unwrap(),
+            Some(snap("\"E1\"")),
+            "a holder that has not forwarded anything leaves the published state current"
+        );
         assert!(l.publish(false, None).await.unwrap());
         assert_eq!(
             redis.peek(&key, p1).await.unwrap(),
@@ -284,6 +289,11 @@ fn lease_chain_rules_hold_against_a_real_redis() {
         // P2 forwards a write (bound 400 ms) and ends without publishing: the chain is broken.
         let l = redis.acquire(&key, p2, deadline()).await.unwrap().unwrap();
         assert!(l.mark_forwarding(Duration::from_millis(400)).await.unwrap());
+        assert_eq!(
+            redis.peek(&key, p1).await.unwrap(),
+            None,
+            "a write in flight: the published state may be stale"
+        );
         l.release().await.unwrap();
         assert_eq!(redis.peek(&key, p1).await.unwrap(), None, "chain broken");
         // P3 must wait out P2's bound, and cannot vouch for P1's snapshot.

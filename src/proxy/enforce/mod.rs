@@ -95,8 +95,8 @@ fn from_snapshot(sn: &Snapshot) -> Option<Entry> {
     probed(sn.status, &v, sn.last_modified)
 }
 
-/// Shared store only: refuses the write (412/428) when the state its last lease holder published,
-/// with no write in flight, proves the precondition false. `Ok(false)`: not decided here (no
+/// Shared store only: refuses the write (412) when the state its last lease holder published,
+/// with no write forwarded since, proves the precondition false. `Ok(false)`: not decided here (no
 /// shared store, nothing published, a write in flight, the precondition holds, or Redis did not
 /// answer: the write then takes the lease, which answers 503 if Redis is down).
 async fn refused_on_peek(

@@ -75,9 +75,9 @@ fn field_of(principal: Principal) -> String {
 }
 
 impl Redis {
-    /// The caller's snapshot of `key` as of now, without taking the lease: only when no write
-    /// holds the lease and the last holder published (otherwise `None`). A write may be refused
-    /// on it; anything else must take the lease.
+    /// The caller's snapshot of `key` as of now, without taking the lease: only when the last
+    /// holder published and no write has been forwarded since (otherwise `None`). A write may be
+    /// refused on it; anything else must take the lease.
     pub async fn peek(
         &self,
         key: &ResourceKey<'_>,
@@ -194,12 +194,18 @@ impl Lease {
     /// the lease is no longer this holder's; the write must not be forwarded.
     pub async fn mark_forwarding(&self, hold: Duration) -> Result<bool, SharedError> {
         let r = &self.redis;
+        let fence = self.fence.to_string();
         let marked: i64 = r
             .run(
                 "mark",
                 &r.scripts.mark,
                 &[&self.lease_key, &self.state_key],
-                &[self.token.as_bytes(), &ms(hold), &ms(r.settings.state_ttl)],
+                &[
+                    self.token.as_bytes(),
+                    &ms(hold),
+                    &ms(r.settings.state_ttl),
+                    fence.as_bytes(),
+                ],
             )
             .await?;
         Ok(marked == 1)

@@ -41,11 +41,15 @@ return {f, 0, math.max(0, quiet - now)}
 /// long it waits for the origin's answer) a holder after it whose chain is broken must not
 /// forward. Returns 1, or 0 when the lease is no longer the holder's (then it must not forward).
 ///
-/// KEYS: lease, state. ARGV: token, hold (ms), state TTL (ms).
+/// Also records the holder's number as `marked`: from now on its write may change the resource,
+/// so `PEEK` no longer answers from the published state.
+///
+/// KEYS: lease, state. ARGV: token, hold (ms), state TTL (ms), the holder's fence number.
 pub(super) const MARK: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
+redis.call('HSET', KEYS[2], 'marked', ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local quiet = tonumber(redis.call('HGET', KEYS[2], 'quiet') or '0')
@@ -106,19 +110,21 @@ end
 return 0
 ";
 
-/// Peek: the caller's snapshot, only while nobody holds the lease and the last holder published
-/// (the state's `fence` equals the counter): the resource's state as of this instant, good
-/// enough to refuse a write without taking the lease. nil otherwise.
+/// Peek: the caller's snapshot as the resource's state at this instant, good enough to refuse a
+/// write without taking the lease: when the last holder published (the state's `fence` equals the
+/// counter), or when the current holder's predecessor published and the holder has not marked its
+/// write as forwarded (nothing it does has reached the origin yet). nil otherwise.
 ///
 /// KEYS: lease, state. ARGV: snapshot field.
 pub(super) const PEEK: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return false
-end
-local f = tonumber(redis.call('HGET', KEYS[2], 'n') or '-1')
+local n = tonumber(redis.call('HGET', KEYS[2], 'n') or '-1')
 local published = tonumber(redis.call('HGET', KEYS[2], 'fence') or '-2')
-if published ~= f then
-  return false
+if published == n then
+  return redis.call('HGET', KEYS[2], ARGV[1])
 end
-return redis.call('HGET', KEYS[2], ARGV[1])
+local marked = tonumber(redis.call('HGET', KEYS[2], 'marked') or '-1')
+if published == n - 1 and marked ~= n and redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HGET', KEYS[2], ARGV[1])
+end
+return false
 ";
