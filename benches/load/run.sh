@@ -55,7 +55,8 @@
 # unmeasured load before each run; 0 to skip), GUARD_POLICY (superseded | mismatch; default
 # superseded; the guard and nofence targets of the load runs, not the probe), PRECOND_LOG
 # (RUST_LOG of the precond processes; default warn), PRECOND_BIN (run this precond binary instead
-# of building target/release/precond; BARE_BIN: the bare Pingora one, skipped when unset), PROBE
+# of building target/release/precond; BARE_BIN: the bare Pingora one, skipped when unset;
+# BARE_PINGORA=0: do not build or run the bare Pingora target), PROBE
 # (1; 0 skips the lost-update probe), KEEP_TMP=1 (keep configs and logs; always kept after a
 # failure). RESULTS_DIR (where results.md and results.svg go; default benches/load, the published
 # ones). Writes results.md and results.svg. Needs root only to install nginx and wrk when they are
@@ -111,7 +112,10 @@ else
   # examples/bare_pingora.rs: the smallest Pingora proxy, to tell what Pingora itself costs from
   # what precond adds (the target is skipped in trees that do not have it).
   build=(cargo build --release --locked)
-  [ ! -f examples/bare_pingora.rs ] || build+=(--bins --example bare_pingora)
+  # BARE_PINGORA=0 skips it (the CI smoke: building an example also builds the dev-dependencies
+  # in release).
+  want_bare=${BARE_PINGORA:-1}
+  [ ! -f examples/bare_pingora.rs ] || [ "$want_bare" = 0 ] || build+=(--bins --example bare_pingora)
   log "building precond (${build[*]})"
   if [ -x scripts/setup ]; then scripts/setup; fi
   "${build[@]}"
@@ -120,7 +124,7 @@ else
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
   PRECOND="$target_dir/release/precond"
   BARE=""
-  [ ! -f examples/bare_pingora.rs ] || BARE="$target_dir/release/examples/bare_pingora"
+  [ ! -f examples/bare_pingora.rs ] || [ "$want_bare" = 0 ] || BARE="$target_dir/release/examples/bare_pingora"
 fi
 [ -z "$BARE" ] || [ -x "$BARE" ] || die "$BARE is not an executable"
 

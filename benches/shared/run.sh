@@ -16,11 +16,14 @@
 #   put-stale  32 clients (wrk -c32): PUT /items/1 with If-Match: "stale": refused at the edge.
 #              memory: decided on the local store; redis: on the snapshot the previous holder
 #              published, under the lease (two round trips per refusal, serialised per resource).
+#   tier       forwarded GETs (wrk -c32) through HAProxy (`balance roundrobin`, the tier a balancer
+#              without affinity makes) to one redis-backed instance, then to two (a second redis
+#              instance is started for it): what a second instance adds on this machine.
 # Checks (FAIL, non-zero exit): put-match all 2xx, put-stale all 412 (the origin never answers
 # 412: every one is precond's), no socket errors.
 #
 # Knobs: DURATION (10s), PRECOND_BIN, RESULTS_DIR (default benches/shared), KEEP_TMP=1. Needs
-# redis-server (scripts/setup installs it), wrk, curl, python3.
+# redis-server and haproxy (scripts/setup installs them), wrk, curl, python3.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -42,16 +45,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-read -r P_REDIS P_ORIGIN P_MEM P_RED <<<"$(free_ports 4)"
-check_free "$P_REDIS" "$P_ORIGIN" "$P_MEM" "$P_RED"
+read -r P_REDIS P_ORIGIN P_MEM P_RED P_RED2 P_LB1 P_LB2 <<<"$(free_ports 7)"
+check_free "$P_REDIS" "$P_ORIGIN" "$P_MEM" "$P_RED" "$P_RED2" "$P_LB1" "$P_LB2"
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+[ -x "$HAPROXY" ] || die "haproxy is missing: run scripts/setup"
 
 start redis-server TERM "$tmp/redis-server.log" redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no
 start origin INT "$tmp/origin.log" "$PRECOND" origin --listen "127.0.0.1:$P_ORIGIN" --tags none
-for backend in memory redis; do
+for backend in memory redis redis2; do
   port=$P_MEM
   store='backend = "memory"'
-  if [ "$backend" = redis ]; then
+  if [ "$backend" != memory ]; then
     port=$P_RED
+    [ "$backend" = redis ] || port=$P_RED2
     store="backend = \"redis\"
 url = \"redis://127.0.0.1:$P_REDIS/0\""
   fi
@@ -80,6 +86,34 @@ done
 wait_ready origin "${PID[origin]}" "http://127.0.0.1:$P_ORIGIN/items/1" "$tmp/origin.log"
 wait_ready "precond memory" "${PID[memory]}" "http://127.0.0.1:$P_MEM/items/1" "$tmp/precond-memory.log"
 wait_ready "precond redis" "${PID[redis]}" "http://127.0.0.1:$P_RED/items/1" "$tmp/precond-redis.log"
+wait_ready "precond redis (2)" "${PID[redis2]}" "http://127.0.0.1:$P_RED2/items/1" "$tmp/precond-redis2.log"
+# HAProxy round robin over one instance (P_LB1) and over two (P_LB2).
+cat >"$tmp/haproxy.cfg" <<CONF
+global
+    log stdout format raw local0 warning
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    http-reuse safe
+frontend one
+    bind 127.0.0.1:$P_LB1
+    default_backend one
+frontend two
+    bind 127.0.0.1:$P_LB2
+    default_backend two
+backend one
+    balance roundrobin
+    server a 127.0.0.1:$P_RED
+backend two
+    balance roundrobin
+    server a 127.0.0.1:$P_RED
+    server b 127.0.0.1:$P_RED2
+CONF
+"$HAPROXY" -c -q -f "$tmp/haproxy.cfg"
+start haproxy USR1 "$tmp/haproxy.log" "$HAPROXY" -db -f "$tmp/haproxy.cfg"
+wait_ready haproxy "${PID[haproxy]}" "http://127.0.0.1:$P_LB2/items/1" "$tmp/haproxy.log"
 
 BODY='{"id":1,"name":"widget","stock":7}'
 curl -s -o /dev/null -X PUT --data-binary "$BODY" "http://127.0.0.1:$P_MEM/items/1"
@@ -136,7 +170,19 @@ for w in put-match put-stale; do
     log "$w $backend: $rps req/s, p50 $p50, p99 $p99"
   done
 done
-errors=$(cat "$tmp/precond-redis.log" "$tmp/precond-memory.log" | grep -c -E 'WARN|ERROR' || true)
+for n in 1 2; do
+  port=P_LB$n
+  out="$tmp/wrk-tier-$n.txt"
+  wrk -t1 -c32 -d"$DURATION" --latency "http://127.0.0.1:${!port}/items/1" >"$out" 2>&1
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+  p50=$(awk '$1 == "50%" { print $2 }' "$out")
+  p99=$(awk '$1 == "99%" { print $2 }' "$out")
+  bad=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+  [ -z "$bad" ] || failures+=("tier $n: $bad answers not 2xx")
+  rows+=("| GET through HAProxy | redis, $n instance(s) | 32 | $rps | $p50 | $p99 |")
+  log "GET through HAProxy to $n instance(s): $rps req/s"
+done
+errors=$(cat "$tmp"/precond-*.log | grep -c -E 'WARN|ERROR' || true)
 
 mkdir -p "$RESULTS_DIR"
 {
