@@ -145,3 +145,24 @@ precond_binary() { # sets PRECOND: PRECOND_BIN, or target/release/precond built 
     PRECOND="$target_dir/release/precond"
   fi
 }
+
+size_bytes() { # SIZE: its bytes, read as precond reads store.max_bytes (src/config/validate.rs,
+  # parse_size); fails on anything else
+  python3 -c '
+import re, sys
+m = re.fullmatch(r"(\d+)\s*(B|KB|kB|KiB|MB|MiB|GB|GiB)?", sys.argv[1].strip())
+if not m:
+    sys.exit(1)
+f = {None: 1, "B": 1, "KB": 10**3, "kB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+print(int(m.group(1)) * f[m.group(2)])' "$1"
+}
+
+scratch() { # NAME: the scratch directory `tmp`, the process tables `pids` (pid -> the signal that
+  # stops it quickly) and `PID` (name -> pid), and the traps that stop every process on exit
+  tmp=$(mktemp -d "/tmp/precond-$1.XXXXXX")
+  chmod 755 "$tmp" # nginx workers run as an unprivileged user when started by root
+  declare -gA pids PID
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}

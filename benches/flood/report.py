@@ -63,10 +63,11 @@ def in_phase(rows, *phases):
 
 
 def before(rows, phase):
-    """The last sample before the first sample of `phase` (None when there is none)."""
+    """The last sample before the first sample of `phase` or of its settle (a scenario shorter
+    than the sampling interval has no sample of its own); None when there is none."""
     prev = None
     for r in rows:
-        if r["phase"] == phase:
+        if r["phase"] in (phase, phase + "-settle"):
             return prev
         prev = r
     return prev

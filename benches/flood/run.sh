@@ -94,57 +94,15 @@ else
   [[ "$DURATION" =~ ^[0-9]+[smh]?$ ]] || { echo "DURATION must look like 60s, 5m or 1h, not '$DURATION'" >&2; exit 2; }
 fi
 [ "$LONG_KEY_LEN" -gt "$MAX_KEY_BYTES" ] || { echo "LONG_KEY_LEN ($LONG_KEY_LEN) must exceed MAX_KEY_BYTES ($MAX_KEY_BYTES)" >&2; exit 2; }
-# max_bytes in bytes, read as precond reads it (src/config/validate.rs, parse_size)
-MAX_BYTES_N=$(python3 -c '
-import re, sys
-m = re.fullmatch(r"(\d+)\s*(B|KB|kB|KiB|MB|MiB|GB|GiB)?", sys.argv[1].strip())
-if not m:
-    sys.exit(1)
-f = {None: 1, "B": 1, "KB": 10**3, "kB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
-print(int(m.group(1)) * f[m.group(2)])' "$MAX_BYTES") || { echo "MAX_BYTES is not a size: '$MAX_BYTES'" >&2; exit 2; }
+MAX_BYTES_N=$(size_bytes "$MAX_BYTES") || { echo "MAX_BYTES is not a size: '$MAX_BYTES'" >&2; exit 2; }
 if is_uint "$MAX_BYTES"; then MAX_BYTES_TOML=$MAX_BYTES; else MAX_BYTES_TOML="\"$MAX_BYTES\""; fi
 
 # --- tools -------------------------------------------------------------------------------------
-missing=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-if [ -n "${PRECOND_BIN:-}" ]; then
-  PRECOND=$(cd "$(dirname "$PRECOND_BIN")" && pwd)/$(basename "$PRECOND_BIN")
-  [ -x "$PRECOND" ] || die "PRECOND_BIN=$PRECOND_BIN is not an executable"
-  log "using $PRECOND (PRECOND_BIN; not building)"
-else
-  log "building precond (cargo build --release --locked)"
-  if [ -x scripts/setup ]; then scripts/setup; fi
-  cargo build --release --locked
-  target_dir=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-  PRECOND="$target_dir/release/precond"
-fi
+install_missing
+precond_binary
 
 # --- processes and cleanup ---------------------------------------------------------------------
-tmp=$(mktemp -d /tmp/precond-flood.XXXXXX)
-chmod 755 "$tmp" # nginx workers run as an unprivileged user when started by root
-declare -A pids # pid -> the signal that stops it quickly
-
-
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-declare -A PID
-
+scratch flood
 
 # --- ports -------------------------------------------------------------------------------------
 read -r P_ORIGIN P_PRECOND P_METRICS <<<"$(free_ports 3)"

@@ -88,20 +88,7 @@ source benches/lib.sh
 
 
 # --- tools -------------------------------------------------------------------------------------
-missing=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+install_missing
 
 if [ -n "${PRECOND_BIN:-}" ]; then
   PRECOND=$(cd "$(dirname "$PRECOND_BIN")" && pwd)/$(basename "$PRECOND_BIN")
@@ -129,14 +116,7 @@ fi
 [ -z "$BARE" ] || [ -x "$BARE" ] || die "$BARE is not an executable"
 
 # --- processes and cleanup ---------------------------------------------------------------------
-tmp=$(mktemp -d /tmp/precond-load.XXXXXX)
-chmod 755 "$tmp" # nginx workers run as an unprivileged user when started by root
-declare -A pids # pid -> the signal that stops it quickly
-
-
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+scratch load
 
 # --- ports -------------------------------------------------------------------------------------
 read -r P_ORIGIN P_NGINX P_BARE P_PASS P_GUARD P_NOFENCE M_PASS M_GUARD M_NOFENCE <<<"$(free_ports 9)"
@@ -252,7 +232,6 @@ precond_conf nofence "$P_NOFENCE" "$M_NOFENCE" "mode = \"guard\"
 policy = \"$GUARD_POLICY\"
 fence_wait = \"0s\""
 
-declare -A PID
 
 "$NGINX" -t -q -p "$tmp/origin" -e "$tmp/origin/error.log" -c "$tmp/origin/origin.conf"
 "$NGINX" -t -q -p "$tmp/proxy" -e "$tmp/proxy/error.log" -c "$tmp/proxy/proxy.conf"

@@ -34,13 +34,7 @@ is_uint "$CONNECTIONS" || { echo "CONNECTIONS must be a whole number" >&2; exit 
 install_missing
 precond_binary
 
-tmp=$(mktemp -d /tmp/precond-pools.XXXXXX)
-chmod 755 "$tmp" # nginx workers run as an unprivileged user when started by root
-declare -A pids
-declare -A PID
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+scratch pools
 
 read -r P_A P_B P_PRECOND <<<"$(free_ports 3)"
 check_free "$P_A" "$P_B" "$P_PRECOND"

@@ -38,12 +38,7 @@ install_missing
 command -v redis-server >/dev/null 2>&1 || die "redis-server is missing: run scripts/setup"
 precond_binary
 
-tmp=$(mktemp -d /tmp/precond-shared.XXXXXX)
-declare -A pids
-declare -A PID
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+scratch shared
 
 read -r P_REDIS P_ORIGIN P_MEM P_RED P_RED2 P_LB1 P_LB2 <<<"$(free_ports 7)"
 check_free "$P_REDIS" "$P_ORIGIN" "$P_MEM" "$P_RED" "$P_RED2" "$P_LB1" "$P_LB2"
