@@ -269,35 +269,55 @@ fn lease_chain_rules_hold_against_a_real_redis() {
         };
         let (p1, p2, p3) = (Principal(1), Principal(2), Principal(3));
         // P1 probes and publishes E1 (unchanged): the next holder of P1 trusts it.
-        let l = redis.acquire(&key, p1, deadline()).await.unwrap().unwrap();
+        let l = redis
+            .acquire(redis.resource(&key, p1), deadline())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(l.snapshot().is_none());
         assert!(l.publish(false, Some(&snap("\"E1\""))).await.unwrap());
-        let l = redis.acquire(&key, p1, deadline()).await.unwrap().unwrap();
+        let l = redis
+            .acquire(redis.resource(&key, p1), deadline())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(l.snapshot(), Some(&snap("\"E1\"")));
         assert_eq!(l.quiet(), Duration::ZERO);
         assert_eq!(
-            redis.peek(&key, p1).await.unwrap(),
+            redis.peek(&redis.resource(&key, p1)).await.unwrap(),
             Some(snap("\"E1\"")),
             "a holder that has not forwarded anything leaves the published state current"
         );
         assert!(l.publish(false, None).await.unwrap());
         assert_eq!(
-            redis.peek(&key, p1).await.unwrap(),
+            redis.peek(&redis.resource(&key, p1)).await.unwrap(),
             Some(snap("\"E1\"")),
             "no holder, chain unbroken: the published state"
         );
         // P2 forwards a write (bound 400 ms) and ends without publishing: the chain is broken.
-        let l = redis.acquire(&key, p2, deadline()).await.unwrap().unwrap();
+        let l = redis
+            .acquire(redis.resource(&key, p2), deadline())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(l.mark_forwarding(Duration::from_millis(400)).await.unwrap());
         assert_eq!(
-            redis.peek(&key, p1).await.unwrap(),
+            redis.peek(&redis.resource(&key, p1)).await.unwrap(),
             None,
             "a write in flight: the published state may be stale"
         );
         l.release().await.unwrap();
-        assert_eq!(redis.peek(&key, p1).await.unwrap(), None, "chain broken");
+        assert_eq!(
+            redis.peek(&redis.resource(&key, p1)).await.unwrap(),
+            None,
+            "chain broken"
+        );
         // P3 must wait out P2's bound, and cannot vouch for P1's snapshot.
-        let mut l = redis.acquire(&key, p3, deadline()).await.unwrap().unwrap();
+        let mut l = redis
+            .acquire(redis.resource(&key, p3), deadline())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(l.snapshot().is_none());
         assert!(
             l.quiet() > Duration::from_millis(100) && l.quiet() <= Duration::from_millis(400),
@@ -307,18 +327,30 @@ fn lease_chain_rules_hold_against_a_real_redis() {
         tokio::time::sleep(l.quiet()).await;
         l.waited_out();
         assert!(l.publish(false, Some(&snap("\"E3\""))).await.unwrap());
-        let l = redis.acquire(&key, p1, deadline()).await.unwrap().unwrap();
+        let l = redis
+            .acquire(redis.resource(&key, p1), deadline())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
             l.snapshot().is_none(),
             "P1's snapshot from before the broken chain was trusted again"
         );
         assert!(l.publish(false, None).await.unwrap());
-        let l = redis.acquire(&key, p3, deadline()).await.unwrap().unwrap();
+        let l = redis
+            .acquire(redis.resource(&key, p3), deadline())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(l.snapshot(), Some(&snap("\"E3\"")));
         drop(l); // abandoned: ended in the background ("changed")
                  // Idle past the state's TTL: nothing is trusted any more.
         tokio::time::sleep(Duration::from_millis(1600)).await;
-        let l = redis.acquire(&key, p3, deadline()).await.unwrap().unwrap();
+        let l = redis
+            .acquire(redis.resource(&key, p3), deadline())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(l.snapshot().is_none(), "expired state trusted");
         assert!(l.publish(true, None).await.unwrap());
     });

@@ -18,8 +18,10 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::store::Store;
-use crate::telemetry::{render_upstreams, Metrics, StoreGauges, UpstreamGauge};
+use crate::telemetry::{render_upstreams, Metrics, UpstreamGauge};
 use crate::upstream::Upstreams;
+
+use super::metrics_listener::store_gauges;
 
 /// Shortest admin token accepted, in bytes.
 const MIN_TOKEN: usize = 16;
@@ -112,13 +114,6 @@ impl AdminApp {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
-        let (evicted_size, evicted_expired) = self.store.evictions();
-        let gauges = StoreGauges {
-            entries: self.store.len(),
-            bytes: self.store.bytes(),
-            evicted_size,
-            evicted_expired,
-        };
         let health: Vec<(usize, usize)> =
             self.upstreams.pools().iter().map(|p| p.health()).collect();
         let upstreams: Vec<UpstreamGauge<'_>> = self
@@ -132,7 +127,7 @@ impl AdminApp {
                 servers: *servers,
             })
             .collect();
-        let mut text = self.metrics.render(gauges);
+        let mut text = self.metrics.render(store_gauges(&self.store));
         text.push_str(&render_upstreams(&upstreams));
         answer(200, "text/plain; version=0.0.4", text.into_bytes())
     }

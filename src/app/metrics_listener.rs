@@ -21,17 +21,21 @@ pub(super) struct MetricsApp {
     pub(super) store: Arc<Store>,
 }
 
+/// What the store reports to the metrics, now.
+pub(super) fn store_gauges(store: &Store) -> StoreGauges {
+    let (evicted_size, evicted_expired) = store.evictions();
+    StoreGauges {
+        entries: store.len(),
+        bytes: store.bytes(),
+        evicted_size,
+        evicted_expired,
+    }
+}
+
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, _session: &mut ServerSession) -> Response<Vec<u8>> {
-        let (evicted_size, evicted_expired) = self.store.evictions();
-        let gauges = StoreGauges {
-            entries: self.store.len(),
-            bytes: self.store.bytes(),
-            evicted_size,
-            evicted_expired,
-        };
-        let body = self.metrics.render(gauges).into_bytes();
+        let body = self.metrics.render(store_gauges(&self.store)).into_bytes();
         Response::builder()
             .status(200)
             .header("Content-Type", "text/plain; version=0.0.4")

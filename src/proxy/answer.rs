@@ -28,6 +28,7 @@ use crate::store::{Entry, Meta, META_HEADERS};
 use crate::telemetry::redact::{self, Shown};
 
 use super::problem::{self, PreconditionFailed};
+use super::select;
 use super::shared::Shared;
 
 /// Header on every answer precond makes itself, saying what it decided.
@@ -474,6 +475,7 @@ pub(crate) async fn proxy_failed(
 pub(crate) fn error_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
+        t if *t == select::NO_HEALTHY_SERVER => 503,
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
             if e.esource() == &ErrorSource::Upstream =>
         {

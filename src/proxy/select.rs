@@ -21,8 +21,8 @@ use super::ctx::Ctx;
 use super::headers::request_host;
 use super::shared::Shared;
 
-/// Error context of "no healthy server": `answer::proxy_failed` adds `Retry-After` for it.
-pub(crate) const NO_HEALTHY_SERVER: &str = "no healthy server";
+/// The error type of "no server of the upstream is healthy": answered 503 with `Retry-After`.
+pub(crate) const NO_HEALTHY_SERVER: ErrorType = ErrorType::Custom("no healthy server");
 
 /// The key consistent selection hashes: canonical host, canonical path, and the query as sent.
 pub(crate) fn selection_key(req: &RequestHeader) -> Vec<u8> {
@@ -66,8 +66,8 @@ pub(crate) fn server(
             .upstream_unavailable
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Error::explain(
-            ErrorType::HTTPStatus(503),
-            format!("{NO_HEALTHY_SERVER} in upstream {:?}", pool.settings().name),
+            NO_HEALTHY_SERVER,
+            format!("upstream {:?} has no healthy server", pool.settings().name),
         )
     })
 }
@@ -106,10 +106,7 @@ pub(crate) fn retry_after_connect_failure(s: &Shared, ctx: &mut Ctx, upstream: u
 
 /// `Retry-After` seconds for an error that says no server of the request's upstream is healthy.
 pub(crate) fn retry_after(s: &Shared, ctx: &Ctx, e: &Error) -> Option<u64> {
-    let unavailable = e.etype() == &ErrorType::HTTPStatus(503)
-        && e.context
-            .as_ref()
-            .is_some_and(|c| c.as_str().starts_with(NO_HEALTHY_SERVER));
+    let unavailable = e.etype() == &NO_HEALTHY_SERVER;
     let route = ctx.route.and_then(|i| s.config.routes.get(i))?;
     unavailable
         .then(|| pool(s, route.upstream).ok().map(Pool::retry_after))

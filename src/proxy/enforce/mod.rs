@@ -34,7 +34,7 @@ use crate::identity::OwnedKey;
 use crate::precondition::date::parse_http_date;
 use crate::precondition::evaluate::has_usable_precondition;
 use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence, Method};
-use crate::store::redis::Snapshot;
+use crate::store::redis::{Resource, Snapshot};
 use crate::store::{Entry, Tag, META_HEADERS};
 use crate::telemetry::redact::Shown;
 
@@ -102,17 +102,16 @@ fn from_snapshot(sn: &Snapshot) -> Option<Entry> {
 async fn refused_on_peek(
     s: &Shared,
     session: &mut Session,
-    ctx: &Ctx,
     judged: Method,
     required: bool,
-    key: &OwnedKey,
+    res: &Resource,
 ) -> Result<bool> {
     let Some(redis) = &s.redis else {
         return Ok(false);
     };
     let needs_date = has_date_precondition(session.req_header());
     let Some(entry) = redis
-        .peek(&key.as_key(), ctx.principal)
+        .peek(res)
         .await
         .ok()
         .flatten()
@@ -277,8 +276,15 @@ async fn write(
     }
     // With a shared store: a write whose precondition the published state already proves false
     // is refused without waiting for (or taking) the lock and the lease.
-    if has_any && refused_on_peek(s, session, ctx, judged, required, &key).await? {
-        return Ok(true);
+    // The resource's Redis names, once for the peek and the lease.
+    let shared_res = s
+        .redis
+        .as_ref()
+        .map(|r| r.resource(&key.as_key(), ctx.principal));
+    if let (true, Some(res)) = (has_any, &shared_res) {
+        if refused_on_peek(s, session, judged, required, res).await? {
+            return Ok(true);
+        }
     }
     let Some(lock) = s.locks.lock(&key, settings.write_wait).await else {
         warn!(path = %s.shown_target(session.req_header()), "write lock not obtained in time");
@@ -290,9 +296,9 @@ async fn write(
     // decided on what the lease's previous holder published, or on a probe made under it, never
     // on this instance's own store.
     let mut shared_view: Option<Entry> = None;
-    if let Some(redis) = &s.redis {
+    if let (Some(redis), Some(res)) = (&s.redis, shared_res) {
         let deadline = std::time::Instant::now() + settings.write_wait;
-        match redis.acquire(&key.as_key(), ctx.principal, deadline).await {
+        match redis.acquire(res, deadline).await {
             Ok(Some(lease)) => {
                 // The chain is broken: a write an earlier holder forwarded (it died, or gave up on
                 // the origin) may still be in flight there. Nothing is forwarded beside it.

@@ -62,49 +62,92 @@ fn ms(d: Duration) -> Vec<u8> {
     d.as_millis().max(1).to_string().into_bytes()
 }
 
-/// The two keys of a resource id: lease, state.
-fn keys_of(id: &str) -> (String, String) {
-    (
-        format!("precond:{{{id}}}:lease"),
-        format!("precond:{{{id}}}:state"),
-    )
-}
-
-fn field_of(principal: Principal) -> String {
-    format!("p:{:016x}", principal.0)
+/// One resource as one caller sees it in Redis: its keys and the caller's snapshot field, named
+/// once per write (the id is a keyed hash).
+#[derive(Clone, Debug)]
+pub struct Resource {
+    lease_key: String,
+    state_key: String,
+    field: String,
 }
 
 impl Redis {
-    /// The caller's snapshot of `key` as of now, without taking the lease: only when the last
+    /// The Redis names of `key` for `principal`.
+    pub fn resource(&self, key: &ResourceKey<'_>, principal: Principal) -> Resource {
+        let id = self.resource_id(key);
+        Resource {
+            lease_key: format!("precond:{{{id}}}:lease"),
+            state_key: format!("precond:{{{id}}}:state"),
+            field: format!("p:{:016x}", principal.0),
+        }
+    }
+
+    /// The caller's snapshot of `res` as of now, without taking the lease: only when the last
     /// holder published and no write has been forwarded since (otherwise `None`). A write may be
     /// refused on it; anything else must take the lease.
-    pub async fn peek(
-        &self,
-        key: &ResourceKey<'_>,
-        principal: Principal,
-    ) -> Result<Option<Snapshot>, SharedError> {
-        let (lease_key, state_key) = keys_of(&self.resource_id(key));
+    pub async fn peek(&self, res: &Resource) -> Result<Option<Snapshot>, SharedError> {
         let got: Option<Vec<u8>> = self
             .run(
                 "peek",
                 &self.scripts.peek,
-                &[&lease_key, &state_key],
-                &[field_of(principal).as_bytes()],
+                &[&res.lease_key, &res.state_key],
+                &[res.field.as_bytes()],
             )
             .await?;
         Ok(got.as_deref().and_then(Snapshot::decode))
     }
 
-    /// Waits (polling, backing off from 2 ms to 50 ms) until the lease of `key` is this caller's,
+    /// Ends a lease with a result (the `PUBLISH` script); 1 when published.
+    async fn publish_raw(
+        &self,
+        lease_key: &str,
+        state_key: &str,
+        token: &str,
+        fence: i64,
+        changed: bool,
+        snapshot: Option<(&str, &[u8])>,
+    ) -> Result<i64, SharedError> {
+        let mode: &[u8] = if changed { b"changed" } else { b"unchanged" };
+        let (field, encoded) = snapshot.unwrap_or_default();
+        self.run(
+            "publish",
+            &self.scripts.publish,
+            &[lease_key, state_key],
+            &[
+                token.as_bytes(),
+                fence.to_string().as_bytes(),
+                mode,
+                field.as_bytes(),
+                encoded,
+                &ms(self.settings.state_ttl),
+            ],
+        )
+        .await
+    }
+
+    /// Ends a lease without a result (the `RELEASE` script: compare-and-delete).
+    async fn release_raw(&self, lease_key: &str, token: &str) -> Result<i64, SharedError> {
+        self.run(
+            "release",
+            &self.scripts.release,
+            &[lease_key],
+            &[token.as_bytes()],
+        )
+        .await
+    }
+
+    /// Waits (polling, backing off from 2 ms to 50 ms) until the lease of `res` is this caller's,
     /// or `deadline` passes (`Ok(None)`).
     pub async fn acquire(
         self: &Arc<Self>,
-        key: &ResourceKey<'_>,
-        principal: Principal,
+        res: Resource,
         deadline: Instant,
     ) -> Result<Option<Lease>, SharedError> {
-        let (lease_key, state_key) = keys_of(&self.resource_id(key));
-        let field = field_of(principal);
+        let Resource {
+            lease_key,
+            state_key,
+            field,
+        } = res;
         let token = random_token();
         let ttl = ms(self.settings.lease_ttl);
         let state_ttl = ms(self.settings.state_ttl);
@@ -255,32 +298,16 @@ impl Lease {
         self.stop_renewal();
         self.done = true;
         let encoded = snapshot.and_then(Snapshot::encode);
-        let field: &[u8] = if encoded.is_some() {
-            self.field.as_bytes()
-        } else {
-            b""
-        };
-        let fence = self.fence.to_string();
         // A holder that found the chain broken cannot vouch for other partitions' snapshots.
-        let mode: &[u8] = if changed || !self.clean {
-            b"changed"
-        } else {
-            b"unchanged"
-        };
-        let r = &self.redis;
-        let published: i64 = r
-            .run(
-                "publish",
-                &r.scripts.publish,
-                &[&self.lease_key, &self.state_key],
-                &[
-                    self.token.as_bytes(),
-                    fence.as_bytes(),
-                    mode,
-                    field,
-                    encoded.as_deref().unwrap_or_default(),
-                    &ms(r.settings.state_ttl),
-                ],
+        let published = self
+            .redis
+            .publish_raw(
+                &self.lease_key,
+                &self.state_key,
+                &self.token,
+                self.fence,
+                changed || !self.clean,
+                encoded.as_deref().map(|e| (self.field.as_str(), e)),
             )
             .await?;
         Ok(published == 1)
@@ -291,16 +318,10 @@ impl Lease {
     pub async fn release(mut self) -> Result<(), SharedError> {
         self.stop_renewal();
         self.done = true;
-        let r = &self.redis;
-        let _: i64 = r
-            .run(
-                "release",
-                &r.scripts.release,
-                &[&self.lease_key],
-                &[self.token.as_bytes()],
-            )
-            .await?;
-        Ok(())
+        self.redis
+            .release_raw(&self.lease_key, &self.token)
+            .await
+            .map(|_| ())
     }
 }
 

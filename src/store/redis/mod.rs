@@ -37,7 +37,7 @@ use tracing::warn;
 
 use crate::identity::ResourceKey;
 
-pub use lease::Lease;
+pub use lease::{Lease, Resource};
 pub use snapshot::Snapshot;
 
 /// Redis could not be asked (unreachable, too slow, or an error reply).
