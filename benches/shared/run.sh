@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Shared-store benchmark: what `[store] backend = "redis"` costs an enforce route, against the
-# memory backend in the same run. Two precond enforce instances (one per backend, 2 threads each)
+# Shared-store benchmark: what `[store] backend = "redis"` costs enforce and guard routes, against
+# the memory backend in the same run. Two precond enforce instances (one per backend, 2 threads each)
 # in front of the bundled legacy origin (`precond origin --tags none`), a local redis-server
 # (`--save "" --appendonly no`), wrk on loopback.
 #
@@ -16,10 +16,18 @@
 #   put-stale  32 clients (wrk -c32): PUT /items/1 with If-Match: "stale": refused at the edge.
 #              memory: decided on the local store; redis: on the snapshot the previous holder
 #              published, under the lease (two round trips per refusal, serialised per resource).
+#   guard-forward  one client (wrk -c1): PUT /items/1 on a guard route (origin with strong tags)
+#              with If-Unmodified-Since far in the future: judged (redis: one round trip for the
+#              judgement, one to publish the answer), never refused, always forwarded.
+#   guard-get      32 clients: GET /items/1 on the guard route: forwarded, learned, and (redis)
+#              the answer's lesson published before it goes on (one round trip).
+#   guard-stale    32 clients: PUT /items/1 on a guard route with If-Match: a tag replaced through
+#              the instance (learned from its answer): refused at the edge. memory: the local
+#              store's fast path; redis: confirmed against the shared facts (one round trip).
 #   tier       forwarded GETs (wrk -c32) through HAProxy (`balance roundrobin`, the tier a balancer
 #              without affinity makes) to one redis-backed instance, then to two (a second redis
 #              instance is started for it): what a second instance adds on this machine.
-# Checks (FAIL, non-zero exit): put-match all 2xx, put-stale all 412 (the origin never answers
+# Checks (FAIL, non-zero exit): put-match, guard-forward and guard-get all 2xx, put-stale and guard-stale all 412 (the origin never answers
 # 412: every one is precond's), no socket errors.
 #
 # Knobs: DURATION (10s), PRECOND_BIN, RESULTS_DIR (default benches/shared), KEEP_TMP=1. Needs
@@ -40,19 +48,26 @@ precond_binary
 
 scratch shared
 
-read -r P_REDIS P_ORIGIN P_MEM P_RED P_RED2 P_LB1 P_LB2 <<<"$(free_ports 7)"
-check_free "$P_REDIS" "$P_ORIGIN" "$P_MEM" "$P_RED" "$P_RED2" "$P_LB1" "$P_LB2"
+read -r P_REDIS P_ORIGIN P_MEM P_RED P_RED2 P_LB1 P_LB2 P_ORIGIN_S P_GMEM P_GRED <<<"$(free_ports 10)"
+check_free "$P_REDIS" "$P_ORIGIN" "$P_MEM" "$P_RED" "$P_RED2" "$P_LB1" "$P_LB2" "$P_ORIGIN_S" "$P_GMEM" "$P_GRED"
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 [ -x "$HAPROXY" ] || die "haproxy is missing: run scripts/setup"
 
 start redis-server TERM "$tmp/redis-server.log" redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no
 start origin INT "$tmp/origin.log" "$PRECOND" origin --listen "127.0.0.1:$P_ORIGIN" --tags none
-for backend in memory redis redis2; do
+start origin-strong INT "$tmp/origin-strong.log" "$PRECOND" origin --listen "127.0.0.1:$P_ORIGIN_S" --tags strong
+for backend in memory redis redis2 guard-memory guard-redis; do
   port=$P_MEM
+  mode=enforce
+  origin=$P_ORIGIN
   store='backend = "memory"'
-  if [ "$backend" != memory ]; then
-    port=$P_RED
-    [ "$backend" = redis ] || port=$P_RED2
+  case $backend in
+    redis) port=$P_RED ;;
+    redis2) port=$P_RED2 ;;
+    guard-memory) port=$P_GMEM mode=guard origin=$P_ORIGIN_S ;;
+    guard-redis) port=$P_GRED mode=guard origin=$P_ORIGIN_S ;;
+  esac
+  if [ "${backend%2}" = redis ] || [ "$backend" = guard-redis ]; then
     store="backend = \"redis\"
 url = \"redis://127.0.0.1:$P_REDIS/0\""
   fi
@@ -68,11 +83,11 @@ $store
 
 [[upstream]]
 name = "origin"
-servers = ["127.0.0.1:$P_ORIGIN"]
+servers = ["127.0.0.1:$origin"]
 
 [[route]]
 upstream = "origin"
-mode = "enforce"
+mode = "$mode"
 CONF
   PRECOND_TAG_SECRET=precond-shared-benchmark-secret "$PRECOND" check --config "$tmp/$backend.toml" >/dev/null
   PRECOND_TAG_SECRET=precond-shared-benchmark-secret RUST_LOG=warn \
@@ -82,6 +97,8 @@ wait_ready origin "${PID[origin]}" "http://127.0.0.1:$P_ORIGIN/items/1" "$tmp/or
 wait_ready "precond memory" "${PID[memory]}" "http://127.0.0.1:$P_MEM/items/1" "$tmp/precond-memory.log"
 wait_ready "precond redis" "${PID[redis]}" "http://127.0.0.1:$P_RED/items/1" "$tmp/precond-redis.log"
 wait_ready "precond redis (2)" "${PID[redis2]}" "http://127.0.0.1:$P_RED2/items/1" "$tmp/precond-redis2.log"
+wait_ready "precond guard memory" "${PID[guard-memory]}" "http://127.0.0.1:$P_GMEM/items/1" "$tmp/precond-guard-memory.log"
+wait_ready "precond guard redis" "${PID[guard-redis]}" "http://127.0.0.1:$P_GRED/items/1" "$tmp/precond-guard-redis.log"
 # HAProxy round robin over one instance (P_LB1) and over two (P_LB2).
 cat >"$tmp/haproxy.cfg" <<CONF
 global
@@ -137,16 +154,47 @@ function done(summary, latency, requests)
 end
 LUA
 
+# guard: a tag replaced through each guard instance (learned from its own answer).
+tag_of() { curl -s -D - -o /dev/null "$1" | tr -d '\r' | awk 'tolower($1) == "etag:" { print $2 }'; }
+for port in $P_GMEM $P_GRED; do
+  old=$(tag_of "http://127.0.0.1:$port/items/1")
+  [ -n "$old" ] || die "no ETag from the strong-tag origin"
+  status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H "If-Match: $old" --data-binary "$BODY" "http://127.0.0.1:$port/items/1")
+  [ "$status" = 200 ] || die "guard write through port $port: $status"
+  [ "$(tag_of "http://127.0.0.1:$port/items/1")" != "$old" ] || die "the write did not replace the tag"
+  echo "$old" >"$tmp/replaced-$port"
+done
+cat >"$tmp/guard-forward.lua" <<LUA
+wrk.method = "PUT"
+wrk.headers["If-Unmodified-Since"] = 'Fri, 31 Dec 2100 23:59:59 GMT'
+wrk.body = '$BODY'
+LUA
+for port in $P_GMEM $P_GRED; do
+  sed -e "s|'\"stale\"'|'$(cat "$tmp/replaced-$port")'|" "$tmp/put-stale.lua" >"$tmp/guard-stale-$port.lua"
+done
+
 failures=()
 rows=()
-for w in put-match put-stale; do
+cat >"$tmp/guard-get.lua" <<'LUA'
+wrk.method = "GET"
+LUA
+
+for w in put-match put-stale guard-stale guard-forward guard-get; do
   for backend in memory redis; do
     port=$P_MEM
     [ "$backend" = memory ] || port=$P_RED
+    script="$tmp/$w.lua"
+    case $w in
+      guard-*)
+        port=$P_GMEM
+        [ "$backend" = memory ] || port=$P_GRED
+        [ "$w" != guard-stale ] || script="$tmp/guard-stale-$port.lua"
+        ;;
+    esac
     c=1
-    [ "$w" = put-match ] || c=32
+    case $w in put-stale | guard-stale | guard-get) c=32 ;; esac
     out="$tmp/wrk-$w-$backend.txt"
-    wrk -t1 -c"$c" -d"$DURATION" --latency -s "$tmp/$w.lua" "http://127.0.0.1:$port/items/1" >"$out" 2>&1
+    wrk -t1 -c"$c" -d"$DURATION" --latency -s "$script" "http://127.0.0.1:$port/items/1" >"$out" 2>&1
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p50=$(awk '$1 == "50%" { print $2 }' "$out")
     p99=$(awk '$1 == "99%" { print $2 }' "$out")
@@ -154,8 +202,8 @@ for w in put-match put-stale; do
     requests=$(awk '/requests in/ { print $1 }' "$out")
     errs=$(awk '/Socket errors:/ { print $0 }' "$out")
     [ -z "$errs" ] || failures+=("$w $backend: $errs")
-    if [ "$w" = put-match ] && [ -n "$bad" ]; then failures+=("$w $backend: $bad answers not 2xx"); fi
-    if [ "$w" = put-stale ]; then
+    case $w in put-match | guard-forward | guard-get) [ -z "$bad" ] || failures+=("$w $backend: $bad answers not 2xx") ;; esac
+    if [ "$w" = put-stale ] || [ "$w" = guard-stale ]; then
       refused=$(awk '$1 == "status" && $2 == 412 { print $3 }' "$out")
       others=$(awk '$1 == "status" && $2 != 412 { printf "%s %s; ", $3, $2 }' "$out")
       [ -z "$others" ] || failures+=("$w $backend: answers other than 412: $others")
@@ -181,11 +229,11 @@ errors=$(cat "$tmp"/precond-*.log | grep -c -E 'WARN|ERROR' || true)
 
 mkdir -p "$RESULTS_DIR"
 {
-  echo "# precond shared-store benchmark (enforce: memory vs redis backend)"
+  echo "# precond shared-store benchmark (enforce and guard: memory vs redis backend)"
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC') (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))"
   echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); redis: $(redis-server --version | awk '{ print $3 }')"
-  echo "- precond: $PRECOND (HEAD $(git rev-parse --short HEAD 2>/dev/null || echo unknown)), enforce, 2 threads, one instance per backend; origin: \`precond origin --tags none\`"
+  echo "- precond: $PRECOND (HEAD $(git rev-parse --short HEAD 2>/dev/null || echo unknown)), 2 threads, one instance per backend and mode; origins: \`precond origin --tags none\` (enforce), \`--tags strong\` (guard)"
   echo "- load: wrk -t1, $DURATION per row, one resource"
   echo
   echo "| workload | backend | connections | req/s | p50 | p99 |"
@@ -199,4 +247,4 @@ if [ ${#failures[@]} -gt 0 ]; then
   printf 'FAIL: %s\n' "${failures[@]}" >&2
   exit 1
 fi
-echo "OK: matching writes forwarded, stale writes refused at the edge, on both backends"
+echo "OK: matching writes forwarded, stale writes refused at the edge, on both backends and modes"

@@ -20,6 +20,8 @@ pub struct Ctx {
     /// Resource key, set on `guard` and `enforce` routes (the store learns only there).
     pub(crate) key: Option<OwnedKey>,
     pub(crate) ticket: Option<Ticket>,
+    /// `guard` with a shared store: the write's ticket there (stamps what its answer proves).
+    pub(crate) shared_ticket: Option<u64>,
     /// Whose partition the request reads and teaches.
     pub(crate) principal: Principal,
     pub(crate) forwarded: bool,
@@ -52,6 +54,7 @@ impl Ctx {
             method: Method::Other,
             key: None,
             ticket: None,
+            shared_ticket: None,
             principal: Principal::SHARED,
             forwarded: false,
             learned: false,

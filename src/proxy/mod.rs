@@ -85,6 +85,14 @@ impl Precond {
         true
     }
 
+    /// On a `guard` route with a shared store, publishes that a forwarded write's outcome is
+    /// unknown (after [`Precond::forget_if_broken`] said so).
+    async fn forget_shared(&self, ctx: &Ctx) {
+        if ctx.route.map(|i| self.s.config.routes[i].mode) == Some(Mode::Guard) {
+            guard::shared::forget(&self.s, ctx).await;
+        }
+    }
+
     /// Builds the proxy for a validated configuration.
     pub fn new(
         config: Arc<Config>,
@@ -284,6 +292,9 @@ impl ProxyHttp for Precond {
         };
         self.s.store.learn(&key.as_key(), ticket, &obs);
         ctx.learned = true;
+        if let (Mode::Guard, Some(redis)) = (route.mode, &self.s.redis) {
+            guard::shared::teach(redis, ctx, key, &obs).await;
+        }
         // The shared store's lease: the write is answered (whatever the status: the origin is
         // done with it), the resource may have changed: the next holder probes.
         if let Some(lease) = ctx.lease.take() {
@@ -349,6 +360,7 @@ impl ProxyHttp for Precond {
         // Forgotten before the client hears of the failure: its next request must not be
         // decided on what the broken write may have changed.
         if self.forget_if_broken(ctx) {
+            self.forget_shared(ctx).await;
             warn!(
                 path = %self.s.shown_target(session.req_header()),
                 error = %Shown(&e.to_string()),
@@ -369,6 +381,7 @@ impl ProxyHttp for Precond {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if self.forget_if_broken(ctx) {
+            self.forget_shared(ctx).await;
             warn!(
                 path = %self.s.shown_target(session.req_header()),
                 error = %e.map(|e| Shown(&e.to_string()).to_string()).unwrap_or_default(),

@@ -111,13 +111,13 @@ impl Observation<'_> {
     /// A completed replacement or deletion: the only write outcome that proves the previous
     /// representation gone (a 202 may never be applied; a POST is an action, or creates a child
     /// elsewhere).
-    fn proves_replacement(&self) -> bool {
+    pub(crate) fn proves_replacement(&self) -> bool {
         matches!(self.outcome, Outcome::Status(200 | 201 | 204))
             && matches!(self.method, Method::Put | Method::Patch | Method::Delete)
     }
 
     /// `Last-Modified`, ignored when invalid and clamped to `Date` when later (RFC 9110 §8.8.2.1).
-    fn last_modified(&self) -> Option<Timestamp> {
+    pub(crate) fn last_modified(&self) -> Option<Timestamp> {
         let lm = parse_http_date(self.last_modified?)?;
         match self.date.and_then(parse_http_date) {
             Some(date) if lm > date => Some(date),
@@ -125,7 +125,7 @@ impl Observation<'_> {
         }
     }
 
-    fn etag(&self) -> Option<Tag> {
+    pub(crate) fn etag(&self) -> Option<Tag> {
         EntityTag::parse(self.etag?).as_ref().map(Tag::from_ref)
     }
 }

@@ -76,6 +76,39 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// How a `guard` write was decided with a shared store (`store.backend = "redis"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedGuard {
+    /// The local store's refusal, confirmed by the shared facts.
+    Confirmed,
+    /// Refused on shared facts the local store did not hold (learned through another instance).
+    Refused,
+    /// The local store would have refused; the shared facts do not prove it: forwarded.
+    Overruled,
+    /// Redis did not answer: forwarded.
+    Unavailable,
+}
+
+impl SharedGuard {
+    /// Every outcome, in counter order.
+    pub const ALL: [SharedGuard; 4] = [
+        SharedGuard::Confirmed,
+        SharedGuard::Refused,
+        SharedGuard::Overruled,
+        SharedGuard::Unavailable,
+    ];
+
+    /// Its label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            SharedGuard::Confirmed => "confirmed",
+            SharedGuard::Refused => "refused",
+            SharedGuard::Overruled => "overruled",
+            SharedGuard::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Process-wide counters.
 pub struct Metrics {
     /// Requests forwarded to an upstream.
@@ -86,6 +119,8 @@ pub struct Metrics {
     pub upstream_connect_retries: AtomicU64,
     /// Enforce writes answered 503 because the shared store (Redis) did not answer in time.
     pub shared_store_unavailable: AtomicU64,
+    /// Guard decisions with a shared store, by [`SharedGuard`] outcome.
+    shared_guard: [AtomicU64; SharedGuard::ALL.len()],
     /// Forwarded writes that carried a precondition the edge could not prove false.
     pub forwarded_conditional_writes: AtomicU64,
     /// Requests with no matching route (404 at the edge).
@@ -120,6 +155,7 @@ impl Default for Metrics {
             upstream_unavailable: AtomicU64::new(0),
             upstream_connect_retries: AtomicU64::new(0),
             shared_store_unavailable: AtomicU64::new(0),
+            shared_guard: std::array::from_fn(|_| AtomicU64::new(0)),
             forwarded_conditional_writes: AtomicU64::new(0),
             no_route: AtomicU64::new(0),
             upstream_failures: AtomicU64::new(0),
@@ -146,6 +182,16 @@ impl Metrics {
     /// Counts an edge 304.
     pub fn not_modified(&self, field: Field) {
         self.not_modified[field.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a guard decision made with a shared store.
+    pub fn shared_guard(&self, outcome: SharedGuard) {
+        self.shared_guard[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Guard decisions made with a shared store, with this outcome.
+    pub fn shared_guarded(&self, outcome: SharedGuard) -> u64 {
+        self.shared_guard[outcome as usize].load(Ordering::Relaxed)
     }
 
     /// Edge 412s counted for one field and reason.
@@ -225,6 +271,18 @@ impl Metrics {
             "Origin answers with a weak ETag on guard routes with policy mismatch.",
             &self.weak_tags_under_mismatch,
         );
+        let _ = writeln!(
+            out,
+            "# HELP precond_shared_guard_decisions_total Guard writes decided with the shared store, by outcome.\n# TYPE precond_shared_guard_decisions_total counter"
+        );
+        for o in SharedGuard::ALL {
+            let _ = writeln!(
+                out,
+                "precond_shared_guard_decisions_total{{outcome=\"{}\"}} {}",
+                o.name(),
+                self.shared_guard[o as usize].load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP precond_fence_bypassed_total Guard writes forwarded without waiting out the fence.\n# TYPE precond_fence_bypassed_total counter"

@@ -9,5 +9,5 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod redact;
 
-pub use metrics::{render_upstreams, Metrics, StoreGauges, UpstreamGauge};
+pub use metrics::{render_upstreams, Metrics, SharedGuard, StoreGauges, UpstreamGauge};
 pub use ratelimit::RateLimit;

@@ -17,6 +17,7 @@
 //!   origin's answer is learned.
 
 pub(crate) mod fence;
+pub(crate) mod shared;
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -78,6 +79,11 @@ pub(crate) async fn request(
         if refused.is_none() && uncertain() {
             gated = true;
             refused = pass(s, ctx, &key, Gate::Uncertain, route, &decide).await;
+        }
+        // With a shared store, the shared facts have the last word (the local store's refusal
+        // may be stale; another instance may have seen the tag replaced).
+        if let Some(redis) = &s.redis {
+            refused = shared::judge(s, redis, ctx, &key, &cond, refused).await;
         }
         if gated {
             // Writes learned while this one waited were answered before it is sent: its ticket
@@ -166,7 +172,7 @@ async fn pass(
 }
 
 /// Answers the edge 412, with what the caller's own partition holds: validators the origin
-/// showed them.
+/// showed them (none with a shared store).
 async fn refuse(
     s: &Shared,
     session: &mut Session,
@@ -174,7 +180,13 @@ async fn refuse(
     key: &OwnedKey,
     failure: Failure,
 ) -> Result<bool> {
-    let known = s.store.get(&key.as_key(), ctx.principal);
+    // With a shared store the refusal rests on facts another instance may have learned: this
+    // instance's validators may be the very ones refused. None are disclosed then.
+    let known = s
+        .redis
+        .is_none()
+        .then(|| s.store.get(&key.as_key(), ctx.principal))
+        .flatten();
     answer::reject(s, session, failure, known.as_deref()).await?;
     Ok(true)
 }

@@ -23,7 +23,7 @@ use tracing::warn;
 use crate::identity::{Principal, ResourceKey};
 
 use super::snapshot::Snapshot;
-use super::{Redis, SharedError};
+use super::{ms, Redis, SharedError};
 
 /// A held lease on one resource.
 pub struct Lease {
@@ -56,10 +56,6 @@ fn random_token() -> String {
         b = t.to_le_bytes();
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn ms(d: Duration) -> Vec<u8> {
-    d.as_millis().max(1).to_string().into_bytes()
 }
 
 /// One resource as one caller sees it in Redis: its keys and the caller's snapshot field, named

@@ -1,13 +1,15 @@
 //! The shared store on Redis (`[store] backend = "redis"`): what several precond instances must
 //! agree on, kept where they all see it.
 //!
-//! Today it carries `enforce`'s write serialisation across instances: a per-resource lease, a
+//! It carries `enforce`'s write serialisation across instances: a per-resource lease, a
 //! fencing counter that orders its holders, and the snapshot of the resource's validators the
-//! last holder established (files: [`lease`] the lease's life, `scripts` its Lua scripts,
-//! [`snapshot`] the snapshot's encoding). `guard` routes keep their per-instance store.
+//! last holder established (files: [`lease`] the lease's life, `scripts` the Lua scripts,
+//! [`snapshot`] the snapshot's encoding); and `guard`'s shared facts: which tags a completed
+//! write proved replaced, which were shown current, and when ([`facts`], with its own coherency
+//! argument: a stale local store cannot cause a false 412 there either).
 //!
-//! Coherency (why a stale local store cannot cause a wrong answer): on an enforce route with
-//! this backend, a write is decided only on state read from Redis *under the lease* or on a
+//! Coherency of `enforce` (why a stale local store cannot cause a wrong answer): on an enforce
+//! route with this backend, a write is decided only on state read from Redis *under the lease* or on a
 //! probe of the origin made under it, never on the local store. The lease is exclusive, so no
 //! other instance writes the resource meanwhile; a snapshot is trusted only when the holder
 //! before published it (the state's fence is the new holder's number minus one): a holder that
@@ -16,12 +18,14 @@
 //!
 //! Invariants:
 //! - Every Redis call is bounded by `store.timeout`; an error or a timeout is a
-//!   [`SharedError`], never a write decided without the lease.
+//!   [`SharedError`]: never an enforce write decided without the lease, and a guard write
+//!   forwarded.
 //! - Keys of one resource share one hash tag (`precond:{id}:…`), so the scripts work on Redis
 //!   Cluster; `id` is a keyed hash of the resource key (no URL is written to Redis).
 //! - The connection is made on first use and remade on its own after a failure (redis-rs
 //!   `ConnectionManager`); a failed first connection is retried at the next call.
 
+pub mod facts;
 pub mod lease;
 mod scripts;
 pub mod snapshot;
@@ -37,6 +41,7 @@ use tracing::warn;
 
 use crate::identity::ResourceKey;
 
+pub use facts::{lesson, Facts, Lesson, MAX_ASKED};
 pub use lease::{Lease, Resource};
 pub use snapshot::Snapshot;
 
@@ -63,6 +68,11 @@ pub struct RedisSettings {
     pub state_ttl: Duration,
 }
 
+/// A duration as Redis takes it (milliseconds, at least 1).
+fn ms(d: Duration) -> Vec<u8> {
+    d.as_millis().max(1).to_string().into_bytes()
+}
+
 /// The scripts, parsed once.
 struct Scripts {
     acquire: redis::Script,
@@ -71,6 +81,8 @@ struct Scripts {
     release: redis::Script,
     peek: redis::Script,
     mark: redis::Script,
+    judge: redis::Script,
+    teach: redis::Script,
 }
 
 /// A connection to the shared store.
@@ -104,6 +116,8 @@ impl Redis {
                 release: redis::Script::new(scripts::RELEASE),
                 peek: redis::Script::new(scripts::PEEK),
                 mark: redis::Script::new(scripts::MARK),
+                judge: redis::Script::new(scripts::JUDGE),
+                teach: redis::Script::new(scripts::TEACH),
             },
             errors: AtomicU64::new(0),
             warned: AtomicU64::new(0),

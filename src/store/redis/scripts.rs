@@ -1,4 +1,5 @@
-//! The Lua scripts of the shared store's per-resource lease. Each runs atomically on the Redis
+//! The Lua scripts of the shared store: enforce's per-resource lease, and guard's facts (`JUDGE`,
+//! `TEACH`; the hash they keep is described in [`super::facts`]). Each runs atomically on the Redis
 //! server; every key of one resource carries the same hash tag (`{id}`), so on Redis Cluster they
 //! live in one slot and a script may touch them all.
 //!
@@ -127,4 +128,79 @@ if published == n - 1 and marked ~= n and redis.call('EXISTS', KEYS[1]) == 1 the
   return redis.call('HGET', KEYS[2], ARGV[1])
 end
 return false
+";
+
+/// Judge (`guard`): takes a write's ticket (a stamp above every stamp issued before, and not
+/// below the server's clock in microseconds) and returns what is known of the tags it names, for
+/// its caller: `{ticket, admitted, private, forgot, then per tag: replaced for every caller,
+/// replaced for this caller, shown current}` (0 for unknown). Creates nothing: a resource without
+/// facts gets a ticket from the clock alone, and a hash created after it voids that ticket's
+/// replacement (see `TEACH`). Renews nothing either.
+///
+/// KEYS: the resource's guard facts. ARGV: caller, then per tag its exact field suffix and its
+/// shown-current field.
+pub(super) const JUDGE: &str = r"
+local h = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ticket = math.max(tonumber(redis.call('HGET', h, 'seq') or '0') + 1, now)
+if redis.call('EXISTS', h) == 1 then
+  redis.call('HSET', h, 'seq', string.format('%.0f', ticket))
+end
+local p = ARGV[1]
+local function num(f) return tonumber(redis.call('HGET', h, f) or '0') or 0 end
+local out = {ticket, num('a:' .. p), num('private'), num('f')}
+for i = 2, #ARGV, 2 do
+  out[#out + 1] = num('r:*:' .. ARGV[i])
+  out[#out + 1] = num('r:' .. p .. ':' .. ARGV[i])
+  out[#out + 1] = num(ARGV[i + 1])
+end
+return out
+";
+
+/// Teach (`guard`): publishes what one exchange showed, stamped now (not below any stamp issued
+/// before): admission (at most a bound of callers per resource: not admitting is safe), a
+/// forget (`f`), the per-caller mark, a replacement stamped with the write's ticket (kept when
+/// later than the last forget and than the one recorded), a tag shown current.
+///
+/// A hash that does not exist (new, expired, evicted, lost with a restart) is created with `f` at
+/// the stamp: a replacement decided before it (whose showings may have been lost with the old
+/// hash) is void. A hash past the field bound loses its replacements and showings (`f` at the
+/// stamp), never its admissions nor its per-caller mark.
+///
+/// KEYS: the resource's guard facts. ARGV: TTL (ms), caller, admit (0|1), forget (0|1), private
+/// (0|1), ticket (or empty), replaced field (or empty), shown-current field (or empty), field
+/// bound, most callers admitted.
+pub(super) const TEACH: &str = r"
+local h = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local stamp = string.format('%.0f', math.max(tonumber(redis.call('HGET', h, 'seq') or '0'), now))
+local function num(f) return tonumber(redis.call('HGET', h, f) or '0') or 0 end
+if redis.call('EXISTS', h) == 0 then
+  redis.call('HSET', h, 'f', stamp)
+elseif redis.call('HLEN', h) > tonumber(ARGV[9]) then
+  for _, k in ipairs(redis.call('HKEYS', h)) do
+    local kind = string.sub(k, 1, 2)
+    if kind == 'r:' or kind == 'c:' then redis.call('HDEL', h, k) end
+  end
+  redis.call('HSET', h, 'f', stamp)
+end
+redis.call('HSET', h, 'seq', stamp)
+local p = ARGV[2]
+if ARGV[3] == '1' and not redis.call('HGET', h, 'a:' .. p) and num('na') < tonumber(ARGV[10]) then
+  redis.call('HSET', h, 'a:' .. p, '1')
+  redis.call('HINCRBY', h, 'na', 1)
+end
+if ARGV[4] == '1' then redis.call('HSET', h, 'f', stamp) end
+if ARGV[5] == '1' then redis.call('HSET', h, 'private', '1') end
+if ARGV[6] ~= '' and ARGV[7] ~= '' then
+  local ticket = tonumber(ARGV[6])
+  if ticket > num('f') and ticket > num(ARGV[7]) then
+    redis.call('HSET', h, ARGV[7], ARGV[6])
+  end
+end
+if ARGV[8] ~= '' then redis.call('HSET', h, ARGV[8], stamp) end
+redis.call('PEXPIRE', h, ARGV[1])
+return 1
 ";
