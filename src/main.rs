@@ -1,4 +1,4 @@
-//! The `precond` command: `run`, `check` and `demo`.
+//! The `precond` command: `run`, `check`, `demo`, `origin` and `report`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +43,20 @@ enum Command {
         #[arg(long)]
         weak_tags: bool,
     },
+    /// Summarise what `observe` routes recorded: writes without preconditions, blind
+    /// overwrites, what guard would have refused and how the origin answered, top resources.
+    Report {
+        /// The metrics scrape: an http:// URL (the admin or metrics listener's `/metrics`) or a
+        /// file holding one.
+        #[arg(long, default_value = "http://127.0.0.1:9091/metrics")]
+        metrics: String,
+        /// The admin token file, when `/metrics` needs one.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// A JSON log (`log.format = "json"`) to list the resources from.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
     /// Run only the bundled demo origin (an API that never checks preconditions), e.g. to put a
     /// configured precond in front of it or to measure lost updates with the load scripts.
     Origin {
@@ -65,10 +79,25 @@ enum TagsArg {
 
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
-fn init_logging() {
+/// Logs as `[log]` says: `RUST_LOG` (when set) or `log.level`; JSON lines, or text (with colours
+/// only on a terminal); JSON by default when standard output is not a terminal.
+fn init_logging(log: &config::LogSettings) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let terminal = std::io::stdout().is_terminal();
+    let json = match log.format {
+        Some(f) => f == config::LogFormat::Json,
+        None => !terminal,
+    };
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(terminal && !json);
+    if json {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.init();
+    }
 }
 
 fn run(config: config::Config) -> ExitCode {
@@ -106,16 +135,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            init_logging();
-            match config::load(&config) {
-                Ok(c) => run(c),
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
+        Command::Run { config } => match config::load(&config) {
+            Ok(c) => {
+                init_logging(&c.log);
+                run(c)
             }
-        }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Report {
+            metrics,
+            token_file,
+            log,
+        } => match precond::app::report::report(&metrics, token_file.as_deref(), log.as_deref()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("precond report: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Origin { listen, tags } => {
             let tags = match tags {
                 TagsArg::Strong => Tags::Strong,
@@ -143,11 +186,11 @@ fn main() -> ExitCode {
             legacy,
             weak_tags,
         } => {
-            init_logging();
             let text = DEMO_CONFIG
                 .replace("127.0.0.1:9000", &origin.to_string())
                 .replace("127.0.0.1:9001", &legacy.to_string());
             let c = config::parse(&text).expect("the bundled demo config is valid");
+            init_logging(&c.log);
             let tags = if weak_tags { Tags::Weak } else { Tags::Strong };
             let started = DemoOrigin::start(origin, tags, "")
                 .and_then(|d| Ok((d, DemoOrigin::start(legacy, Tags::None, "/legacy")?)));
@@ -162,7 +205,8 @@ fn main() -> ExitCode {
             };
             let listen = c.server.listen[0];
             println!(
-                "demo origin on http://{} (sends {} ETags, never checks If-Match): guard route /\n\
+                "demo origin on http://{} (sends {} ETags, never checks If-Match): guard route /,\n\
+                 and observe route /observe (then: precond report)\n\
                  legacy origin on http://{} (no validators at all): enforce route /legacy\n\
                  precond on http://{listen}, metrics on http://127.0.0.1:9091/metrics\n\
                  try: curl -i http://{listen}/items/1   and   curl -i http://{listen}/legacy/items/1",

@@ -115,6 +115,7 @@ fn a_flood_of_distinct_keys_stays_within_max_bytes() {
         bytes,
         evicted_size: store.evictions().0,
         evicted_expired: 0,
+        census_bytes: 0,
     });
     assert!(metrics.contains("precond_store_evictions_total{cause=\"size\"}"));
 }

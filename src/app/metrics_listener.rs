@@ -29,6 +29,7 @@ pub(super) fn store_gauges(store: &Store) -> StoreGauges {
         bytes: store.bytes(),
         evicted_size,
         evicted_expired,
+        census_bytes: store.census().bytes(),
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 mod admin;
 mod metrics_listener;
+pub mod report;
 pub mod secret;
 
 use crate::config::{Backend, Config};
@@ -110,11 +111,14 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
     server.bootstrap();
 
     let config = Arc::new(config);
-    let store = Arc::new(Store::bounded(
-        config.store.capacity,
-        config.store.max_bytes,
-        config.store.ttl,
-    ));
+    let store = Arc::new(
+        Store::bounded(
+            config.store.capacity,
+            config.store.max_bytes,
+            config.store.ttl,
+        )
+        .with_census_bytes(config.store.census_max_bytes),
+    );
     let metrics = Arc::new(Metrics::default());
     let keys = secret::load(&config.secret)?;
     let redis = shared_store(&config, &keys)?;

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::settings::{Mode, Probe, Scope};
+use super::settings::{LogFormat, Mode, Probe, Scope};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +86,8 @@ pub(super) struct RawStore {
     pub(super) max_key_bytes: Spanned<i64>,
     #[serde(default = "default_max_bytes")]
     pub(super) max_bytes: Spanned<RawSize>,
+    #[serde(default = "default_census_max_bytes")]
+    pub(super) census_max_bytes: Spanned<RawSize>,
     #[serde(default = "default_backend")]
     pub(super) backend: Spanned<String>,
     /// `redis` only.
@@ -121,6 +123,12 @@ pub(super) fn default_max_bytes() -> Spanned<RawSize> {
     unspanned(RawSize::Text("64MiB".into()))
 }
 
+/// `store.census_max_bytes`: the lost-update census of `observe` routes (about 100,000 callers'
+/// last reads with short tags).
+pub(super) fn default_census_max_bytes() -> Spanned<RawSize> {
+    unspanned(RawSize::Text("16MiB".into()))
+}
+
 /// `store.max_key_bytes`: longer keys (host, path and query) are forwarded and never learned.
 pub(super) fn default_max_key_bytes() -> Spanned<i64> {
     unspanned(2048)
@@ -133,6 +141,7 @@ impl Default for RawStore {
             ttl: default_ttl(),
             max_key_bytes: default_max_key_bytes(),
             max_bytes: default_max_bytes(),
+            census_max_bytes: default_census_max_bytes(),
             backend: default_backend(),
             url: None,
             timeout: default_store_timeout(),
@@ -197,6 +206,10 @@ pub(super) struct RawLog {
     /// `log_query`: query strings in logs and problem bodies (they often carry tokens).
     #[serde(default)]
     pub(super) log_query: bool,
+    /// `format`: `json` or `text` (default: text on a terminal, JSON otherwise).
+    pub(super) format: Option<Spanned<LogFormat>>,
+    /// `level`: `info` when absent.
+    pub(super) level: Option<Spanned<String>>,
 }
 
 /// `[admin]`: off unless `listen` is set.

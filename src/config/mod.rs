@@ -17,8 +17,8 @@ use std::path::Path;
 
 pub use settings::{
     AdminSettings, Backend, Config, EdgeSettings, EnforceSettings, FenceSettings, HealthCheck,
-    HealthProbe, LogSettings, Mode, Policy, Probe, Route, Scope, SecretSource, Selection, Server,
-    ServerSettings, StoreSettings, Upstream,
+    HealthProbe, LogFormat, LogSettings, Mode, Policy, Probe, Route, Scope, SecretSource,
+    Selection, Server, ServerSettings, StoreSettings, Upstream,
 };
 pub use validate::ConfigError;
 

@@ -74,6 +74,8 @@ pub struct StoreSettings {
     /// Most bytes of learned state (keys, tags, stored header fields, and a fixed estimate of
     /// each record's and partition's structures).
     pub max_bytes: u64,
+    /// Most bytes of the lost-update census of `observe` routes (the tag each caller last read).
+    pub census_max_bytes: u64,
     /// Where state several instances share lives.
     pub backend: Backend,
 }
@@ -116,6 +118,20 @@ pub struct EdgeSettings {
 pub struct LogSettings {
     /// Show query strings in logs and problem bodies (otherwise `?…`: they often carry tokens).
     pub log_query: bool,
+    /// Log line format; `None`: text on a terminal, JSON otherwise.
+    pub format: Option<LogFormat>,
+    /// The lowest level logged (`RUST_LOG`, when set, overrides it).
+    pub level: String,
+}
+
+/// `log.format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
 }
 
 /// Where the deployment secret comes from (read by the app at start, and by `precond check`).
@@ -249,6 +265,17 @@ pub enum Mode {
     /// precond is the judge: evaluates every precondition itself, synthesises ETags, serialises
     /// writes per resource, may require preconditions (428).
     Enforce,
+    /// Learns as `guard` does and forwards everything: records what `guard` would have refused,
+    /// what the origin answered instead, and writes that overwrote a version their caller had
+    /// not read (the lost-update census).
+    Observe,
+}
+
+impl Mode {
+    /// Whether the route learns like `guard` (and decides like it, or only records).
+    pub fn guards(self) -> bool {
+        matches!(self, Mode::Guard | Mode::Observe)
+    }
 }
 
 /// How an `enforce` route asks the origin for a resource's current validators.

@@ -367,6 +367,11 @@ impl Validator<'_> {
                 n as usize
             },
             max_bytes: self.size(&raw.store.max_bytes, "store.max_bytes", 1 << 20)?,
+            census_max_bytes: self.size(
+                &raw.store.census_max_bytes,
+                "store.census_max_bytes",
+                64 << 10,
+            )?,
             backend: self.backend(&raw.store)?,
         };
         let edge = EdgeSettings {
@@ -431,8 +436,11 @@ impl Validator<'_> {
             let mode = *r.mode.get_ref();
             let enforce = self.enforce_settings(r, mode)?;
             let policy = match r.policy.as_ref() {
-                Some(p) if mode != Mode::Guard => {
-                    return Err(self.err(p.span(), "policy applies only to mode = \"guard\""))
+                Some(p) if !mode.guards() => {
+                    return Err(self.err(
+                        p.span(),
+                        "policy applies only to mode = \"guard\" or \"observe\"",
+                    ))
                 }
                 p => match p.map_or_else(file::default_policy, |p| *p.get_ref()) {
                     RawPolicy::Superseded => Policy::Superseded,
@@ -516,6 +524,23 @@ impl Validator<'_> {
             edge,
             log: LogSettings {
                 log_query: raw.log.log_query,
+                format: raw.log.format.as_ref().map(|f| *f.get_ref()),
+                level: match &raw.log.level {
+                    None => "info".to_string(),
+                    Some(v) => {
+                        let l = v.get_ref().trim().to_ascii_lowercase();
+                        if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+                            return Err(self.err(
+                                v.span(),
+                                format!(
+                                    "log.level must be error, warn, info, debug or trace, not {:?}",
+                                    v.get_ref()
+                                ),
+                            ));
+                        }
+                        l
+                    }
+                },
             },
             secret,
             upstreams,

@@ -41,6 +41,11 @@ pub struct Ctx {
     pub(crate) tried: Vec<std::net::SocketAddr>,
     /// The consistent-selection key, computed on the first attempt.
     pub(crate) select_key: Option<Vec<u8>>,
+    /// `observe`: the refusal `guard` would have answered.
+    pub(crate) would_refuse: Option<crate::precondition::Failure>,
+    /// `observe`: a write without a precondition whose caller last read a version since
+    /// replaced (counted as a blind overwrite if the origin accepts it).
+    pub(crate) blind: bool,
     /// `enforce`: the preconditions were evaluated against synthesised tags; remove
     /// `If-Match`/`If-None-Match` before forwarding (the origin never issued those tags).
     pub(crate) strip_tags: bool,
@@ -63,6 +68,8 @@ impl Ctx {
             body_deadline: None,
             fence: Vec::new(),
             strip_tags: false,
+            would_refuse: None,
+            blind: false,
             server: None,
             tried: Vec::new(),
             select_key: None,

@@ -1,14 +1,15 @@
-//! The Pingora glue: routes a request, hands it to its role (`pass`, `guard`, `enforce`), and
-//! teaches the store from every upstream response.
+//! The Pingora glue: routes a request, hands it to its role (`pass`, `guard`, `enforce`,
+//! `observe`), and teaches the store from every upstream response.
 //!
 //! Files, each owning one concern:
 //! - this one: [`Precond`], the `ProxyHttp` implementation, phases only, each delegating;
 //! - `shared.rs`: the state every handler shares; `ctx.rs`: per-request state;
 //! - `headers.rs`: reading fields into the pure types;
 //! - `guard/` and `enforce/`: the two deciding roles (`pass` needs no code of its own);
+//! - `observe.rs`: the reporting role (guard's learning, nothing refused);
 //! - `locks.rs`: per-key waiting (enforce's write locks, guard's in-flight fence);
 //! - `answer.rs` and `problem.rs`: the edge's own answers and their problem bodies;
-//! - `upstream.rs`: which server a request goes to.
+//! - `select.rs`: which server a request goes to.
 //!
 //! Invariants:
 //! - The decision is made in `request_filter`, before any upstream peer is chosen: a refused write
@@ -26,6 +27,7 @@ pub(crate) mod enforce;
 mod guard;
 pub(crate) mod headers;
 mod locks;
+mod observe;
 mod principal;
 mod problem;
 mod select;
@@ -76,6 +78,7 @@ impl Precond {
         if !(ctx.forwarded && !ctx.learned && ctx.method.changes_state()) {
             return false;
         }
+        observe::broken(&self.s, ctx);
         let obs = Observation {
             principal: ctx.principal,
             ..Observation::broken(ctx.method)
@@ -140,6 +143,10 @@ impl ProxyHttp for Precond {
         if route.mode == Mode::Pass {
             return Ok(false);
         }
+        if ambiguous.is_some() && route.mode == Mode::Observe {
+            // Observed, never answered: forwarded untouched, not learned.
+            return Ok(false);
+        }
         if let (Some(why), true) = (ambiguous, route.strict_targets) {
             answer::ambiguous_target(s, session, why).await?;
             return Ok(true);
@@ -171,6 +178,10 @@ impl ProxyHttp for Precond {
         ctx.principal = principal::principal_of(route, &req.headers, &s.keys.principal);
         match route.mode {
             Mode::Enforce => enforce::request(s, session, ctx, route, key).await,
+            Mode::Observe => {
+                observe::request(s, session, ctx, route, key);
+                Ok(false)
+            }
             _ => guard::request(s, session, ctx, route, key).await,
         }
     }
@@ -285,7 +296,7 @@ impl ProxyHttp for Precond {
             private: principal::marks_private(route, h),
             // On enforce routes the store is precond's own record as the judge (it must keep
             // serialising writes); on guard routes a no-store answer teaches nothing.
-            no_store: route.mode == Mode::Guard && principal::no_store(h),
+            no_store: route.mode.guards() && principal::no_store(h),
             complete: route.mode == Mode::Enforce,
             named,
             ..Observation::of(ctx.method, Outcome::Status(resp.status.as_u16()))
@@ -294,6 +305,9 @@ impl ProxyHttp for Precond {
         ctx.learned = true;
         if let (Mode::Guard, Some(redis)) = (route.mode, &self.s.redis) {
             guard::shared::teach(redis, ctx, key, &obs).await;
+        }
+        if route.mode == Mode::Observe {
+            observe::answered(&self.s, session, ctx, resp.status.as_u16(), obs.etag);
         }
         // The shared store's lease: the write is answered (whatever the status: the origin is
         // done with it), the resource may have changed: the next holder probes.

@@ -10,6 +10,7 @@
 //! - [`summary`]: fixed-size fingerprint digests of entries, read by the fast path;
 //! - [`index`]: what the lock-free index holds ([`Record`], [`Slot`]);
 //! - [`fastpath`]: the benchmarked `guard` decision ([`guard_decision`]);
+//! - [`census`]: the lost-update census of `observe` routes (what each caller last read);
 //! - [`redis`]: the shared store of several instances (`store.backend = "redis"`): enforce's
 //!   per-resource lease, its fencing chain and published snapshots;
 //! - this file: the [`Store`] facade that ties moka (bounds) to the index (reads).
@@ -24,6 +25,7 @@
 //! - A read older than the last write of a record that left the store does not re-create it (a
 //!   per-hash removal watermark).
 
+pub mod census;
 pub mod entry;
 pub mod fastpath;
 pub mod index;
@@ -70,6 +72,8 @@ pub struct Store {
     seq: AtomicU64,
     /// Records removed by the bounds: `[size, expired]`.
     evicted: Arc<[AtomicU64; 2]>,
+    /// The lost-update census of `observe` routes.
+    census: census::Census,
 }
 
 impl Store {
@@ -134,7 +138,19 @@ impl Store {
             ttl,
             seq: AtomicU64::new(1),
             evicted,
+            census: census::Census::new(DEFAULT_CENSUS_BYTES, ttl, rand_seed(3)),
         }
+    }
+
+    /// The same store with a census of at most `max_bytes` (`store.census_max_bytes`).
+    pub fn with_census_bytes(mut self, max_bytes: u64) -> Store {
+        self.census = census::Census::new(max_bytes, self.ttl, rand_seed(3));
+        self
+    }
+
+    /// The lost-update census of `observe` routes.
+    pub fn census(&self) -> &census::Census {
+        &self.census
     }
 
     /// Bytes held, as [`Record::weight`] counts them (after pending evictions are applied).
@@ -318,6 +334,9 @@ const REMOVED_SLOTS: usize = 4096;
 
 /// A per-process random seed, so that key hashes cannot be precomputed by clients; `n` tells
 /// the store's independent hash functions apart.
+/// The census's bound when none is configured (the default of `store.census_max_bytes`).
+const DEFAULT_CENSUS_BYTES: u64 = 16 << 20;
+
 fn rand_seed(n: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

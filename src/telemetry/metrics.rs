@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::precondition::{Field, Reason};
 
+use super::observe::ObserveMetrics;
+
 const FIELDS: usize = Field::ALL.len();
 const REASONS: usize = Reason::ALL.len();
 
@@ -33,6 +35,8 @@ pub struct StoreGauges {
     pub evicted_size: u64,
     /// Resources dropped because they expired.
     pub evicted_expired: u64,
+    /// Bytes of the lost-update census (`observe` routes).
+    pub census_bytes: u64,
 }
 
 /// The health of one upstream's servers (handed over by the app).
@@ -119,6 +123,8 @@ pub struct Metrics {
     pub upstream_connect_retries: AtomicU64,
     /// Enforce writes answered 503 because the shared store (Redis) did not answer in time.
     pub shared_store_unavailable: AtomicU64,
+    /// `observe` routes: would-be refusals, the origin's answers to them, the census.
+    pub observe: ObserveMetrics,
     /// Guard decisions with a shared store, by [`SharedGuard`] outcome.
     shared_guard: [AtomicU64; SharedGuard::ALL.len()],
     /// Forwarded writes that carried a precondition the edge could not prove false.
@@ -155,6 +161,7 @@ impl Default for Metrics {
             upstream_unavailable: AtomicU64::new(0),
             upstream_connect_retries: AtomicU64::new(0),
             shared_store_unavailable: AtomicU64::new(0),
+            observe: ObserveMetrics::default(),
             shared_guard: std::array::from_fn(|_| AtomicU64::new(0)),
             forwarded_conditional_writes: AtomicU64::new(0),
             no_route: AtomicU64::new(0),
@@ -341,6 +348,7 @@ impl Metrics {
             "# HELP precond_store_evictions_total Resources the store dropped: size (a bound was reached), expired (store.ttl).\n# TYPE precond_store_evictions_total counter\nprecond_store_evictions_total{{cause=\"size\"}} {}\nprecond_store_evictions_total{{cause=\"expired\"}} {}",
             store.evicted_size, store.evicted_expired
         );
+        self.observe.render(&mut out, store.census_bytes);
         out
     }
 }

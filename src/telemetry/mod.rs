@@ -6,8 +6,10 @@
 //! and the app hands the store's size to [`Metrics::render`].
 
 pub mod metrics;
+pub mod observe;
 pub mod ratelimit;
 pub mod redact;
+pub mod report;
 
 pub use metrics::{render_upstreams, Metrics, SharedGuard, StoreGauges, UpstreamGauge};
 pub use ratelimit::RateLimit;

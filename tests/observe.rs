@@ -1,0 +1,246 @@
+//! `observe` routes (issue 14): everything is forwarded; what guard would have refused is counted
+//! with the origin's answer; writes without a precondition that overwrite a version their caller
+//! had not read are counted as blind overwrites; the census stays within its bytes; the JSON log
+//! and `precond report` say so. Real proxies, real origins, over loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use precond::demo::{DemoOrigin, Tags};
+use precond::precondition::{Field, Reason};
+use precond::telemetry::observe::Answer;
+
+fn observe_route(extra: &str) -> String {
+    route_config("mode = \"observe\"").replace("[[upstream]]", &format!("{extra}\n[[upstream]]"))
+}
+
+fn strong_origin() -> DemoOrigin {
+    DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap()
+}
+
+#[test]
+fn a_stale_write_is_forwarded_and_counted_with_the_origins_answer() {
+    let origin = strong_origin();
+    let p = proxy(&observe_route(""), origin.addr);
+    assert_eq!(request(p.addr, "PUT", "/d", &[], r#"{"v":1}"#).status, 201);
+    let t1 = request(p.addr, "GET", "/d", &[], "").etag();
+    assert_eq!(
+        request(p.addr, "PUT", "/d", &[("If-Match", &t1)], r#"{"v":2}"#).status,
+        200
+    );
+    let m = &p.state.metrics.observe;
+    assert_eq!(m.would_refused(Field::IfMatch, Reason::Superseded), 0);
+    // The stale write: guard would answer 412; observe forwards it and the origin (which never
+    // checks) applies it.
+    let writes = origin.stats.writes.load(Ordering::SeqCst);
+    let r = request(p.addr, "PUT", "/d", &[("If-Match", &t1)], r#"{"v":3}"#);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert!(r.header("precond-decision").is_none());
+    assert_eq!(
+        origin.stats.writes.load(Ordering::SeqCst),
+        writes + 1,
+        "the origin saw it"
+    );
+    assert_eq!(m.would_refused(Field::IfMatch, Reason::Superseded), 1);
+    assert_eq!(m.answered_with(Answer::Success), 1);
+    // The same write on a guard route is refused: observe records exactly guard's decision.
+    let g = proxy(&guard_config("superseded"), origin.addr);
+    let t = request(g.addr, "GET", "/d", &[], "").etag();
+    request(g.addr, "PUT", "/d", &[("If-Match", &t)], r#"{"v":4}"#);
+    assert_eq!(
+        request(g.addr, "PUT", "/d", &[("If-Match", &t)], "{}").status,
+        412
+    );
+}
+
+#[test]
+fn two_callers_writing_blind_over_one_read_make_one_blind_overwrite() {
+    let origin = strong_origin();
+    let p = proxy(&observe_route(""), origin.addr);
+    assert_eq!(
+        request(p.addr, "PUT", "/doc", &[], r#"{"v":0}"#).status,
+        201
+    );
+    let (alice, bob) = (
+        ("Authorization", "Bearer alice"),
+        ("Authorization", "Bearer bob"),
+    );
+    let ta = request(p.addr, "GET", "/doc", &[alice], "").etag();
+    let tb = request(p.addr, "GET", "/doc", &[bob], "").etag();
+    assert_eq!(ta, tb);
+    assert_eq!(
+        request(p.addr, "PUT", "/doc", &[alice], r#"{"v":"alice"}"#).status,
+        200
+    );
+    assert_eq!(
+        request(p.addr, "PUT", "/doc", &[bob], r#"{"v":"bob"}"#).status,
+        200
+    );
+    let m = &p.state.metrics.observe;
+    assert_eq!(
+        m.blind_overwrites.load(Ordering::SeqCst),
+        1,
+        "bob overwrote alice's version"
+    );
+    // Bob's own answer is what bob last saw: his next blind write is informed.
+    assert_eq!(
+        request(p.addr, "PUT", "/doc", &[bob], r#"{"v":"bob2"}"#).status,
+        200
+    );
+    assert_eq!(m.blind_overwrites.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn one_caller_writing_in_sequence_makes_no_blind_overwrite() {
+    let origin = strong_origin();
+    let p = proxy(&observe_route(""), origin.addr);
+    let alice = ("Authorization", "Bearer alice");
+    assert_eq!(
+        request(p.addr, "PUT", "/seq", &[alice], r#"{"v":0}"#).status,
+        201
+    );
+    for i in 1..=5 {
+        request(p.addr, "GET", "/seq", &[alice], "");
+        let w = request(p.addr, "PUT", "/seq", &[alice], &format!(r#"{{"v":{i}}}"#));
+        assert_eq!(w.status, 200);
+        let w = request(
+            p.addr,
+            "PUT",
+            "/seq",
+            &[alice],
+            &format!(r#"{{"v":{i}.5}}"#),
+        );
+        assert_eq!(w.status, 200);
+    }
+    assert_eq!(
+        p.state
+            .metrics
+            .observe
+            .blind_overwrites
+            .load(Ordering::SeqCst),
+        0
+    );
+    assert_eq!(
+        p.state
+            .metrics
+            .render(Default::default())
+            .lines()
+            .find(|l| l.starts_with("precond_observed_writes_total{precondition=\"none\"}")),
+        Some("precond_observed_writes_total{precondition=\"none\"} 11")
+    );
+}
+
+#[test]
+fn the_census_stays_within_its_bytes_under_a_flood_of_callers() {
+    let origin = strong_origin();
+    let budget = 64 * 1024;
+    let p = proxy(
+        &observe_route("[store]\ncensus_max_bytes = \"64KiB\"\n"),
+        origin.addr,
+    );
+    request(p.addr, "PUT", "/hot", &[], "{}");
+    let mut conn = Conn::open(p.addr);
+    for i in 0..1500 {
+        let who = format!("Bearer caller-{i}");
+        let r = conn.request("GET", "/hot", &[("Authorization", &who)], "");
+        assert_eq!(r.status, 200);
+    }
+    let census = p.state.store.census();
+    let bytes = census.bytes();
+    assert!(bytes <= budget, "{bytes} bytes > {budget}");
+    // 1,500 callers' reads need more than three times the budget: it was filled, and older
+    // entries forgotten to stay within it.
+    assert!(1500 * u64::from(precond::store::census::ENTRY_OVERHEAD) > 3 * budget);
+    assert!(bytes > budget / 2, "{bytes}: the census kept little");
+}
+
+/// The JSON log (one line per would-be refusal and per blind overwrite, no ANSI) and
+/// `precond report` on a live scrape, with the real binary.
+#[test]
+fn json_log_lines_and_the_report() {
+    let origin = strong_origin();
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = std::env::temp_dir().join(format!("precond-observe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("precond.toml");
+    let text = observe_route(&format!(
+        "[admin]\nlisten = \"{admin}\"\n\n[log]\nformat = \"json\"\n"
+    ))
+    .replace("{listen}", &listen.to_string())
+    .replace("{origin}", &origin.addr.to_string());
+    std::fs::write(&file, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_precond"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("PRECOND_TAG_SECRET", "observe-test-secret-0123456789")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(listen).is_err() {
+        assert!(Instant::now() < deadline, "precond did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (alice, bob) = (
+        ("Authorization", "Bearer alice"),
+        ("Authorization", "Bearer bob"),
+    );
+    request(listen, "PUT", "/items/9", &[alice], "{}");
+    let t = request(listen, "GET", "/items/9", &[alice], "").etag();
+    request(listen, "GET", "/items/9", &[bob], "");
+    request(
+        listen,
+        "PUT",
+        "/items/9",
+        &[alice, ("If-Match", &t)],
+        r#"{"a":1}"#,
+    );
+    request(listen, "PUT", "/items/9", &[bob], r#"{"b":1}"#); // blind overwrite
+    request(
+        listen,
+        "PUT",
+        "/items/9",
+        &[alice, ("If-Match", &t)],
+        r#"{"a":2}"#,
+    ); // would refuse
+    let out = Command::new(env!("CARGO_BIN_EXE_precond"))
+        .args(["report", "--metrics", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        assert!(
+            !line.contains('\u{1b}'),
+            "ANSI escape in a non-terminal log: {line}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["target"] == "precond::observe" {
+            lines.push(v);
+        }
+    }
+    let events: Vec<&str> = lines.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["blind_overwrite", "would_refuse"], "{lines:?}");
+    assert_eq!(lines[1]["reason"], "superseded");
+    assert_eq!(lines[1]["origin_status"], 200);
+    assert_eq!(lines[0]["path"], "/items/9");
+    assert!(report.contains("Blind overwrites: 1"), "{report}");
+    assert!(report.contains("If-Match, superseded: 1"), "{report}");
+    assert!(report.contains("the origin accepted 1 of them"), "{report}");
+}
