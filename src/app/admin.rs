@@ -1,12 +1,14 @@
 //! The admin listener (`[admin] listen`), apart from the data port so that nothing precond
 //! answers there can shadow the API: `GET /healthz` (the process is alive), `GET /readyz` (the
 //! configuration is loaded and every upstream has at least one healthy server: what a balancer
-//! in front of several precond instances checks), `GET /metrics` (Prometheus text).
+//! in front of several precond instances checks), `GET /metrics` (Prometheus text), and
+//! `GET`/`DELETE /store?url=…` (what precond knows of one resource, and forgetting it:
+//! [`super::inspect`]).
 //!
 //! Owns: [`AdminApp`] and the bearer token check.
 //!
-//! Invariants: with `admin.token_file` set, `/metrics` answers only a request carrying
-//! `Authorization: Bearer <token>` (compared in constant time); `/healthz` and `/readyz` disclose
+//! Invariants: with `admin.token_file` set, `/metrics` and `/store` answer only a request
+//! carrying `Authorization: Bearer <token>` (compared in constant time); `/healthz` and `/readyz` disclose
 //! nothing but liveness and readiness and never need it. Every answer has a `Content-Length`;
 //! anything else gets a 404 or 405 problem body.
 
@@ -17,10 +19,12 @@ use http::{Method, Response};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::config::Config;
 use crate::store::Store;
 use crate::telemetry::{render_upstreams, Metrics, UpstreamGauge};
 use crate::upstream::Upstreams;
 
+use super::inspect::{describe, resource_of, url_param};
 use super::metrics_listener::store_gauges;
 
 /// Shortest admin token accepted, in bytes.
@@ -28,6 +32,7 @@ const MIN_TOKEN: usize = 16;
 
 /// Serves the admin endpoints.
 pub(super) struct AdminApp {
+    pub(super) config: Arc<Config>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) store: Arc<Store>,
     pub(super) upstreams: Arc<Upstreams>,
@@ -113,6 +118,43 @@ impl AdminApp {
         )
     }
 
+    /// `GET /store?url=…` (what is known of the resource) or `DELETE /store?url=…` (forget it).
+    fn store(&self, url: Option<String>, delete: bool) -> Response<Vec<u8>> {
+        let Some(url) = url else {
+            return problem(
+                400,
+                "Bad Request",
+                "Give the resource as ?url=http://host/path (percent-encoded).",
+            );
+        };
+        let (route, key) = match resource_of(&self.config, &url) {
+            Ok(r) => r,
+            Err(why) => return problem(400, "Bad Request", &why),
+        };
+        let key = key.as_key();
+        if delete {
+            let forgotten = self.store.forget(&key);
+            let body = serde_json::json!({ "forgotten": forgotten });
+            return answer(
+                200,
+                "application/json",
+                serde_json::to_vec(&body).unwrap_or_default(),
+            );
+        }
+        match self.store.record_of(&key) {
+            Some(record) => answer(
+                200,
+                "application/json",
+                serde_json::to_vec(&describe(route, &self.config, &record)).unwrap_or_default(),
+            ),
+            None => problem(
+                404,
+                "Not Found",
+                "precond holds nothing about this resource (never learned, expired, evicted or forgotten).",
+            ),
+        }
+    }
+
     fn metrics(&self) -> Response<Vec<u8>> {
         let health: Vec<(usize, usize)> =
             self.upstreams.pools().iter().map(|p| p.health()).collect();
@@ -139,36 +181,40 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let path = req.uri.path();
         let method = &req.method;
-        if method != Method::GET && method != Method::HEAD {
+        let delete = method == Method::DELETE && path == "/store";
+        if method != Method::GET && method != Method::HEAD && !delete {
             return problem(
                 405,
                 "Method Not Allowed",
-                "The admin endpoints answer GET only.",
+                "The admin endpoints answer GET only (and DELETE /store).",
             );
         }
+        let authorized = || {
+            self.token.as_ref().is_none_or(|token| {
+                req.headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                    .is_some_and(|g| same(g, token))
+            })
+        };
+        let unauthorized = || {
+            problem(
+                401,
+                "Unauthorized",
+                "This endpoint requires Authorization: Bearer <the token in admin.token_file>.",
+            )
+        };
         match path {
             "/healthz" => answer(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => self.readiness(),
-            "/metrics" => {
-                if let Some(token) = &self.token {
-                    let given = req
-                        .headers
-                        .get(http::header::AUTHORIZATION)
-                        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-                    if !given.is_some_and(|g| same(g, token)) {
-                        return problem(
-                            401,
-                            "Unauthorized",
-                            "This endpoint requires Authorization: Bearer <the token in admin.token_file>.",
-                        );
-                    }
-                }
-                self.metrics()
-            }
+            "/metrics" if !authorized() => unauthorized(),
+            "/metrics" => self.metrics(),
+            "/store" if !authorized() => unauthorized(),
+            "/store" => self.store(url_param(req.uri.query()), delete),
             _ => problem(
                 404,
                 "Not Found",
-                "The admin listener serves /healthz, /readyz and /metrics.",
+                "The admin listener serves /healthz, /readyz, /metrics and /store?url=….",
             ),
         }
     }

@@ -20,6 +20,7 @@ use pingora::services::listening::Service;
 use tokio::sync::Notify;
 
 mod admin;
+mod inspect;
 mod metrics_listener;
 pub mod report;
 pub mod secret;
@@ -166,6 +167,7 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
         let mut a = Service::new(
             "precond admin".to_string(),
             admin::AdminApp {
+                config: config.clone(),
                 metrics: metrics.clone(),
                 store: store.clone(),
                 upstreams: upstreams.clone(),

@@ -86,7 +86,7 @@ impl Record {
     }
 
     /// Time since the state was learned.
-    pub(super) fn age(&self) -> std::time::Duration {
+    pub fn age(&self) -> std::time::Duration {
         self.learned_at.elapsed()
     }
 

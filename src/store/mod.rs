@@ -317,6 +317,29 @@ impl Store {
         });
     }
 
+    /// Everything held about a resource, every partition (for the admin listener's `/store`), if
+    /// it is held and fresh.
+    pub fn record_of(&self, key: &ResourceKey<'_>) -> Option<Arc<Record>> {
+        self.cache
+            .get(&key.hash_with(&self.hash_state))
+            .filter(|r| r.is_for(key) && self.is_fresh(r))
+    }
+
+    /// Forgets everything held about a resource (the admin listener's `DELETE /store`); `true`
+    /// when something was held. Goes through moka's removal, so the index and the removal
+    /// watermark are updated as for an eviction: a read that started before cannot bring it back.
+    pub fn forget(&self, key: &ResourceKey<'_>) -> bool {
+        let hash = key.hash_with(&self.hash_state);
+        match self.cache.get(&hash) {
+            Some(r) if r.is_for(key) => {
+                self.cache.invalidate(&hash);
+                self.cache.run_pending_tasks();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Number of resources held (after pending evictions are applied; for metrics).
     pub fn len(&self) -> u64 {
         self.cache.run_pending_tasks();
