@@ -24,7 +24,15 @@ fn fetch(url: &str, token: Option<&str>) -> Result<String, String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/metrics"),
     };
-    let addr = authority
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{url}: {e}"))?
         .next()

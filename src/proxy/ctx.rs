@@ -43,9 +43,11 @@ pub struct Ctx {
     pub(crate) select_key: Option<Vec<u8>>,
     /// `observe`: the refusal `guard` would have answered.
     pub(crate) would_refuse: Option<crate::precondition::Failure>,
-    /// `observe`: a write without a precondition whose caller last read a version since
-    /// replaced (counted as a blind overwrite if the origin accepts it).
+    /// `observe`: a PUT, PATCH or DELETE without a precondition, classified by the census when
+    /// the origin answers.
     pub(crate) blind: bool,
+    /// `observe`: who sent the request (credentials' hash, whatever the route's scope).
+    pub(crate) caller: Principal,
     /// `enforce`: the preconditions were evaluated against synthesised tags; remove
     /// `If-Match`/`If-None-Match` before forwarding (the origin never issued those tags).
     pub(crate) strip_tags: bool,
@@ -70,6 +72,7 @@ impl Ctx {
             strip_tags: false,
             would_refuse: None,
             blind: false,
+            caller: Principal::SHARED,
             server: None,
             tried: Vec::new(),
             select_key: None,

@@ -307,7 +307,7 @@ impl ProxyHttp for Precond {
             guard::shared::teach(redis, ctx, key, &obs).await;
         }
         if route.mode == Mode::Observe {
-            observe::answered(&self.s, session, ctx, resp.status.as_u16(), obs.etag);
+            observe::answered(&self.s, session, ctx, &obs);
         }
         // The shared store's lease: the write is answered (whatever the status: the origin is
         // done with it), the resource may have changed: the next holder probes.

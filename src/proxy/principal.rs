@@ -21,6 +21,12 @@ pub(crate) fn principal_of(route: &Route, headers: &HeaderMap, key: &PrincipalKe
     if route.scope == Scope::Shared {
         return Principal::SHARED;
     }
+    caller_of(route, headers, key)
+}
+
+/// Who sent a request, whatever the route's `scope`: the keyed hash of its configured credential
+/// fields (the anonymous principal without any). `observe`'s census tells callers apart with it.
+pub(crate) fn caller_of(route: &Route, headers: &HeaderMap, key: &PrincipalKey) -> Principal {
     let mut h = key.hasher();
     for (i, source) in route.principal.iter().enumerate() {
         match source {

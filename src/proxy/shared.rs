@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::identity::{OwnedKey, PrincipalKey};
 use crate::store::redis::Redis;
 use crate::store::Store;
-use crate::telemetry::{redact, Metrics, RateLimit};
+use crate::telemetry::{redact, Budget, Metrics, RateLimit};
 use crate::upstream::Upstreams;
 
 use super::guard::fence::Fences;
@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) weak_warned: Vec<RateLimit>,
     /// Per route: when writes forwarded past the fence were last logged.
     pub(crate) fence_warned: Vec<RateLimit>,
+    /// Per route: the `precond::observe` log lines of the current second.
+    pub(crate) observe_logged: Vec<Budget>,
     /// Keys derived from the deployment secret.
     pub(crate) keys: Keys,
 }
@@ -73,6 +75,7 @@ impl Shared {
             redis,
             weak_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
             fence_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
+            observe_logged: config.routes.iter().map(|_| Budget::default()).collect(),
             config,
             store,
             metrics,

@@ -355,11 +355,11 @@ impl Store {
 /// Slots of the removal watermark (collisions only make reads more cautious).
 const REMOVED_SLOTS: usize = 4096;
 
-/// A per-process random seed, so that key hashes cannot be precomputed by clients; `n` tells
-/// the store's independent hash functions apart.
 /// The census's bound when none is configured (the default of `store.census_max_bytes`).
 const DEFAULT_CENSUS_BYTES: u64 = 16 << 20;
 
+/// A per-process random seed, so that key hashes cannot be precomputed by clients; `n` tells
+/// the store's independent hash functions apart.
 fn rand_seed(n: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -12,4 +12,4 @@ pub mod redact;
 pub mod report;
 
 pub use metrics::{render_upstreams, Metrics, SharedGuard, StoreGauges, UpstreamGauge};
-pub use ratelimit::RateLimit;
+pub use ratelimit::{Budget, RateLimit};

@@ -70,6 +70,13 @@ pub struct ObserveMetrics {
     writes: [AtomicU64; 2],
     /// Writes without a precondition the origin accepted over a version their caller had not read.
     pub blind_overwrites: AtomicU64,
+    /// Of those writes, the ones whose caller had seen the latest version.
+    pub informed: AtomicU64,
+    /// Of those writes, the ones the census could not classify (the caller never read the
+    /// resource through precond, or an entry was forgotten).
+    pub unclassified: AtomicU64,
+    /// `precond::observe` log lines not written: the per-route budget was spent.
+    pub log_suppressed: AtomicU64,
 }
 
 impl Default for ObserveMetrics {
@@ -79,6 +86,9 @@ impl Default for ObserveMetrics {
             answered: std::array::from_fn(|_| AtomicU64::new(0)),
             writes: std::array::from_fn(|_| AtomicU64::new(0)),
             blind_overwrites: AtomicU64::new(0),
+            informed: AtomicU64::new(0),
+            unclassified: AtomicU64::new(0),
+            log_suppressed: AtomicU64::new(0),
         }
     }
 }
@@ -155,6 +165,26 @@ impl ObserveMetrics {
             out,
             "# HELP precond_blind_overwrites_total Writes without a precondition the origin accepted over a version their caller had not read.\n# TYPE precond_blind_overwrites_total counter\nprecond_blind_overwrites_total {}",
             self.blind_overwrites.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP precond_census_writes_total PUT, PATCH and DELETE without a precondition completed on observe routes, by what the census says of them.\n# TYPE precond_census_writes_total counter"
+        );
+        for (label, v) in [
+            ("overwrite", &self.blind_overwrites),
+            ("informed", &self.informed),
+            ("unclassified", &self.unclassified),
+        ] {
+            let _ = writeln!(
+                out,
+                "precond_census_writes_total{{result=\"{label}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP precond_observe_log_suppressed_total Observe log lines not written (over the per-route budget).\n# TYPE precond_observe_log_suppressed_total counter\nprecond_observe_log_suppressed_total {}",
+            self.log_suppressed.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -1,7 +1,8 @@
 //! Rate limits for log lines a client (or an origin) can cause: one warning per period, not one
 //! per request.
 //!
-//! Owns: [`RateLimit`], a lock-free "at most once per period" gate.
+//! Owns: [`RateLimit`], a lock-free "at most once per period" gate, and [`Budget`], "at most
+//! n per second".
 //!
 //! Invariant: [`RateLimit::ready`] returns `true` at most once per period, whatever the number of
 //! threads asking (one compare-and-swap decides).
@@ -40,9 +41,53 @@ impl RateLimit {
     }
 }
 
+/// At most a number of openings per second (lock-free; a second's count may be off by the
+/// number of threads racing at its start).
+#[derive(Debug)]
+pub struct Budget {
+    origin: Instant,
+    /// The second (since `origin`) being counted.
+    second: AtomicU64,
+    used: AtomicU64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            origin: Instant::now(),
+            second: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Budget {
+    /// Whether one more may go this second (`per_second` at most).
+    pub fn take(&self, per_second: u64) -> bool {
+        let now = self.origin.elapsed().as_secs();
+        let second = self.second.load(Ordering::Relaxed);
+        if second != now
+            && self
+                .second
+                .compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        self.used.fetch_add(1, Ordering::Relaxed) < per_second
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_allows_its_number_per_second() {
+        let b = Budget::default();
+        let allowed = (0..1000).filter(|_| b.take(100)).count();
+        assert!((100..=200).contains(&allowed), "{allowed}");
+    }
 
     #[test]
     fn opens_once_per_period_across_threads() {

@@ -21,6 +21,10 @@ pub struct Summary {
     pub writes: (u64, u64),
     /// Blind overwrites.
     pub blind: u64,
+    /// Writes without a precondition the census classified as informed, and could not classify.
+    pub census: (u64, u64),
+    /// The scrape had observe-route series at all.
+    pub observed: bool,
     /// Would-be refusals by (precondition, reason).
     pub would_refuse: Vec<(String, String, u64)>,
     /// The origin's answers to them, by class.
@@ -39,12 +43,18 @@ fn sample(line: &str) -> Option<Sample<'_>> {
     if line.starts_with('#') {
         return None;
     }
-    let (series, value) = line.rsplit_once(' ')?;
-    let value = value.trim().parse::<f64>().ok()? as u64;
-    let (name, labels) = match series.split_once('{') {
-        Some((n, rest)) => (n, rest.strip_suffix('}')?),
-        None => (series, ""),
+    // `name{labels} value [timestamp]` (label values here never hold spaces or braces).
+    let (name, labels, rest) = match line.split_once('{') {
+        Some((n, rest)) => {
+            let (labels, rest) = rest.split_once('}')?;
+            (n, labels, rest)
+        }
+        None => {
+            let (n, rest) = line.split_once(' ')?;
+            (n, "", rest)
+        }
     };
+    let value = rest.split_whitespace().next()?.parse::<f64>().ok()? as u64;
     let labels = labels
         .split(',')
         .filter_map(|kv| {
@@ -64,7 +74,15 @@ impl Summary {
                 continue;
             };
             let label = |k: &str| labels.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+            if name.starts_with("precond_observed_writes") {
+                s.observed = true;
+            }
             match name {
+                "precond_census_writes_total" => match label("result") {
+                    Some("informed") => s.census.0 = v,
+                    Some("unclassified") => s.census.1 = v,
+                    _ => {}
+                },
                 "precond_observed_writes_total" => match label("precondition") {
                     Some("some") => s.writes.0 = v,
                     Some("none") => s.writes.1 = v,
@@ -123,6 +141,12 @@ impl Summary {
     /// The human summary.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if !self.observed {
+            let _ = writeln!(
+                out,
+                "No observe-route counters in this scrape: is it precond's /metrics, and is a route in mode = \"observe\"?"
+            );
+        }
         let (some, none) = self.writes;
         let total = some + none;
         let pct = |n: u64, of: u64| {
@@ -136,11 +160,13 @@ impl Summary {
             out,
             "Writes observed: {total} ({none} without any precondition, {some} with one)"
         );
+        let (informed, unclassified) = self.census;
+        let classified = self.blind + informed;
         let _ = writeln!(
             out,
-            "Blind overwrites: {} ({:.1}% of the writes without a precondition overwrote a version their caller had not read)",
+            "Blind overwrites: {} of {classified} classified PUT/PATCH/DELETE without a precondition ({:.1}% overwrote a version their caller had not seen); {unclassified} more could not be classified (their caller never read the resource through this instance, or the census forgot it)",
             self.blind,
-            pct(self.blind, none)
+            pct(self.blind, classified)
         );
         let would: u64 = self.would_refuse.iter().map(|w| w.2).sum();
         let _ = writeln!(
@@ -190,7 +216,7 @@ mod tests {
 
     #[test]
     fn reads_a_scrape_and_a_log() {
-        let scrape = "# HELP x\nprecond_observed_writes_total{precondition=\"some\"} 4\nprecond_observed_writes_total{precondition=\"none\"} 6\nprecond_blind_overwrites_total 3\nprecond_would_refuse_total{precondition=\"If-Match\",reason=\"superseded\"} 2\nprecond_would_refuse_answered_total{answer=\"2xx\"} 2\nprecond_would_refuse_answered_total{answer=\"412\"} 0\ngarbage line\n";
+        let scrape = "# HELP x\nprecond_observed_writes_total{precondition=\"some\"} 4\nprecond_observed_writes_total{precondition=\"none\"} 6\nprecond_blind_overwrites_total 3\nprecond_census_writes_total{result=\"informed\"} 3\nprecond_census_writes_total{result=\"unclassified\"} 1\nprecond_would_refuse_total{precondition=\"If-Match\",reason=\"superseded\"} 2\nprecond_would_refuse_answered_total{answer=\"2xx\"} 2\nprecond_would_refuse_answered_total{answer=\"412\"} 0\ngarbage line\n";
         let mut s = Summary::from_metrics(scrape);
         assert_eq!(s.writes, (4, 6));
         assert_eq!(s.blind, 3);
@@ -207,7 +233,12 @@ mod tests {
             text.contains("Writes observed: 10 (6 without any precondition, 4 with one)"),
             "{text}"
         );
-        assert!(text.contains("Blind overwrites: 3 (50.0%"), "{text}");
+        assert!(
+            text.contains("Blind overwrites: 3 of 6 classified"),
+            "{text}"
+        );
+        assert!(text.contains("(50.0% overwrote"), "{text}");
+        assert!(text.contains("1 more could not be classified"), "{text}");
         assert!(text.contains("If-Match, superseded: 2"), "{text}");
         assert!(text.contains("/items/1: 2, 0"), "{text}");
         assert!(text.contains("the origin accepted 2 of them"), "{text}");
