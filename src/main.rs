@@ -8,9 +8,17 @@ use clap::{Parser, Subcommand};
 use precond::config;
 use precond::demo::{DemoOrigin, Tags};
 
+/// `precond --version`: the crate's version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PRECOND_COMMIT"),
+    ")"
+);
+
 /// A reverse proxy that answers stale writes with 412 at the edge (RFC 9110 §13).
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,6 +85,11 @@ enum TagsArg {
     None,
 }
 
+/// Said by `precond check` and logged at start when `server.metrics_listen` is set.
+const METRICS_LISTEN_DEPRECATED: &str = "server.metrics_listen is deprecated and will be \
+    removed in the next release: serve metrics from the admin listener instead ([admin] listen = \
+    \"127.0.0.1:9901\", GET /metrics, with token_file off loopback)";
+
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 /// Logs as `[log]` says: `RUST_LOG` (when set) or `log.level`; JSON lines, or text (with colours
@@ -101,6 +114,9 @@ fn init_logging(log: &config::LogSettings) {
 }
 
 fn run(config: config::Config) -> ExitCode {
+    if config.server.metrics_listen.is_some() {
+        tracing::warn!("{METRICS_LISTEN_DEPRECATED}");
+    }
     match precond::app::build(config) {
         Ok((server, _state)) => server.run_forever(),
         Err(e) => {
@@ -120,6 +136,9 @@ fn main() -> ExitCode {
                 if let Err(e) = precond::app::preflight(&c) {
                     eprintln!("{}: {e}", config.display());
                     return ExitCode::FAILURE;
+                }
+                if c.server.metrics_listen.is_some() {
+                    eprintln!("{}: warning: {METRICS_LISTEN_DEPRECATED}", config.display());
                 }
                 println!(
                     "{}: OK ({} upstream(s), {} route(s), listening on {:?})",

@@ -18,6 +18,39 @@ fn every_shipped_config_file_validates() {
 }
 
 #[test]
+fn version_names_the_commit_and_check_warns_about_metrics_listen() {
+    let out = Command::new(env!("CARGO_BIN_EXE_precond"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        v.starts_with(&format!("precond {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    let dir = std::env::temp_dir().join(format!("precond-deprecated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("old.toml");
+    std::fs::write(
+        &file,
+        "[server]\nmetrics_listen = \"127.0.0.1:9091\"\n\n[[upstream]]\nname = \"api\"\nservers = [\"127.0.0.1:9000\"]\n\n[[route]]\nupstream = \"api\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_precond"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "still accepted for one release");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("metrics_listen is deprecated") && err.contains("[admin] listen"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn check_command_accepts_a_good_file() {
     let out = Command::new(env!("CARGO_BIN_EXE_precond"))
         .args(["check", "--config"])

@@ -210,7 +210,9 @@ listen = ["127.0.0.1:$2"]
 threads = 2
 grace_period = "0s"
 graceful_shutdown_timeout = "1s"
-metrics_listen = "127.0.0.1:$3"
+
+[admin]
+listen = "127.0.0.1:$3"
 
 # store: defaults (capacity 100000, ttl 10m); the load runs use one resource, 1000 for put-many.
 

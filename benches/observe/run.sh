@@ -38,7 +38,8 @@ for target in pass observe; do
   extra=""
   if [ "$target" = observe ]; then
     port=$P_OBS
-    extra="metrics_listen = \"127.0.0.1:$M_OBS\""
+    extra="[admin]
+listen = \"127.0.0.1:$M_OBS\""
   fi
   cat >"$tmp/$target.toml" <<CONF
 [server]
@@ -46,6 +47,7 @@ listen = ["127.0.0.1:$port"]
 threads = 2
 grace_period = "0s"
 graceful_shutdown_timeout = "1s"
+
 $extra
 
 [log]

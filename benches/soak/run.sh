@@ -181,7 +181,9 @@ listen = ["127.0.0.1:$P_PRECOND"]
 threads = 2
 grace_period = "0s"
 graceful_shutdown_timeout = "1s"
-metrics_listen = "127.0.0.1:$P_METRICS"
+
+[admin]
+listen = "127.0.0.1:$P_METRICS"
 
 [store]
 capacity = $CAPACITY
