@@ -273,7 +273,8 @@ fn json_log_lines_and_the_report() {
         "[admin]\nlisten = \"{admin}\"\n\n[log]\nformat = \"json\"\n"
     ))
     .replace("{listen}", &listen.to_string())
-    .replace("{origin}", &origin.addr.to_string());
+    .replace("{origin}", &origin.addr.to_string())
+        + "\n[[route]]\npath_prefix = \"/g\"\nupstream = \"origin\"\nmode = \"guard\"\n";
     std::fs::write(&file, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_precond"))
         .args(["run", "--config"])
@@ -311,6 +312,14 @@ fn json_log_lines_and_the_report() {
         &[alice, ("If-Match", &t)],
         r#"{"a":2}"#,
     ); // would refuse
+       // And an edge 412 on the guard route: its decision line.
+    request(listen, "PUT", "/g/x", &[], "{}");
+    let g = request(listen, "GET", "/g/x", &[], "").etag();
+    request(listen, "PUT", "/g/x", &[("If-Match", &g)], "{}");
+    assert_eq!(
+        request(listen, "PUT", "/g/x", &[("If-Match", &g)], "{}").status,
+        412
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_precond"))
         .args(["report", "--metrics", &format!("http://{admin}/metrics")])
         .output()
@@ -324,6 +333,7 @@ fn json_log_lines_and_the_report() {
     let _ = child.kill();
     let _ = child.wait();
     let mut lines = Vec::new();
+    let mut refusals = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         assert!(
@@ -332,6 +342,9 @@ fn json_log_lines_and_the_report() {
         );
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["decision"] == "412" {
+            refusals.push(v.clone());
+        }
         if v["target"] == "precond::observe" {
             lines.push(v);
         }
@@ -341,6 +354,12 @@ fn json_log_lines_and_the_report() {
     assert_eq!(lines[1]["reason"], "superseded");
     assert_eq!(lines[1]["origin_status"], 200);
     assert_eq!(lines[0]["path"], "/items/9");
+    // One decision line per edge 412, its fields plain strings.
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["path"], "/g/x");
+    assert_eq!(refusals[0]["reason"], "superseded");
+    assert_eq!(refusals[0]["precondition"], "If-Match");
+    assert_eq!(refusals[0]["sent"], g.as_str());
     assert!(report.contains("Blind overwrites: 1"), "{report}");
     assert!(report.contains("If-Match, superseded: 1"), "{report}");
     assert!(report.contains("the origin accepted 1 of them"), "{report}");
