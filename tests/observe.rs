@@ -270,7 +270,7 @@ fn json_log_lines_and_the_report() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("precond.toml");
     let text = observe_route(&format!(
-        "[admin]\nlisten = \"{admin}\"\n\n[log]\nformat = \"json\"\n"
+        "[admin]\nlisten = \"{admin}\"\n\n[log]\nformat = \"json\"\naccess_log = true\n"
     ))
     .replace("{listen}", &listen.to_string())
     .replace("{origin}", &origin.addr.to_string())
@@ -334,6 +334,7 @@ fn json_log_lines_and_the_report() {
     let _ = child.wait();
     let mut lines = Vec::new();
     let mut refusals = Vec::new();
+    let mut access = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         assert!(
@@ -342,6 +343,9 @@ fn json_log_lines_and_the_report() {
         );
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["target"] == "precond::access" {
+            access.push(v.clone());
+        }
         if v["decision"] == "412" {
             refusals.push(v.clone());
         }
@@ -360,6 +364,27 @@ fn json_log_lines_and_the_report() {
     assert_eq!(refusals[0]["reason"], "superseded");
     assert_eq!(refusals[0]["precondition"], "If-Match");
     assert_eq!(refusals[0]["sent"], g.as_str());
+    // access_log: one line per request on the data port (10), the edge's answers by their
+    // decision, the others as forwarded.
+    assert_eq!(access.len(), 10, "{access:?}");
+    let last = &access[9];
+    assert_eq!(last["status"], 412);
+    assert!(
+        last["decision"].as_str().unwrap().starts_with("rejected"),
+        "{last}"
+    );
+    assert_eq!(
+        (last["route"].as_str(), last["upstream"].as_str()),
+        (Some("/g"), Some("origin"))
+    );
+    assert!(
+        last["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+        "{last}"
+    );
+    assert!(
+        access[..9].iter().all(|v| v["decision"] == "forwarded"),
+        "{access:?}"
+    );
     assert!(report.contains("Blind overwrites: 1"), "{report}");
     assert!(report.contains("If-Match, superseded: 1"), "{report}");
     assert!(report.contains("the origin accepted 1 of them"), "{report}");

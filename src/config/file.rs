@@ -210,6 +210,9 @@ pub(super) struct RawLog {
     pub(super) format: Option<Spanned<LogFormat>>,
     /// `level`: `info` when absent.
     pub(super) level: Option<Spanned<String>>,
+    /// `access_log`: one line per request (off by default).
+    #[serde(default)]
+    pub(super) access_log: bool,
 }
 
 /// `[admin]`: off unless `listen` is set.

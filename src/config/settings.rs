@@ -122,6 +122,8 @@ pub struct LogSettings {
     pub format: Option<LogFormat>,
     /// The lowest level logged (`RUST_LOG`, when set, overrides it).
     pub level: String,
+    /// One access line per request (target `precond::access`).
+    pub access_log: bool,
 }
 
 /// `log.format`.

@@ -525,6 +525,7 @@ impl Validator<'_> {
             log: LogSettings {
                 log_query: raw.log.log_query,
                 format: raw.log.format.as_ref().map(|f| *f.get_ref()),
+                access_log: raw.log.access_log,
                 level: match &raw.log.level {
                     None => "info".to_string(),
                     Some(v) => {

@@ -35,6 +35,8 @@ pub struct Ctx {
     /// `guard`: the write's places at its fence and single-flight gate, released once the
     /// origin's answer has been learned (or the exchange ended without one).
     pub(crate) fence: Vec<Hold>,
+    /// When the request's context was made (its start, for the access line).
+    pub(crate) started: std::time::Instant,
     /// The server of the attempt in progress.
     pub(crate) server: Option<std::net::SocketAddr>,
     /// Servers this request failed to connect to (never tried again).
@@ -74,6 +76,7 @@ impl Ctx {
             blind: false,
             caller: Principal::SHARED,
             server: None,
+            started: std::time::Instant::now(),
             tried: Vec::new(),
             select_key: None,
         }

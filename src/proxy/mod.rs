@@ -88,6 +88,34 @@ impl Precond {
         true
     }
 
+    /// The access line of a finished request (`log.access_log`).
+    fn access_line(&self, session: &Session, ctx: &Ctx) {
+        let req = session.req_header();
+        let resp = session.response_written();
+        let route = ctx.route.map(|i| &self.s.config.routes[i]);
+        let decision = resp
+            .and_then(|r| r.headers.get(DECISION_HEADER))
+            .map(|v| Shown(&String::from_utf8_lossy(v.as_bytes())).to_string())
+            .unwrap_or_else(|| {
+                if ctx.forwarded {
+                    "forwarded".into()
+                } else {
+                    String::new()
+                }
+            });
+        tracing::info!(
+            target: "precond::access",
+            method = %Shown(req.method.as_str()),
+            path = %self.s.shown_target(req),
+            status = resp.map_or(0, |r| r.status.as_u16()),
+            decision = %decision,
+            route = route.map_or("", |r| r.path_prefix.as_str()),
+            upstream = route.map_or("", |r| self.s.config.upstreams[r.upstream].name.as_str()),
+            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            "access"
+        );
+    }
+
     /// On a `guard` route with a shared store, publishes that a forwarded write's outcome is
     /// unknown (after [`Precond::forget_if_broken`] said so).
     async fn forget_shared(&self, ctx: &Ctx) {
@@ -394,6 +422,9 @@ impl ProxyHttp for Precond {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if self.s.config.log.access_log {
+            self.access_line(session, ctx);
+        }
         if self.forget_if_broken(ctx) {
             self.forget_shared(ctx).await;
             warn!(
