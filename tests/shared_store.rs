@@ -16,25 +16,9 @@ use precond::demo::{DemoOrigin, Tags};
 const CLIENTS: usize = 8;
 const UPDATES: u64 = 30;
 
-/// A secret file every instance shares.
-fn secret_file() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("precond-shared-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("secret");
-    std::fs::write(&f, "a-secret-every-instance-shares-0123\n").unwrap();
-    f
-}
-
-/// An enforce instance in front of `origin`, with `store` lines (the backend).
+/// A enforce instance in front of `origin` with `store` lines (the backend).
 fn instance(origin: SocketAddr, store: &str) -> precond::app::Running {
-    let text = route_config("mode = \"enforce\"").replace(
-        "[[upstream]]",
-        &format!(
-            "[store]\n{store}\n\n[enforce]\ntag_secret_file = \"{}\"\n\n[[upstream]]",
-            secret_file().display()
-        ),
-    );
-    proxy(&text, origin)
+    store_instance(origin, "enforce", store)
 }
 
 fn redis_store(r: &RedisServer) -> String {

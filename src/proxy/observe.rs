@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use pingora::proxy::Session;
 use tracing::info;
 
-use crate::config::Route;
+use crate::config::{Route, Scope};
 use crate::identity::OwnedKey;
 use crate::precondition::{Decision, EntityTag, Method};
 use crate::store::census::Blind;
@@ -66,7 +66,13 @@ pub(crate) fn request(s: &Shared, session: &Session, ctx: &mut Ctx, route: &Rout
             ctx.blind = replaces(ctx.method);
         }
     }
-    ctx.caller = caller_of(route, headers, &s.keys.principal);
+    // The caller is the principal but on `scope = "shared"` routes (where every request is
+    // the shared partition for the store, not for the census).
+    ctx.caller = if route.scope == Scope::Shared {
+        caller_of(route, headers, &s.keys.principal)
+    } else {
+        ctx.principal
+    };
     ctx.key = Some(key);
 }
 

@@ -330,6 +330,28 @@ impl Drop for ScriptedOrigin {
     }
 }
 
+/// A secret file every instance of one test binary shares.
+pub fn shared_secret_file() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("precond-shared-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("secret");
+    std::fs::write(&f, "a-secret-every-instance-shares-0123\n").unwrap();
+    f
+}
+
+/// An instance with one route (`mode`) in front of `origin`, `store` lines as its `[store]`
+/// (the backend), and the shared secret: what several instances of a tier run.
+pub fn store_instance(origin: SocketAddr, mode: &str, store: &str) -> Running {
+    let text = route_config(&format!("mode = \"{mode}\"")).replace(
+        "[[upstream]]",
+        &format!(
+            "[store]\n{store}\n\n[enforce]\ntag_secret_file = \"{}\"\n\n[[upstream]]",
+            shared_secret_file().display()
+        ),
+    );
+    proxy(&text, origin)
+}
+
 /// A `redis-server` on a loopback port, stopped when dropped.
 pub struct RedisServer {
     child: Option<Child>,
