@@ -26,11 +26,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy with a configuration file.
+    /// Run the proxy with a configuration file (SIGHUP re-reads it).
     Run {
         /// Path to the TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listeners over from the running precond (graceful upgrade): start this, then
+        /// send SIGQUIT to the old process (scripts/upgrade does both).
+        #[arg(long, short)]
+        upgrade: bool,
     },
     /// Validate a configuration file and exit (non-zero, with the line, on error).
     Check {
@@ -113,11 +117,15 @@ fn init_logging(log: &config::LogSettings) {
     }
 }
 
-fn run(config: config::Config) -> ExitCode {
+fn run(config: config::Config, path: Option<PathBuf>, upgrade: bool) -> ExitCode {
     if config.server.metrics_listen.is_some() {
         tracing::warn!("{METRICS_LISTEN_DEPRECATED}");
     }
-    match precond::app::build(config) {
+    let built = match path {
+        Some(path) => precond::app::build_from_file(config, path, upgrade),
+        None => precond::app::build(config),
+    };
+    match built {
         Ok((server, _state)) => server.run_forever(),
         Err(e) => {
             eprintln!("precond: cannot start: {e}");
@@ -154,10 +162,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => match config::load(&config) {
+        Command::Run { config, upgrade } => match config::load(&config) {
             Ok(c) => {
                 init_logging(&c.log);
-                run(c)
+                run(c, Some(config), upgrade)
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -233,7 +241,7 @@ fn main() -> ExitCode {
                 if weak_tags { "weak" } else { "strong" },
                 legacy_demo.addr
             );
-            let code = run(c);
+            let code = run(c, None, false);
             drop((demo, legacy_demo));
             code
         }

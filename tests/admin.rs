@@ -45,6 +45,13 @@ fn store_shows_what_is_known_of_a_resource_and_forgets_it() {
         "the token is required"
     );
     assert_eq!(request(admin, "DELETE", &url, &[], "").status, 401);
+    assert_eq!(request(admin, "POST", "/reload", &[], "").status, 401);
+    // With the token: this proxy was not started from a file, so there is nothing to re-read.
+    let r = request(admin, "POST", "/reload", &[auth], "");
+    assert_eq!(r.status, 422, "{}", r.body_str());
+    assert!(r
+        .body_str()
+        .contains("not started from a configuration file"));
     let r = request(admin, "GET", &url, &[auth], "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let j = r.json();
@@ -83,4 +90,107 @@ fn store_shows_what_is_known_of_a_resource_and_forgets_it() {
         request(admin, "DELETE", "/metrics", &[auth], "").status,
         405
     );
+}
+
+/// A live scrape is accepted by `promtool check metrics` (no lint problem), counts requests by
+/// route, mode and decision, times them, and exposes only series that can occur.
+#[test]
+fn a_live_scrape_passes_promtool_and_counts_decisions() {
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
+    let admin = free_addr();
+    let text = guard_config("superseded").replace(
+        "[[upstream]]",
+        &format!("[admin]\nlisten = \"{admin}\"\n\n[[upstream]]"),
+    );
+    let p = proxy(&text, origin.addr);
+    let t1 = request(p.addr, "GET", "/items/1", &[], "").etag();
+    let t2 = request(p.addr, "PUT", "/items/1", &[("If-Match", &t1)], "{}").etag();
+    assert_ne!(t1, t2);
+    let stale = request(p.addr, "PUT", "/items/1", &[("If-Match", &t1)], "{}");
+    assert_eq!(stale.status, 412);
+    // A request is counted once its answer is written (Pingora's `logging` phase, after the
+    // client may already have read it): scrape until all three are.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let scrape = loop {
+        let r = request(admin, "GET", "/metrics", &[], "");
+        assert_eq!(r.status, 200);
+        let scrape = r.body_str();
+        let counted: f64 = scrape
+            .lines()
+            .filter(|l| l.starts_with("precond_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if counted >= 3.0 || std::time::Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/setup installs Debian's prometheus package)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool: {said}\n{scrape}");
+    assert!(said.trim().is_empty(), "promtool found problems: {said}");
+
+    let value = |series: &str| -> f64 {
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{scrape}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(r#"precond_requests_total{decision="rejected",mode="guard",route="/"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"precond_requests_total{decision="forwarded",mode="guard",route="/"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"precond_request_duration_seconds_count{decision="forwarded"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"precond_upstream_response_seconds_count{upstream="origin"}"#),
+        2.0
+    );
+    // The forwarded conditional write passed guard's fence (without waiting: nothing was in
+    // flight); the stale one was refused before it.
+    assert_eq!(
+        value(r#"precond_lock_wait_seconds_count{lock="fence"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"precond_rejected_total{precondition="If-Match",reason="superseded"}"#),
+        1.0
+    );
+    assert_eq!(value("precond_writes_in_flight"), 0.0);
+    assert!(value("precond_store_entries") >= 1.0);
+    assert!(value("process_resident_memory_bytes") > 0.0);
+    assert_eq!(
+        value(r#"precond_upstream_servers{state="healthy",upstream="origin"}"#),
+        1.0
+    );
+    // Combinations that cannot occur (or did not) are absent, not zero.
+    assert!(!scrape.contains("precond_not_modified_total{"), "{scrape}");
+    assert!(!scrape.contains("reason=\"weak_only\""), "{scrape}");
 }

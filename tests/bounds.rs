@@ -57,7 +57,7 @@ fn keys_longer_than_max_key_bytes_are_forwarded_and_never_learned() {
     );
     assert_eq!(o.stats.writes.load(Ordering::SeqCst), before + 1);
     assert_eq!(p.state.store.len(), 0);
-    assert!(p.state.metrics.key_too_long.load(Ordering::SeqCst) >= 4);
+    assert!(p.state.metrics.key_too_long.get() >= 4);
 }
 
 #[test]
@@ -110,12 +110,15 @@ fn a_flood_of_distinct_keys_stays_within_max_bytes() {
     assert!(bytes <= 1 << 20, "{bytes} bytes held");
     assert!(entries > 100 && entries < 3000, "{entries} resources held");
     assert!(store.evictions().0 > 0, "evictions by size are counted");
-    let metrics = p.state.metrics.render(precond::telemetry::StoreGauges {
-        entries,
-        bytes,
-        evicted_size: store.evictions().0,
-        evicted_expired: 0,
-        census_bytes: 0,
-    });
+    let metrics = p.state.metrics.render(
+        precond::telemetry::StoreGauges {
+            entries,
+            bytes,
+            evicted_size: store.evictions().0,
+            evicted_expired: 0,
+            census_bytes: 0,
+        },
+        &[],
+    );
     assert!(metrics.contains("precond_store_evictions_total{cause=\"size\"}"));
 }

@@ -276,7 +276,7 @@ fn precondition_required_with_and_without_usable_preconditions() {
         before,
         "nothing reached the origin"
     );
-    let metrics = p.state.metrics.render(Default::default());
+    let metrics = p.state.metrics.render(Default::default(), &[]);
     assert!(metrics.contains("precond_required_total 3"), "{metrics}");
     // PATCH is not listed: allowed without precondition.
     assert_eq!(
@@ -342,7 +342,7 @@ fn conditional_get_is_answered_304_at_the_edge() {
         gets,
         "the origin was not contacted"
     );
-    let metrics = p.state.metrics.render(Default::default());
+    let metrics = p.state.metrics.render(Default::default(), &[]);
     assert!(
         metrics.contains("precond_not_modified_total{precondition=\"If-None-Match\"} 1"),
         "{metrics}"

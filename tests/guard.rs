@@ -80,7 +80,7 @@ fn stale_if_match_gets_412_at_the_edge_without_contacting_the_origin() {
     assert!(body["next_step"].as_str().unwrap().contains("If-Match"));
 
     // Counted.
-    let metrics = p.state.metrics.render(Default::default());
+    let metrics = p.state.metrics.render(Default::default(), &[]);
     assert!(
         metrics
             .contains("precond_rejected_total{precondition=\"If-Match\",reason=\"superseded\"} 1"),

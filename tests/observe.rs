@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use precond::demo::{DemoOrigin, Tags};
 use precond::precondition::{Field, Reason};
-use precond::telemetry::observe::Answer;
+use precond::telemetry::observe::{Answer, Census};
 
 fn observe_route(extra: &str) -> String {
     route_config("mode = \"observe\"").replace("[[upstream]]", &format!("{extra}\n[[upstream]]"))
@@ -82,17 +82,13 @@ fn two_callers_writing_blind_over_one_read_make_one_blind_overwrite() {
         200
     );
     let m = &p.state.metrics.observe;
-    assert_eq!(
-        m.blind_overwrites.load(Ordering::SeqCst),
-        1,
-        "bob overwrote alice's version"
-    );
+    assert_eq!(m.blind_overwrites(), 1, "bob overwrote alice's version");
     // Bob's own answer is what bob last saw: his next blind write is informed.
     assert_eq!(
         request(p.addr, "PUT", "/doc", &[bob], r#"{"v":"bob2"}"#).status,
         200
     );
-    assert_eq!(m.blind_overwrites.load(Ordering::SeqCst), 1);
+    assert_eq!(m.blind_overwrites(), 1);
 }
 
 #[test]
@@ -121,12 +117,8 @@ fn one_caller_writing_in_sequence_makes_no_blind_overwrite() {
         }
     }
     let m = &p.state.metrics.observe;
-    assert_eq!(
-        m.blind_overwrites.load(Ordering::SeqCst),
-        1,
-        "only alice's last write"
-    );
-    assert_eq!(m.informed.load(Ordering::SeqCst), 10);
+    assert_eq!(m.blind_overwrites(), 1, "only alice's last write");
+    assert_eq!(m.census_count(Census::Informed), 10);
 }
 
 /// A scripted origin with version counters: GET shows `"v<n>"`; PUT, PATCH, DELETE and POST
@@ -172,12 +164,12 @@ fn write_answers_without_a_tag_still_reveal_the_overwrite() {
     assert_eq!(request(p.addr, "PUT", "/doc", &[alice], "{}").status, 204);
     assert_eq!(request(p.addr, "PUT", "/doc", &[bob], "{}").status, 204);
     let m = &p.state.metrics.observe;
-    assert_eq!(m.blind_overwrites.load(Ordering::SeqCst), 1);
+    assert_eq!(m.blind_overwrites(), 1);
     // POST is an action, not a replacement: never classified.
     request(p.addr, "GET", "/doc", &[alice], "");
     request(p.addr, "POST", "/doc", &[bob], "{}");
     assert_eq!(request(p.addr, "POST", "/doc", &[alice], "{}").status, 204);
-    assert_eq!(m.blind_overwrites.load(Ordering::SeqCst), 1);
+    assert_eq!(m.blind_overwrites(), 1);
 }
 
 #[test]
@@ -197,14 +189,7 @@ fn callers_are_told_apart_on_shared_routes_and_per_caller_answers_are_not_classi
     request(p.addr, "GET", "/doc", &[bob], "");
     request(p.addr, "PUT", "/doc", &[alice], "{}");
     request(p.addr, "PUT", "/doc", &[bob], "{}");
-    assert_eq!(
-        p.state
-            .metrics
-            .observe
-            .blind_overwrites
-            .load(Ordering::SeqCst),
-        1
-    );
+    assert_eq!(p.state.metrics.observe.blind_overwrites(), 1);
     // Answers marked per caller: alice and bob see their own representations; nothing is blind.
     let origin = counter_origin(true);
     let p = proxy(&observe_route(""), origin.addr);
@@ -213,8 +198,8 @@ fn callers_are_told_apart_on_shared_routes_and_per_caller_answers_are_not_classi
     request(p.addr, "PUT", "/me", &[alice], "{}");
     request(p.addr, "PUT", "/me", &[bob], "{}");
     let m = &p.state.metrics.observe;
-    assert_eq!(m.blind_overwrites.load(Ordering::SeqCst), 0);
-    assert_eq!(m.unclassified.load(Ordering::SeqCst), 2);
+    assert_eq!(m.blind_overwrites(), 0);
+    assert_eq!(m.census_count(Census::Unclassified), 2);
 }
 
 #[test]
@@ -230,10 +215,7 @@ fn observe_log_lines_are_bounded() {
     }
     let m = &p.state.metrics.observe;
     assert_eq!(m.answered_with(Answer::Success), 400, "every one counted");
-    assert!(
-        m.log_suppressed.load(Ordering::SeqCst) > 0,
-        "but not every one logged"
-    );
+    assert!(m.log_suppressed.get() > 0, "but not every one logged");
 }
 
 #[test]

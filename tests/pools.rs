@@ -174,7 +174,7 @@ fn an_unhealthy_server_leaves_the_selection_and_comes_back() {
     assert!(checks < 10, "{checks} requests reached the sick server");
     let m = request(admin, "GET", "/metrics", &[], "").body_str();
     assert!(
-        m.contains("precond_upstream_servers{upstream=\"api\",state=\"unhealthy\"} 1"),
+        m.contains("precond_upstream_servers{state=\"unhealthy\",upstream=\"api\"} 1"),
         "{m}"
     );
     // It recovers: back in the selection after its checks pass.

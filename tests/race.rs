@@ -101,10 +101,10 @@ fn guard_probe(tags: Tags, policy: &str) -> (Probe, u64, u64) {
     let m = &p.state.metrics;
     eprintln!(
         "fence: {} waited, {} refused after waiting, {} timed out, {} turned away",
-        m.fence_waits.load(Ordering::SeqCst),
-        m.fence_refused.load(Ordering::SeqCst),
-        m.fence_timeouts.load(Ordering::SeqCst),
-        m.fence_full.load(Ordering::SeqCst)
+        m.fence_waits.get(),
+        m.fence_refused.get(),
+        m.fence_timeouts.get(),
+        m.fence_full.get()
     );
     (result, origin_writes, edge_412s(&p))
 }
@@ -212,7 +212,7 @@ fn second_write_after(first: common::Reply) -> (u16, u64, u64) {
     o.wait_for_writes(1);
     let b = put_in_background(p.addr, "\"v1\"");
     let m = &p.state.metrics;
-    while m.fence_waits.load(Ordering::SeqCst) == 0 {
+    while m.fence_waits.get() == 0 {
         thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(o.writes.load(Ordering::SeqCst), 1, "the second write waits");
@@ -222,7 +222,7 @@ fn second_write_after(first: common::Reply) -> (u16, u64, u64) {
     (
         status,
         o.writes.load(Ordering::SeqCst),
-        m.fence_refused.load(Ordering::SeqCst),
+        m.fence_refused.get(),
     )
 }
 
@@ -283,7 +283,7 @@ fn writes_naming_other_tags_or_no_tag_and_reads_never_wait() {
         "a list of tags is not fenced"
     );
     assert_eq!(o.writes.load(Ordering::SeqCst), 4);
-    assert_eq!(p.state.metrics.fence_waits.load(Ordering::SeqCst), 0);
+    assert_eq!(p.state.metrics.fence_waits.get(), 0);
     o.release.notify_one();
     assert_eq!(a.join().unwrap(), 200);
 }
@@ -321,7 +321,7 @@ fn another_callers_write_naming_the_same_tag_does_not_wait() {
         b.status, 200,
         "another partition is not held by alice's write"
     );
-    assert_eq!(p.state.metrics.fence_waits.load(Ordering::SeqCst), 0);
+    assert_eq!(p.state.metrics.fence_waits.get(), 0);
     assert!(started.elapsed() < Duration::from_secs(1), "bob waited");
     o.release.notify_one();
     assert_eq!(a.join().unwrap(), 200);
@@ -345,14 +345,14 @@ fn the_wait_is_bounded_by_fence_wait_and_fence_waiters() {
     // ...and a second one meanwhile does not wait at all.
     let third = request(p.addr, "PUT", "/r", &[("If-Match", "\"v1\"")], "{}");
     assert_eq!(third.status, 200, "turned away from the fence: forwarded");
-    assert_eq!(m.fence_full.load(Ordering::SeqCst), 1);
-    assert_eq!(m.fence_timeouts.load(Ordering::SeqCst), 0);
+    assert_eq!(m.fence_full.get(), 1);
+    assert_eq!(m.fence_timeouts.get(), 0);
     assert_eq!(
         waiter.join().unwrap(),
         200,
         "forwarded once fence_wait elapsed"
     );
-    assert_eq!(m.fence_timeouts.load(Ordering::SeqCst), 1);
+    assert_eq!(m.fence_timeouts.get(), 1);
     assert_eq!(o.writes.load(Ordering::SeqCst), 3);
     o.release.notify_one();
     assert_eq!(a.join().unwrap(), 200);
@@ -407,9 +407,7 @@ fn a_revert_that_waited_at_the_fence_is_refused_on_its_own_tag() {
     let h = put_step(p.addr, "\"v2\"", "h");
     wait_until("H at the origin", || held.load(Ordering::SeqCst) == 1);
     let w = put_step(p.addr, "\"v2\"", "w");
-    wait_until("W at the fence", || {
-        p.state.metrics.fence_waits.load(Ordering::SeqCst) == 1
-    });
+    wait_until("W at the fence", || p.state.metrics.fence_waits.get() == 1);
     release.notify_one();
     assert_eq!(h.join().unwrap().status, 503);
     let w = w.join().unwrap();
@@ -471,9 +469,7 @@ fn waiters_released_by_a_5xx_race_each_other_at_the_origin() {
     wait_until("H at the origin", || held.load(Ordering::SeqCst) == 1);
     let w1 = put_step(p.addr, "\"v1\"", "w");
     let w2 = put_step(p.addr, "\"v1\"", "w");
-    wait_until("two waiters", || {
-        p.state.metrics.fence_waits.load(Ordering::SeqCst) == 2
-    });
+    wait_until("two waiters", || p.state.metrics.fence_waits.get() == 2);
     release.notify_one();
     assert_eq!(h.join().unwrap().status, 503);
     let (s1, s2) = (w1.join().unwrap().status, w2.join().unwrap().status);

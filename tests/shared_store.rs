@@ -154,7 +154,7 @@ fn redis_down_means_503_for_writes_and_recovery_without_a_restart() {
     }
     // Never an unserialised write; reads go on (they need no lease).
     assert_eq!(origin.stats.writes.load(Ordering::SeqCst), writes);
-    let m = p.state.metrics.render(Default::default());
+    let m = p.state.metrics.render(Default::default(), &[]);
     assert!(
         m.contains("precond_shared_store_unavailable_total 2\n"),
         "{m}"

@@ -3,11 +3,11 @@
 //! configuration is loaded and every upstream has at least one healthy server: what a balancer
 //! in front of several precond instances checks), `GET /metrics` (Prometheus text), and
 //! `GET`/`DELETE /store?url=…` (what precond knows of one resource, and forgetting it:
-//! [`super::inspect`]).
+//! [`super::inspect`]), and `POST /reload` (re-read the configuration file: [`super::reload`]).
 //!
 //! Owns: [`AdminApp`] and the bearer token check.
 //!
-//! Invariants: with `admin.token_file` set, `/metrics` and `/store` answer only a request
+//! Invariants: with `admin.token_file` set, `/metrics`, `/store` and `/reload` answer only a request
 //! carrying `Authorization: Bearer <token>` (compared in constant time); `/healthz` and `/readyz` disclose
 //! nothing but liveness and readiness and never need it. Every answer has a `Content-Length`;
 //! anything else gets a 404 or 405 problem body.
@@ -19,24 +19,28 @@ use http::{Method, Response};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::config::Config;
+use crate::proxy::LiveConfig;
 use crate::store::Store;
-use crate::telemetry::{render_upstreams, Metrics, UpstreamGauge};
+use crate::telemetry::{Metrics, UpstreamGauge};
 use crate::upstream::Upstreams;
 
 use super::inspect::{describe, resource_of, url_param};
 use super::metrics_listener::store_gauges;
+use super::reload::{Reloaded, Reloader};
 
 /// Shortest admin token accepted, in bytes.
 const MIN_TOKEN: usize = 16;
 
 /// Serves the admin endpoints.
 pub(super) struct AdminApp {
-    pub(super) config: Arc<Config>,
+    /// The configuration in force.
+    pub(super) live: Arc<LiveConfig>,
+    /// `POST /reload`.
+    pub(super) reloader: Arc<Reloader>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) store: Arc<Store>,
     pub(super) upstreams: Arc<Upstreams>,
-    /// The bearer token `/metrics` requires, when configured.
+    /// The bearer token `/metrics`, `/store` and `/reload` require, when configured.
     pub(super) token: Option<Vec<u8>>,
 }
 
@@ -110,7 +114,11 @@ impl AdminApp {
             })
             .collect();
         let ready = self.upstreams.ready();
-        let body = serde_json::json!({ "ready": ready, "upstreams": upstreams });
+        let body = serde_json::json!({
+            "ready": ready,
+            "upstreams": upstreams,
+            "config": self.reloader.status(),
+        });
         answer(
             if ready { 200 } else { 503 },
             "application/json",
@@ -127,7 +135,8 @@ impl AdminApp {
                 "Give the resource as ?url=http://host/path (percent-encoded).",
             );
         };
-        let (route, key) = match resource_of(&self.config, &url) {
+        let config = self.live.config();
+        let (route, key) = match resource_of(&config, &url) {
             Ok(r) => r,
             Err(why) => return problem(400, "Bad Request", &why),
         };
@@ -145,12 +154,35 @@ impl AdminApp {
             Some(record) => answer(
                 200,
                 "application/json",
-                serde_json::to_vec(&describe(route, &self.config, &record)).unwrap_or_default(),
+                serde_json::to_vec(&describe(route, &config, &record)).unwrap_or_default(),
             ),
             None => problem(
                 404,
                 "Not Found",
                 "precond holds nothing about this resource (never learned, expired, evicted or forgotten).",
+            ),
+        }
+    }
+
+    /// `POST /reload`: re-read the configuration file (as `SIGHUP` does).
+    fn reload(&self) -> Response<Vec<u8>> {
+        match self.reloader.reload("POST /reload") {
+            Ok(outcome) => {
+                let status = self.reloader.status();
+                let body = serde_json::json!({
+                    "reloaded": outcome == Reloaded::Swapped,
+                    "generation": status.generation,
+                });
+                answer(
+                    200,
+                    "application/json",
+                    serde_json::to_vec(&body).unwrap_or_default(),
+                )
+            }
+            Err(e) => problem(
+                422,
+                "Configuration Not Reloaded",
+                &format!("{e}. The running configuration stays in force."),
             ),
         }
     }
@@ -169,8 +201,7 @@ impl AdminApp {
                 servers: *servers,
             })
             .collect();
-        let mut text = self.metrics.render(store_gauges(&self.store));
-        text.push_str(&render_upstreams(&upstreams));
+        let text = self.metrics.render(store_gauges(&self.store), &upstreams);
         answer(200, "text/plain; version=0.0.4", text.into_bytes())
     }
 }
@@ -182,11 +213,17 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path();
         let method = &req.method;
         let delete = method == Method::DELETE && path == "/store";
-        if method != Method::GET && method != Method::HEAD && !delete {
+        let reload = path == "/reload";
+        let allowed = if reload {
+            method == Method::POST
+        } else {
+            method == Method::GET || method == Method::HEAD || delete
+        };
+        if !allowed {
             return problem(
                 405,
                 "Method Not Allowed",
-                "The admin endpoints answer GET only (and DELETE /store).",
+                "The admin endpoints answer GET only (and DELETE /store, POST /reload).",
             );
         }
         let authorized = || {
@@ -211,10 +248,12 @@ impl ServeHttp for AdminApp {
             "/metrics" => self.metrics(),
             "/store" if !authorized() => unauthorized(),
             "/store" => self.store(url_param(req.uri.query()), delete),
+            "/reload" if !authorized() => unauthorized(),
+            "/reload" => self.reload(),
             _ => problem(
                 404,
                 "Not Found",
-                "The admin listener serves /healthz, /readyz, /metrics and /store?url=….",
+                "The admin listener serves /healthz, /readyz, /metrics, /store?url=… and POST /reload.",
             ),
         }
     }

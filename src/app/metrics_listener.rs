@@ -36,7 +36,10 @@ pub(super) fn store_gauges(store: &Store) -> StoreGauges {
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, _session: &mut ServerSession) -> Response<Vec<u8>> {
-        let body = self.metrics.render(store_gauges(&self.store)).into_bytes();
+        let body = self
+            .metrics
+            .render(store_gauges(&self.store), &[])
+            .into_bytes();
         Response::builder()
             .status(200)
             .header("Content-Type", "text/plain; version=0.0.4")

@@ -8,31 +8,34 @@
 //! Invariant: every listener address is bound by the time [`spawn`] returns `Ok`.
 
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::proxy::http_proxy_service;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::sync::Notify;
 
 mod admin;
 mod inspect;
 mod metrics_listener;
+pub mod reload;
 pub mod report;
 pub mod secret;
 
 use crate::config::{Backend, Config};
-use crate::proxy::Keys;
-use crate::proxy::Precond;
+use crate::proxy::{Keys, LiveConfig, Precond};
 use crate::store::redis::{Redis, RedisSettings};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::Upstreams;
 use metrics_listener::MetricsApp;
+use reload::{Hangup, Reloader};
 
 /// The shared runtime state of one precond process.
 pub struct State {
@@ -40,8 +43,12 @@ pub struct State {
     pub redis: Option<Arc<Redis>>,
     /// The upstream pools (servers and their health).
     pub upstreams: Arc<Upstreams>,
-    /// The validated configuration.
+    /// The configuration the process started with.
     pub config: Arc<Config>,
+    /// The configuration in force (swapped by reloads).
+    pub live: Arc<LiveConfig>,
+    /// Reloads the configuration file (`SIGHUP`, `POST /reload`).
+    pub reloader: Arc<Reloader>,
     /// The validator store.
     pub store: Arc<Store>,
     /// The counters.
@@ -100,15 +107,41 @@ fn shared_store(config: &Config, keys: &Keys) -> std::io::Result<Option<Arc<Redi
         .map_err(std::io::Error::other)
 }
 
-/// Builds the Pingora server (not started yet) and the state it shares.
+/// Builds the Pingora server (not started yet) and the state it shares, for a configuration
+/// that was not read from a file (reloads are refused).
 pub fn build(config: Config) -> std::io::Result<(Server, State)> {
+    build_from(config, None, false)
+}
+
+/// [`build`] for a configuration read from `path`: `SIGHUP` and `POST /reload` re-read it.
+/// With `upgrade`, the listeners are taken over from the running process that hands them over
+/// on `SIGQUIT` (Pingora's graceful upgrade, over `server.upgrade_sock`). Signals are
+/// process-wide: one server per process should be built this way.
+pub fn build_from_file(
+    config: Config,
+    path: PathBuf,
+    upgrade: bool,
+) -> std::io::Result<(Server, State)> {
+    build_from(config, Some(path), upgrade)
+}
+
+fn build_from(
+    config: Config,
+    path: Option<PathBuf>,
+    upgrade: bool,
+) -> std::io::Result<(Server, State)> {
     let conf = ServerConf {
         threads: config.server.threads,
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let config = Arc::new(config);
@@ -123,6 +156,12 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
     let metrics = Arc::new(Metrics::default());
     let keys = secret::load(&config.secret)?;
     let redis = shared_store(&config, &keys)?;
+    if let Some(redis) = &redis {
+        let m = metrics.clone();
+        redis.time_round_trips(Box::new(move |op, took| {
+            m.shared_store_round_trip(op, took)
+        }));
+    }
     let upstreams = Arc::new(Upstreams::new(&config.upstreams)?);
     // Health checks and re-resolution run as background services; the proxy starts once each
     // pool has its servers.
@@ -132,8 +171,16 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
         .filter_map(|p| p.service())
         .map(|svc| server.add_boxed_service(svc))
         .collect();
+    let live = Arc::new(LiveConfig::new(config.clone()));
+    let reloader = Arc::new(Reloader::new(path.clone(), live.clone(), metrics.clone()));
+    if path.is_some() {
+        server.add_service(background_service(
+            "precond reload on SIGHUP",
+            Hangup(reloader.clone()),
+        ));
+    }
     let proxy = Precond::new(
-        config.clone(),
+        live.clone(),
         store.clone(),
         metrics.clone(),
         upstreams.clone(),
@@ -167,7 +214,8 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
         let mut a = Service::new(
             "precond admin".to_string(),
             admin::AdminApp {
-                config: config.clone(),
+                live: live.clone(),
+                reloader: reloader.clone(),
                 metrics: metrics.clone(),
                 store: store.clone(),
                 upstreams: upstreams.clone(),
@@ -183,6 +231,8 @@ pub fn build(config: Config) -> std::io::Result<(Server, State)> {
             redis,
             upstreams,
             config,
+            live,
+            reloader,
             store,
             metrics,
         },

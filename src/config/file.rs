@@ -45,6 +45,8 @@ pub(super) struct RawServer {
     #[serde(default = "default_graceful_shutdown_timeout")]
     pub(super) graceful_shutdown_timeout: Spanned<String>,
     pub(super) metrics_listen: Option<Spanned<String>>,
+    #[serde(default = "default_upgrade_sock")]
+    pub(super) upgrade_sock: Spanned<String>,
 }
 
 impl Default for RawServer {
@@ -55,6 +57,7 @@ impl Default for RawServer {
             grace_period: default_grace_period(),
             graceful_shutdown_timeout: default_graceful_shutdown_timeout(),
             metrics_listen: None,
+            upgrade_sock: default_upgrade_sock(),
         }
     }
 }
@@ -73,6 +76,9 @@ pub(super) fn default_grace_period() -> Spanned<String> {
 }
 pub(super) fn default_graceful_shutdown_timeout() -> Spanned<String> {
     unspanned("10s".into())
+}
+pub(super) fn default_upgrade_sock() -> Spanned<String> {
+    unspanned("/tmp/precond-upgrade.sock".into())
 }
 
 #[derive(Deserialize)]

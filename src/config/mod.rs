@@ -3,12 +3,13 @@
 //! Owns: [`load`] / [`parse`] (file → [`Config`] or a [`ConfigError`] that names the line). Files:
 //! `settings.rs`, the typed settings the rest of precond reads; `file.rs`, the file's schema and
 //! the one copy of every default (`config/defaults.toml` lists them and a test keeps both equal);
-//! `validate.rs`, raw file → typed settings with `FILE:LINE:COL` errors. Nothing here holds
-//! runtime state.
+//! `validate.rs`, raw file → typed settings with `FILE:LINE:COL` errors; `reload.rs`, which
+//! changes a running process can take. Nothing here holds runtime state.
 //!
 //! Invariant: unknown keys are errors, not silently ignored.
 
 mod file;
+mod reload;
 mod settings;
 mod upstream;
 mod validate;

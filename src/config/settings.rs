@@ -59,6 +59,8 @@ pub struct ServerSettings {
     pub graceful_shutdown_timeout: Duration,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The Unix socket a graceful upgrade hands the listeners over (`precond run --upgrade`).
+    pub upgrade_sock: std::path::PathBuf,
 }
 
 /// Validator store bounds.
@@ -274,6 +276,16 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Its name in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Pass => "pass",
+            Mode::Guard => "guard",
+            Mode::Enforce => "enforce",
+            Mode::Observe => "observe",
+        }
+    }
+
     /// Whether the route learns like `guard` (and decides like it, or only records).
     pub fn guards(self) -> bool {
         matches!(self, Mode::Guard | Mode::Observe)

@@ -348,6 +348,17 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|a| self.addr(a, "server.metrics_listen"))
                 .transpose()?,
+            upgrade_sock: {
+                let p = std::path::PathBuf::from(s.upgrade_sock.get_ref());
+                if !p.is_absolute() {
+                    return Err(self.err(
+                        s.upgrade_sock.span(),
+                        "server.upgrade_sock must be an absolute path (a Unix socket the old and \
+                         the new process agree on)",
+                    ));
+                }
+                p
+            },
         };
         let ttl = self.duration(&raw.store.ttl, "store.ttl")?;
         if ttl.is_zero() {

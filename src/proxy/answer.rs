@@ -34,6 +34,40 @@ use super::shared::Shared;
 /// Header on every answer precond makes itself, saying what it decided.
 pub const DECISION_HEADER: &str = "Precond-Decision";
 
+/// The first word of every [`DECISION_HEADER`] value precond writes (the metrics' `decision`
+/// label: a fixed set, so that series stay bounded).
+const DECISIONS: [&str; 11] = [
+    "rejected",
+    "not-modified",
+    "required",
+    "no-route",
+    "ambiguous-target",
+    "key-too-long",
+    "write-busy",
+    "state-unknown",
+    "earlier-write-in-flight",
+    "shared-store-unavailable",
+    "upstream-error",
+];
+
+/// The decision of a finished request, as a metric label: the first word of the edge's
+/// [`DECISION_HEADER`], else `forwarded` when the request reached an upstream, else `none`
+/// (the client left before an answer, or Pingora answered itself).
+pub(crate) fn decision_label(header: Option<&[u8]>, forwarded: bool) -> &'static str {
+    match header {
+        Some(v) => {
+            let word = v.split(|b| *b == b';').next().unwrap_or_default();
+            DECISIONS
+                .iter()
+                .find(|d| d.as_bytes() == word)
+                .copied()
+                .unwrap_or("other")
+        }
+        None if forwarded => "forwarded",
+        None => "none",
+    }
+}
+
 /// Reads and discards a small declared request body so that the connection can stay open
 /// after an edge answer. `Expect: 100-continue` (the client waits for us before sending),
 /// chunked and large bodies are not read: the connection then closes after the answer.
@@ -54,8 +88,8 @@ async fn drain_small_body(s: &Shared, session: &mut Session) -> bool {
     if expect_continue || session.is_body_done() || (!chunked && session.is_body_empty()) {
         return false;
     }
-    if !chunked && declared.is_some_and(|n| n <= s.config.edge.drain_limit) {
-        session.set_total_drain_timeout(Some(s.config.edge.drain_timeout));
+    if !chunked && declared.is_some_and(|n| n <= s.config().edge.drain_limit) {
+        session.set_total_drain_timeout(Some(s.config().edge.drain_timeout));
         if session.drain_request_body().await.is_err() {
             // Read for drain_timeout already: a client that slow is not waited for again.
             session.set_keepalive(None);
@@ -114,7 +148,7 @@ pub(crate) async fn respond(
             .await?;
     }
     if unread {
-        linger(session, s.config.edge.linger_timeout).await;
+        linger(session, s.config().edge.linger_timeout).await;
     }
     Ok(())
 }
@@ -126,9 +160,7 @@ pub(crate) async fn shared_store_unavailable(
     session: &mut Session,
     error: &str,
 ) -> Result<()> {
-    s.metrics
-        .shared_store_unavailable
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.metrics.shared_store_unavailable.inc();
     info!(decision = "503", error = %Shown(error), "write refused: shared store unavailable");
     let body = problem::simple(
         503,
@@ -210,7 +242,7 @@ pub(crate) async fn reject(
     );
     let path = s.shown_target(req);
     let method = Shown(req.method.as_str()).to_string();
-    let disclose = s.config.edge.disclose_validators;
+    let disclose = s.config().edge.disclose_validators;
     let current_etags: Option<Vec<String>> = entry.filter(|_| disclose).and_then(|e| {
         e.current
             .as_ref()
@@ -278,7 +310,7 @@ pub(crate) async fn key_too_long(s: &Shared, session: &mut Session) -> Result<()
         &format!(
             "The target is longer than this precond serialises writes for (store.max_key_bytes = \
              {} bytes of host, path and query). Send the write to a shorter URL.",
-            s.config.store.max_key_bytes
+            s.config().store.max_key_bytes
         ),
     );
     respond(s, session, 414, "key-too-long", body, &[]).await
@@ -290,9 +322,7 @@ pub(crate) async fn require(s: &Shared, session: &mut Session) -> Result<()> {
     let method = Shown(req.method.as_str()).to_string();
     let path = s.shown_target(req);
     info!(decision = "428", method = %method, path = %path, "write without a usable precondition");
-    s.metrics
-        .required
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.metrics.required.inc();
     let body = problem::precondition_required(&method, &path);
     respond(s, session, 428, "required", body, &[]).await
 }
@@ -415,9 +445,7 @@ pub(crate) async fn upstream_failed(
     e: &Error,
     retry_after: Option<u64>,
 ) -> Result<()> {
-    s.metrics
-        .upstream_failures
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.metrics.upstream_failures.inc();
     // Only upstream errors reach here (the client's request was fully read).
     let code = match error_status(e) {
         c @ (502..=504) => c,
@@ -445,9 +473,7 @@ pub(crate) async fn proxy_failed(
 ) -> u16 {
     let code = error_status(e);
     if code >= 500 {
-        s.metrics
-            .upstream_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.metrics.upstream_failures.inc();
     }
     // An interim answer (1xx) relayed before the failure is not an answer: the client still
     // gets a final one.

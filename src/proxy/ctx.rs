@@ -3,6 +3,9 @@
 //! Owns: [`Ctx`]. Invariant: `key` is set only on `guard` and `enforce` routes (the store learns
 //! only there), and `ticket` whenever `key` is.
 
+use std::sync::Arc;
+
+use crate::config::Route;
 use crate::identity::{OwnedKey, Principal};
 use crate::precondition::Method;
 use crate::store::redis::Lease;
@@ -10,10 +13,12 @@ use crate::store::Ticket;
 
 use super::guard::fence::Hold;
 use super::locks::KeyGuard;
+use super::shared::Routes;
 
 /// Per-request state.
-#[derive(Debug)]
 pub struct Ctx {
+    /// The configuration the request started under (kept to its end: `route` indexes it).
+    pub(crate) live: Arc<Routes>,
     /// Index of the matched route in the configuration.
     pub(crate) route: Option<usize>,
     pub(crate) method: Method,
@@ -37,6 +42,10 @@ pub struct Ctx {
     pub(crate) fence: Vec<Hold>,
     /// When the request's context was made (its start, for the access line).
     pub(crate) started: std::time::Instant,
+    /// When the request was sent upstream (for the origin-latency histogram).
+    pub(crate) sent: Option<std::time::Instant>,
+    /// A write forwarded and not answered yet: counted in `precond_writes_in_flight`.
+    pub(crate) in_flight: Option<crate::telemetry::InFlight>,
     /// The server of the attempt in progress.
     pub(crate) server: Option<std::net::SocketAddr>,
     /// Servers this request failed to connect to (never tried again).
@@ -56,9 +65,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The state of a request that has not been routed yet.
-    pub(crate) fn new() -> Ctx {
+    /// The state of a request that has not been routed yet, under `live`.
+    pub(crate) fn new(live: Arc<Routes>) -> Ctx {
         Ctx {
+            live,
             route: None,
             method: Method::Other,
             key: None,
@@ -76,9 +86,18 @@ impl Ctx {
             blind: false,
             caller: Principal::SHARED,
             server: None,
+            sent: None,
+            in_flight: None,
             started: std::time::Instant::now(),
             tried: Vec::new(),
             select_key: None,
         }
+    }
+}
+
+impl Ctx {
+    /// The matched route, in the configuration the request started under.
+    pub(crate) fn route(&self) -> Option<&Route> {
+        self.route.map(|i| &self.live.config.routes[i])
     }
 }

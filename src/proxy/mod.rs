@@ -34,7 +34,6 @@ mod select;
 mod shared;
 
 use std::borrow::Cow;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -43,7 +42,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::warn;
 
-use crate::config::{Config, Mode, Policy};
+use crate::config::{Mode, Policy};
 use crate::identity::{canonical_host, canonical_path, Ambiguous, OwnedKey};
 use crate::precondition::{EntityTag, Method};
 use crate::store::redis::Redis;
@@ -56,8 +55,8 @@ pub use answer::DECISION_HEADER;
 pub use ctx::Ctx;
 use guard::fence::single_tag;
 use headers::{client_ip, forwarded_host, request_host, set_forwarding, HeaderLines};
-pub use shared::Keys;
 use shared::Shared;
+pub use shared::{Keys, LiveConfig};
 
 /// At most one warning per route and period about weak tags under `policy = "mismatch"`.
 const WEAK_WARNING_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
@@ -88,11 +87,26 @@ impl Precond {
         true
     }
 
+    /// Counts a finished request and its duration, by route, mode and decision.
+    fn count(&self, session: &Session, ctx: &Ctx) {
+        let route = ctx.route();
+        let header = session
+            .response_written()
+            .and_then(|r| r.headers.get(DECISION_HEADER))
+            .map(HeaderValue::as_bytes);
+        self.s.metrics.request(
+            route.map_or("", |r| r.path_prefix.as_str()),
+            route.map_or("none", |r| r.mode.name()),
+            answer::decision_label(header, ctx.forwarded),
+            ctx.started.elapsed(),
+        );
+    }
+
     /// The access line of a finished request (`log.access_log`).
     fn access_line(&self, session: &Session, ctx: &Ctx) {
         let req = session.req_header();
         let resp = session.response_written();
-        let route = ctx.route.map(|i| &self.s.config.routes[i]);
+        let route = ctx.route();
         let decision = resp
             .and_then(|r| r.headers.get(DECISION_HEADER))
             .map(|v| Shown(&String::from_utf8_lossy(v.as_bytes())).to_string())
@@ -110,7 +124,7 @@ impl Precond {
             status = resp.map_or(0, |r| r.status.as_u16()),
             decision = %decision,
             route = route.map_or("", |r| r.path_prefix.as_str()),
-            upstream = route.map_or("", |r| self.s.config.upstreams[r.upstream].name.as_str()),
+            upstream = route.map_or("", |r| ctx.live.config.upstreams[r.upstream].name.as_str()),
             duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
             "access"
         );
@@ -119,14 +133,14 @@ impl Precond {
     /// On a `guard` route with a shared store, publishes that a forwarded write's outcome is
     /// unknown (after [`Precond::forget_if_broken`] said so).
     async fn forget_shared(&self, ctx: &Ctx) {
-        if ctx.route.map(|i| self.s.config.routes[i].mode) == Some(Mode::Guard) {
+        if ctx.route().map(|r| r.mode) == Some(Mode::Guard) {
             guard::shared::forget(&self.s, ctx).await;
         }
     }
 
     /// Builds the proxy for a validated configuration.
     pub fn new(
-        config: Arc<Config>,
+        live: Arc<LiveConfig>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         upstreams: Arc<Upstreams>,
@@ -134,7 +148,7 @@ impl Precond {
         keys: Keys,
     ) -> Self {
         Precond {
-            s: Shared::new(config, store, metrics, upstreams, redis, keys),
+            s: Shared::new(live, store, metrics, upstreams, redis, keys),
         }
     }
 }
@@ -144,7 +158,7 @@ impl ProxyHttp for Precond {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+        Ctx::new(self.s.live.routes())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -161,8 +175,9 @@ impl ProxyHttp for Precond {
         if !req.raw_path().starts_with(b"/") && !asterisk {
             ambiguous.get_or_insert(Ambiguous::NotOriginForm);
         }
-        let Some((idx, route)) = s.config.route_for(host.as_deref(), &path) else {
-            s.metrics.no_route.fetch_add(1, Relaxed);
+        let live = ctx.live.clone();
+        let Some((idx, route)) = live.config.route_for(host.as_deref(), &path) else {
+            s.metrics.no_route.inc();
             answer::no_route(s, session).await?;
             return Ok(true);
         };
@@ -192,10 +207,10 @@ impl ProxyHttp for Precond {
             (None, None) => Cow::Borrowed(""),
         };
         let key = OwnedKey::new(route.id, &key_host, &path, req.uri.query());
-        if key.len() > s.config.store.max_key_bytes {
+        if key.len() > live.config.store.max_key_bytes {
             // Never learned, so never decided: forwarded untouched, but for an enforce write,
             // which cannot be serialised without a key (fail closed).
-            s.metrics.key_too_long.fetch_add(1, Relaxed);
+            s.metrics.key_too_long.inc();
             if route.mode == Mode::Enforce && ctx.method.changes_state() {
                 answer::key_too_long(s, session).await?;
                 return Ok(true);
@@ -215,14 +230,15 @@ impl ProxyHttp for Precond {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let live = ctx.live.clone();
         let route = ctx
             .route
-            .map(|i| &self.s.config.routes[i])
+            .map(|i| &live.config.routes[i])
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
         let peer = select::peer(&self.s, session.req_header(), ctx, route.upstream)?;
         if !ctx.forwarded {
             ctx.forwarded = true;
-            self.s.metrics.forwarded.fetch_add(1, Relaxed);
+            self.s.metrics.forwarded.inc();
         }
         Ok(Box::new(peer))
     }
@@ -236,7 +252,8 @@ impl ProxyHttp for Precond {
     ) -> Box<Error> {
         // Nothing was sent: trying another server is safe for every method, a write included.
         let again = ctx.route.is_some_and(|i| {
-            select::retry_after_connect_failure(&self.s, ctx, self.s.config.routes[i].upstream)
+            let upstream = ctx.live.config.routes[i].upstream;
+            select::retry_after_connect_failure(&self.s, ctx, upstream)
         });
         e.set_retry(again);
         e
@@ -272,10 +289,12 @@ impl ProxyHttp for Precond {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let trust = ctx
-            .route
-            .is_some_and(|i| self.s.config.routes[i].trust_forwarded);
+        let trust = ctx.route().is_some_and(|r| r.trust_forwarded);
         set_forwarding(upstream_request, client_ip(session), trust);
+        ctx.sent = Some(std::time::Instant::now());
+        if ctx.method.changes_state() && ctx.in_flight.is_none() {
+            ctx.in_flight = Some(self.s.metrics.write_in_flight());
+        }
         if ctx.strip_tags {
             upstream_request.remove_header(&header::IF_MATCH);
             upstream_request.remove_header(&header::IF_NONE_MATCH);
@@ -295,10 +314,18 @@ impl ProxyHttp for Precond {
         if resp.status.is_informational() {
             return Ok(());
         }
+        ctx.in_flight = None;
+        let live = ctx.live.clone();
+        if let (Some(sent), Some(route)) = (ctx.sent.take(), ctx.route()) {
+            let upstream = &live.config.upstreams[route.upstream];
+            self.s
+                .metrics
+                .upstream_responded(&upstream.name, sent.elapsed());
+        }
         let (Some(key), Some(ticket), Some(route)) = (
             ctx.key.as_ref(),
             ctx.ticket,
-            ctx.route.map(|i| &self.s.config.routes[i]),
+            ctx.route.map(|i| &live.config.routes[i]),
         ) else {
             return Ok(());
         };
@@ -353,16 +380,13 @@ impl ProxyHttp for Precond {
         for mut hold in ctx.fence.drain(..) {
             hold.answered(ctx.method, resp.status.as_u16(), obs.etag);
         }
-        self.s.metrics.learned.fetch_add(1, Relaxed);
+        self.s.metrics.learned.inc();
         if route.mode == Mode::Guard
             && route.policy == Policy::Mismatch
             && obs.etag.is_some_and(|t| t.starts_with(b"W/"))
         {
-            self.s
-                .metrics
-                .weak_tags_under_mismatch
-                .fetch_add(1, Relaxed);
-            if self.s.weak_warned[ctx.route.unwrap_or_default()].ready(WEAK_WARNING_PERIOD) {
+            self.s.metrics.weak_tags_under_mismatch.inc();
+            if live.weak_warned[ctx.route.unwrap_or_default()].ready(WEAK_WARNING_PERIOD) {
                 warn!(
                     route = %route.path_prefix,
                     "the origin sends weak ETags on a guard route with policy = \"mismatch\": \
@@ -422,7 +446,9 @@ impl ProxyHttp for Precond {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if self.s.config.log.access_log {
+        ctx.in_flight = None;
+        self.count(session, ctx);
+        if ctx.live.config.log.access_log {
             self.access_line(session, ctx);
         }
         if self.forget_if_broken(ctx) {

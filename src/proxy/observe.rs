@@ -23,8 +23,6 @@
 //!   rest counted (`precond_observe_log_suppressed_total`); every client value in them is bounded
 //!   and redacted.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use pingora::proxy::Session;
 use tracing::info;
 
@@ -33,7 +31,7 @@ use crate::identity::OwnedKey;
 use crate::precondition::{Decision, EntityTag, Method};
 use crate::store::census::Blind;
 use crate::store::{guard_decision, Observation, Reach};
-use crate::telemetry::observe::Answer;
+use crate::telemetry::observe::{Answer, Census};
 use crate::telemetry::redact::Shown;
 
 use super::ctx::Ctx;
@@ -90,8 +88,8 @@ pub(crate) fn answered(s: &Shared, session: &Session, ctx: &Ctx, obs: &Observati
     let shown = obs.etag.and_then(EntityTag::parse);
     let completed = matches!(status, 200 | 201 | 204);
     let may_log = || {
-        s.observe_logged[route].take(LOG_LINES_PER_SECOND) || {
-            s.metrics.observe.log_suppressed.fetch_add(1, Relaxed);
+        ctx.live.observe_logged[route].take(LOG_LINES_PER_SECOND) || {
+            s.metrics.observe.log_suppressed.inc();
             false
         }
     };
@@ -101,7 +99,7 @@ pub(crate) fn answered(s: &Shared, session: &Session, ctx: &Ctx, obs: &Observati
             census.per_caller(&k);
         }
         if ctx.blind && completed {
-            s.metrics.observe.unclassified.fetch_add(1, Relaxed);
+            s.metrics.observe.census(Census::Unclassified);
         }
     } else if ctx.method.is_get_or_head() {
         if let (200 | 203 | 206 | 304, Some(t)) = (status, &shown) {
@@ -116,7 +114,7 @@ pub(crate) fn answered(s: &Shared, session: &Session, ctx: &Ctx, obs: &Observati
         if ctx.blind {
             match census.classify(&k, ctx.caller) {
                 Blind::Overwrite => {
-                    s.metrics.observe.blind_overwrites.fetch_add(1, Relaxed);
+                    s.metrics.observe.census(Census::Overwrite);
                     if may_log() {
                         info!(
                             target: "precond::observe",
@@ -130,10 +128,10 @@ pub(crate) fn answered(s: &Shared, session: &Session, ctx: &Ctx, obs: &Observati
                     }
                 }
                 Blind::Informed => {
-                    s.metrics.observe.informed.fetch_add(1, Relaxed);
+                    s.metrics.observe.census(Census::Informed);
                 }
                 Blind::Unknown => {
-                    s.metrics.observe.unclassified.fetch_add(1, Relaxed);
+                    s.metrics.observe.census(Census::Unclassified);
                 }
             }
         }

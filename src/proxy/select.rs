@@ -62,9 +62,7 @@ pub(crate) fn server(
         }
     });
     pool.select(key, tried).ok_or_else(|| {
-        s.metrics
-            .upstream_unavailable
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.metrics.upstream_unavailable.inc();
         Error::explain(
             NO_HEALTHY_SERVER,
             format!("upstream {:?} has no healthy server", pool.settings().name),
@@ -97,9 +95,7 @@ pub(crate) fn retry_after_connect_failure(s: &Shared, ctx: &mut Ctx, upstream: u
     let key = ctx.select_key.as_deref().unwrap_or_default();
     let again = pool.select(key, &ctx.tried).is_some();
     if again {
-        s.metrics
-            .upstream_connect_retries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.metrics.upstream_connect_retries.inc();
     }
     again
 }
@@ -107,7 +103,7 @@ pub(crate) fn retry_after_connect_failure(s: &Shared, ctx: &mut Ctx, upstream: u
 /// `Retry-After` seconds for an error that says no server of the request's upstream is healthy.
 pub(crate) fn retry_after(s: &Shared, ctx: &Ctx, e: &Error) -> Option<u64> {
     let unavailable = e.etype() == &NO_HEALTHY_SERVER;
-    let route = ctx.route.and_then(|i| s.config.routes.get(i))?;
+    let route = ctx.route.and_then(|i| ctx.live.config.routes.get(i))?;
     unavailable
         .then(|| pool(s, route.upstream).ok().map(Pool::retry_after))
         .flatten()

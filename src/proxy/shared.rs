@@ -1,11 +1,21 @@
 //! What every request handler of the proxy shares: settings, the store, the counters, the
 //! upstreams, the connector for precond's own requests, and the write locks and fences.
 //!
-//! Owns: [`Shared`]. Built once per process by the app; read-only but for the interior state of
-//! its parts (the store, the counters, the locks), each of which documents its own invariants.
+//! Owns: [`Shared`], and [`LiveConfig`], the configuration in force (swapped whole by a reload)
+//! with the per-route state that goes with it ([`Routes`]). Built once per process by the app;
+//! read-only but for the interior state of its parts (the store, the counters, the locks, the
+//! live configuration), each of which documents its own invariants.
+//!
+//! Invariant: a request reads one [`Routes`] snapshot from start to end (it is kept in its
+//! context): a route index never refers to another configuration's route list. The store, the
+//! locks and the fences outlive reloads (their keys name routes by [`RouteId`], never by
+//! position).
+//!
+//! [`RouteId`]: crate::identity::RouteId
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
 
 use crate::config::Config;
@@ -19,9 +29,60 @@ use super::guard::fence::Fences;
 use super::headers::path_and_query;
 use super::locks::KeyedLocks;
 
+/// A configuration in force and the per-route state that lives as long as it.
+pub struct Routes {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Per route: when its origin's weak tags under `policy = "mismatch"` were last warned about.
+    pub(crate) weak_warned: Vec<RateLimit>,
+    /// Per route: when writes forwarded past the fence were last logged.
+    pub(crate) fence_warned: Vec<RateLimit>,
+    /// Per route: the `precond::observe` log lines of the current second.
+    pub(crate) observe_logged: Vec<Budget>,
+}
+
+impl Routes {
+    fn new(config: Arc<Config>) -> Routes {
+        Routes {
+            weak_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
+            fence_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
+            observe_logged: config.routes.iter().map(|_| Budget::default()).collect(),
+            config,
+        }
+    }
+}
+
+/// The configuration in force, swapped atomically by a reload (`arc-swap`: readers never wait).
+pub struct LiveConfig(ArcSwap<Routes>);
+
+impl LiveConfig {
+    /// `config` in force.
+    pub fn new(config: Arc<Config>) -> LiveConfig {
+        LiveConfig(ArcSwap::from_pointee(Routes::new(config)))
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.0.load().config.clone()
+    }
+
+    /// The configuration in force now, with its per-route state (a request keeps it to its end).
+    pub fn routes(&self) -> Arc<Routes> {
+        self.0.load_full()
+    }
+
+    /// Puts `config` in force for the requests that start from now on (requests in progress
+    /// finish on the one they started with). The caller has checked it with
+    /// [`Config::reloadable`].
+    pub fn swap(&self, config: Arc<Config>) {
+        self.0.store(Arc::new(Routes::new(config)));
+    }
+}
+
 /// The state request handlers share.
 pub(crate) struct Shared {
-    pub(crate) config: Arc<Config>,
+    /// The configuration in force (reloadable).
+    pub(crate) live: Arc<LiveConfig>,
     pub(crate) store: Arc<Store>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) upstreams: Arc<Upstreams>,
@@ -33,12 +94,6 @@ pub(crate) struct Shared {
     pub(crate) locks: Arc<KeyedLocks<OwnedKey>>,
     /// `guard`: the in-flight write fences.
     pub(crate) fences: Fences,
-    /// Per route: when its origin's weak tags under `policy = "mismatch"` were last warned about.
-    pub(crate) weak_warned: Vec<RateLimit>,
-    /// Per route: when writes forwarded past the fence were last logged.
-    pub(crate) fence_warned: Vec<RateLimit>,
-    /// Per route: the `precond::observe` log lines of the current second.
-    pub(crate) observe_logged: Vec<Budget>,
     /// Keys derived from the deployment secret.
     pub(crate) keys: Keys,
 }
@@ -58,12 +113,18 @@ impl Shared {
     /// The request's target as logs and problem bodies show it: bounded, and with its query
     /// replaced by `?…` unless `log.log_query`.
     pub(crate) fn shown_target(&self, req: &pingora::http::RequestHeader) -> String {
-        redact::target(path_and_query(req), self.config.log.log_query)
+        redact::target(path_and_query(req), self.config().log.log_query)
+    }
+
+    /// The configuration in force now. For settings a reload cannot change, or outside a
+    /// request; a request's routes come from the snapshot in its context.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.live.config()
     }
 
     /// The shared state for a validated configuration.
     pub(crate) fn new(
-        config: Arc<Config>,
+        live: Arc<LiveConfig>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         upstreams: Arc<Upstreams>,
@@ -73,10 +134,7 @@ impl Shared {
         Shared {
             upstreams,
             redis,
-            weak_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
-            fence_warned: config.routes.iter().map(|_| RateLimit::default()).collect(),
-            observe_logged: config.routes.iter().map(|_| Budget::default()).collect(),
-            config,
+            live,
             store,
             metrics,
             connector: Connector::new(None),

@@ -1,28 +1,36 @@
-//! Counters of every edge decision, and their Prometheus text rendering.
+//! Counters of every edge decision, on the `prometheus` crate, and their exposition.
 //!
-//! Owns: [`Metrics`] (lock-free atomic counters with a fixed label set). Serving them over HTTP is
-//! the app's business (`app::metrics_listener`).
+//! Owns: [`Metrics`] (one [`Registry`] per proxy: counters, histograms and gauges, plus the
+//! process collector), [`StoreGauges`] and [`UpstreamGauge`] (what the app hands over at scrape
+//! time), [`SharedGuard`]. Serving them over HTTP is the app's business (`app::admin`).
 //!
 //! Invariants:
-//! - Counters only increase.
-//! - Every (precondition, reason) pair has its own counter by construction: slots are indexed by
-//!   the exhaustive [`Field::index`] and [`Reason::index`], so a new reason cannot be counted as
-//!   another one.
+//! - Counters only increase. The store's eviction counts, read at scrape time, are carried over
+//!   by their increase (under one lock, so concurrent scrapes cannot count one twice).
+//! - Only label combinations that can occur are exposed: a labelled series appears when it is
+//!   first counted (`precond_rejected_total{precondition, reason}`), or is created up front when
+//!   every value of its label can occur (`precond_shared_guard_decisions_total{outcome}`).
+//! - Every label value is one of a fixed set decided by precond's code, or a name from the
+//!   configuration (a route's prefix, an upstream's name): a client cannot add series.
+//! - Names and units follow Prometheus conventions: `_total` counters, `_seconds` and `_bytes`.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
+};
 
 use crate::precondition::{Field, Reason};
 
 use super::observe::ObserveMetrics;
+use super::registry::Builder;
 
-const FIELDS: usize = Field::ALL.len();
-const REASONS: usize = Reason::ALL.len();
-
-/// The counter slot of a (field, reason) pair.
-const fn index(field: Field, reason: Reason) -> usize {
-    field.index() * REASONS + reason.index()
-}
+/// Bucket bounds of request and origin durations, in seconds: 100 µs (an edge answer) to 10 s.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 /// What the store reports (handed over by the app: telemetry does not import the store).
 #[derive(Clone, Copy, Debug, Default)]
@@ -48,36 +56,6 @@ pub struct UpstreamGauge<'a> {
     pub healthy: usize,
     /// Servers known (resolved).
     pub servers: usize,
-}
-
-/// `precond_upstream_servers{upstream, state}`: servers per upstream, healthy and unhealthy.
-pub fn render_upstreams(gauges: &[UpstreamGauge<'_>]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP precond_upstream_servers Servers of each upstream, by health.\n# TYPE precond_upstream_servers gauge"
-    );
-    for g in gauges {
-        let name = label(g.name);
-        let _ = writeln!(
-            out,
-            "precond_upstream_servers{{upstream=\"{name}\",state=\"healthy\"}} {}",
-            g.healthy
-        );
-        let _ = writeln!(
-            out,
-            "precond_upstream_servers{{upstream=\"{name}\",state=\"unhealthy\"}} {}",
-            g.servers.saturating_sub(g.healthy)
-        );
-    }
-    out
-}
-
-/// A label value, escaped as the exposition format requires.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// How a `guard` write was decided with a shared store (`store.backend = "redis"`).
@@ -113,244 +91,375 @@ impl SharedGuard {
     }
 }
 
-/// Process-wide counters.
+/// Values read from elsewhere at scrape time.
+struct Scraped {
+    store_entries: IntGauge,
+    store_bytes: IntGauge,
+    census_bytes: IntGauge,
+    evictions: IntCounterVec,
+    upstream_servers: IntGaugeVec,
+    /// Serialises scrapes: eviction counts are carried over by their increase.
+    lock: Mutex<()>,
+}
+
+/// Process-wide metrics of one proxy.
 pub struct Metrics {
+    registry: Registry,
     /// Requests forwarded to an upstream.
-    pub forwarded: AtomicU64,
+    pub forwarded: IntCounter,
     /// Requests answered 503 because no server of their upstream was healthy.
-    pub upstream_unavailable: AtomicU64,
+    pub upstream_unavailable: IntCounter,
     /// Attempts sent to another server after a connection could not be established.
-    pub upstream_connect_retries: AtomicU64,
+    pub upstream_connect_retries: IntCounter,
     /// Enforce writes answered 503 because the shared store (Redis) did not answer in time.
-    pub shared_store_unavailable: AtomicU64,
+    pub shared_store_unavailable: IntCounter,
     /// `observe` routes: would-be refusals, the origin's answers to them, the census.
     pub observe: ObserveMetrics,
     /// Guard decisions with a shared store, by [`SharedGuard`] outcome.
-    shared_guard: [AtomicU64; SharedGuard::ALL.len()],
+    shared_guard: [IntCounter; SharedGuard::ALL.len()],
     /// Forwarded writes that carried a precondition the edge could not prove false.
-    pub forwarded_conditional_writes: AtomicU64,
+    pub forwarded_conditional_writes: IntCounter,
     /// Requests with no matching route (404 at the edge).
-    pub no_route: AtomicU64,
+    pub no_route: IntCounter,
     /// Upstream exchanges that failed (502/503/504 at the edge).
-    pub upstream_failures: AtomicU64,
+    pub upstream_failures: IntCounter,
     /// Upstream responses the store learned from.
-    pub learned: AtomicU64,
+    pub learned: IntCounter,
     /// 428 answers (enforce routes).
-    pub required: AtomicU64,
+    pub required: IntCounter,
     /// Requests whose resource key is longer than `store.max_key_bytes` (never learned).
-    pub key_too_long: AtomicU64,
+    pub key_too_long: IntCounter,
     /// Guard writes that waited at the in-flight fence for a write naming the same tag.
-    pub fence_waits: AtomicU64,
+    pub fence_waits: IntCounter,
     /// Of those, refused once the write they waited for proved the tag replaced.
-    pub fence_refused: AtomicU64,
+    pub fence_refused: IntCounter,
     /// Guard writes forwarded without waiting out the fence: `fence_wait` elapsed.
-    pub fence_timeouts: AtomicU64,
+    pub fence_timeouts: IntCounter,
     /// Guard writes forwarded without waiting at the fence: `fence_waiters` reached.
-    pub fence_full: AtomicU64,
+    pub fence_full: IntCounter,
     /// Origin answers with a weak `ETag` on guard routes under `policy = "mismatch"` (where every
     /// weak `If-Match` is refused).
-    pub weak_tags_under_mismatch: AtomicU64,
-    not_modified: [AtomicU64; FIELDS],
-    rejected: [AtomicU64; FIELDS * REASONS],
+    pub weak_tags_under_mismatch: IntCounter,
+    /// Writes forwarded and not answered yet (see [`InFlight`]).
+    writes_in_flight: IntGauge,
+    not_modified: IntCounterVec,
+    rejected: IntCounterVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    lock_wait: HistogramVec,
+    shared_store: HistogramVec,
+    reloads: IntCounterVec,
+    scraped: Scraped,
+    names: Vec<String>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            forwarded: AtomicU64::new(0),
-            upstream_unavailable: AtomicU64::new(0),
-            upstream_connect_retries: AtomicU64::new(0),
-            shared_store_unavailable: AtomicU64::new(0),
-            observe: ObserveMetrics::default(),
-            shared_guard: std::array::from_fn(|_| AtomicU64::new(0)),
-            forwarded_conditional_writes: AtomicU64::new(0),
-            no_route: AtomicU64::new(0),
-            upstream_failures: AtomicU64::new(0),
-            learned: AtomicU64::new(0),
-            required: AtomicU64::new(0),
-            key_too_long: AtomicU64::new(0),
-            fence_waits: AtomicU64::new(0),
-            fence_refused: AtomicU64::new(0),
-            fence_timeouts: AtomicU64::new(0),
-            fence_full: AtomicU64::new(0),
-            weak_tags_under_mismatch: AtomicU64::new(0),
-            not_modified: std::array::from_fn(|_| AtomicU64::new(0)),
-            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process collector is registered once");
+        let b = Builder::new(&registry);
+        let shared_guards = b.counters(
+            "precond_shared_guard_decisions_total",
+            "Guard writes decided with the shared store, by outcome.",
+            &["outcome"],
+        );
+        let fence_bypassed = b.counters(
+            "precond_fence_bypassed_total",
+            "Guard writes forwarded without waiting out the fence.",
+            &["cause"],
+        );
+        let scraped = Scraped {
+            store_entries: b.gauge("precond_store_entries", "Resources in the validator store."),
+            store_bytes: b.gauge(
+                "precond_store_bytes",
+                "Bytes of learned state, as store.max_bytes counts them.",
+            ),
+            census_bytes: b.gauge(
+                "precond_census_bytes",
+                "Bytes of the lost-update census, as store.census_max_bytes counts them.",
+            ),
+            evictions: b.counters(
+                "precond_store_evictions_total",
+                "Resources the store dropped: size (a bound was reached), expired (store.ttl).",
+                &["cause"],
+            ),
+            upstream_servers: b.gauges(
+                "precond_upstream_servers",
+                "Servers of each upstream, by health.",
+                &["upstream", "state"],
+            ),
+            lock: Mutex::new(()),
+        };
+        for cause in ["size", "expired"] {
+            scraped.evictions.with_label_values(&[cause]);
         }
+        Metrics {
+            forwarded: b.counter(
+                "precond_forwarded_total",
+                "Requests forwarded to an upstream.",
+            ),
+            forwarded_conditional_writes: b.counter(
+                "precond_forwarded_conditional_writes_total",
+                "Forwarded writes whose precondition the edge could not prove false.",
+            ),
+            upstream_unavailable: b.counter(
+                "precond_upstream_unavailable_total",
+                "Requests answered 503 because no server of their upstream was healthy.",
+            ),
+            upstream_connect_retries: b.counter(
+                "precond_upstream_connect_retries_total",
+                "Attempts sent to another server after a connection could not be established.",
+            ),
+            shared_store_unavailable: b.counter(
+                "precond_shared_store_unavailable_total",
+                "Enforce writes answered 503 because the shared store did not answer in time.",
+            ),
+            no_route: b.counter(
+                "precond_no_route_total",
+                "Requests that matched no route.",
+            ),
+            upstream_failures: b.counter(
+                "precond_upstream_failures_total",
+                "Upstream exchanges that failed.",
+            ),
+            learned: b.counter(
+                "precond_learned_total",
+                "Upstream responses learned from.",
+            ),
+            required: b.counter(
+                "precond_required_total",
+                "Writes answered 428 at the edge (enforce routes).",
+            ),
+            key_too_long: b.counter(
+                "precond_key_too_long_total",
+                "Requests whose resource key exceeds store.max_key_bytes (forwarded, never learned).",
+            ),
+            fence_waits: b.counter(
+                "precond_fence_waits_total",
+                "Guard writes that waited for a write in flight naming the same tag.",
+            ),
+            fence_refused: b.counter(
+                "precond_fence_refused_total",
+                "Guard writes refused after waiting: the write they waited for replaced their tag.",
+            ),
+            weak_tags_under_mismatch: b.counter(
+                "precond_weak_tags_under_mismatch_total",
+                "Origin answers with a weak ETag on guard routes with policy mismatch.",
+            ),
+            shared_guard: SharedGuard::ALL.map(|o| shared_guards.with_label_values(&[o.name()])),
+            fence_timeouts: fence_bypassed.with_label_values(&["timeout"]),
+            fence_full: fence_bypassed.with_label_values(&["full"]),
+            writes_in_flight: b.gauge(
+                "precond_writes_in_flight",
+                "Writes forwarded to an upstream and not answered yet.",
+            ),
+            not_modified: b.counters(
+                "precond_not_modified_total",
+                "Reads answered 304 at the edge.",
+                &["precondition"],
+            ),
+            rejected: b.counters(
+                "precond_rejected_total",
+                "Writes answered 412 at the edge.",
+                &["precondition", "reason"],
+            ),
+            requests: b.counters(
+                "precond_requests_total",
+                "Requests finished, by route (its path prefix; empty when none matched), mode and decision.",
+                &["route", "mode", "decision"],
+            ),
+            request_duration: b.histograms(
+                "precond_request_duration_seconds",
+                "Time from a request's arrival to the end of its answer, by decision.",
+                &["decision"],
+                &DURATION_BUCKETS,
+            ),
+            upstream_duration: b.histograms(
+                "precond_upstream_response_seconds",
+                "Origin latency: from a request sent upstream to its response header, by upstream.",
+                &["upstream"],
+                &DURATION_BUCKETS,
+            ),
+            lock_wait: b.histograms(
+                "precond_lock_wait_seconds",
+                "Time writes waited: for enforce's per-resource write lock (write) and shared lease (lease), at guard's fence (fence).",
+                &["lock"],
+                &DURATION_BUCKETS,
+            ),
+            shared_store: b.histograms(
+                "precond_shared_store_seconds",
+                "Round trips to the shared store (Redis), by operation.",
+                &["op"],
+                &DURATION_BUCKETS,
+            ),
+            reloads: b.counters(
+                "precond_config_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
+            observe: ObserveMetrics::new(&b),
+            scraped,
+            names: b.names(),
+            registry,
+        }
+    }
+}
+
+/// Which wait a [`Metrics::waited`] time is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// `enforce`: the per-resource write lock.
+    WriteLock,
+    /// `enforce` with a shared store: the resource's lease in Redis.
+    Lease,
+    /// `guard`: the in-flight fence.
+    Fence,
+}
+
+/// A forwarded write not answered yet: counted in `precond_writes_in_flight` until dropped.
+#[derive(Debug)]
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
 impl Metrics {
     /// Counts an edge 412.
     pub fn reject(&self, field: Field, reason: Reason) {
-        self.rejected[index(field, reason)].fetch_add(1, Ordering::Relaxed);
+        self.rejected
+            .with_label_values(&[field.header_name(), reason.code()])
+            .inc();
     }
 
     /// Counts an edge 304.
     pub fn not_modified(&self, field: Field) {
-        self.not_modified[field.index()].fetch_add(1, Ordering::Relaxed);
+        self.not_modified
+            .with_label_values(&[field.header_name()])
+            .inc();
     }
 
     /// Counts a guard decision made with a shared store.
     pub fn shared_guard(&self, outcome: SharedGuard) {
-        self.shared_guard[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.shared_guard[outcome as usize].inc();
     }
 
     /// Guard decisions made with a shared store, with this outcome.
     pub fn shared_guarded(&self, outcome: SharedGuard) -> u64 {
-        self.shared_guard[outcome as usize].load(Ordering::Relaxed)
+        self.shared_guard[outcome as usize].get()
     }
 
     /// Edge 412s counted for one field and reason.
     pub fn rejected(&self, field: Field, reason: Reason) -> u64 {
-        self.rejected[index(field, reason)].load(Ordering::Relaxed)
+        self.rejected
+            .get_metric_with_label_values(&[field.header_name(), reason.code()])
+            .map_or(0, |c| c.get())
     }
 
-    /// Prometheus text exposition format.
-    pub fn render(&self, store: StoreGauges) -> String {
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    /// Counts a finished request: its route's prefix and mode (empty and `none` when no route
+    /// matched), its decision (a fixed word of precond's), and how long it took.
+    pub fn request(&self, route: &str, mode: &str, decision: &str, took: Duration) {
+        self.requests
+            .with_label_values(&[route, mode, decision])
+            .inc();
+        self.request_duration
+            .with_label_values(&[decision])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records an origin's latency (request sent to response header).
+    pub fn upstream_responded(&self, upstream: &str, took: Duration) {
+        self.upstream_duration
+            .with_label_values(&[upstream])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records how long a write waited.
+    pub fn waited(&self, wait: Wait, took: Duration) {
+        let lock = match wait {
+            Wait::WriteLock => "write",
+            Wait::Lease => "lease",
+            Wait::Fence => "fence",
         };
-        counter(
-            "precond_forwarded_total",
-            "Requests forwarded to an upstream.",
-            &self.forwarded,
-        );
-        counter(
-            "precond_forwarded_conditional_writes_total",
-            "Forwarded writes whose precondition the edge could not prove false.",
-            &self.forwarded_conditional_writes,
-        );
-        counter(
-            "precond_upstream_unavailable_total",
-            "Requests answered 503 because no server of their upstream was healthy.",
-            &self.upstream_unavailable,
-        );
-        counter(
-            "precond_upstream_connect_retries_total",
-            "Attempts sent to another server after a connection could not be established.",
-            &self.upstream_connect_retries,
-        );
-        counter(
-            "precond_shared_store_unavailable_total",
-            "Enforce writes answered 503 because the shared store did not answer in time.",
-            &self.shared_store_unavailable,
-        );
-        counter(
-            "precond_no_route_total",
-            "Requests that matched no route.",
-            &self.no_route,
-        );
-        counter(
-            "precond_upstream_failures_total",
-            "Upstream exchanges that failed.",
-            &self.upstream_failures,
-        );
-        counter(
-            "precond_learned_total",
-            "Upstream responses learned from.",
-            &self.learned,
-        );
-        counter(
-            "precond_required_total",
-            "Writes answered 428 at the edge (enforce routes).",
-            &self.required,
-        );
-        counter(
-            "precond_key_too_long_total",
-            "Requests whose resource key exceeds store.max_key_bytes (forwarded, never learned).",
-            &self.key_too_long,
-        );
-        counter(
-            "precond_fence_waits_total",
-            "Guard writes that waited for a write in flight naming the same tag.",
-            &self.fence_waits,
-        );
-        counter(
-            "precond_fence_refused_total",
-            "Guard writes refused after waiting: the write they waited for replaced their tag.",
-            &self.fence_refused,
-        );
-        counter(
-            "precond_weak_tags_under_mismatch_total",
-            "Origin answers with a weak ETag on guard routes with policy mismatch.",
-            &self.weak_tags_under_mismatch,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP precond_shared_guard_decisions_total Guard writes decided with the shared store, by outcome.\n# TYPE precond_shared_guard_decisions_total counter"
-        );
-        for o in SharedGuard::ALL {
-            let _ = writeln!(
-                out,
-                "precond_shared_guard_decisions_total{{outcome=\"{}\"}} {}",
-                o.name(),
-                self.shared_guard[o as usize].load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP precond_fence_bypassed_total Guard writes forwarded without waiting out the fence.\n# TYPE precond_fence_bypassed_total counter"
-        );
-        for (cause, v) in [
-            ("timeout", &self.fence_timeouts),
-            ("full", &self.fence_full),
-        ] {
-            let _ = writeln!(
-                out,
-                "precond_fence_bypassed_total{{cause=\"{cause}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP precond_not_modified_total Reads answered 304 at the edge.\n# TYPE precond_not_modified_total counter"
-        );
-        for (f, v) in Field::ALL.iter().zip(&self.not_modified) {
-            let _ = writeln!(
-                out,
-                "precond_not_modified_total{{precondition=\"{}\"}} {}",
-                f.header_name(),
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP precond_rejected_total Writes answered 412 at the edge.\n# TYPE precond_rejected_total counter"
-        );
-        for f in Field::ALL {
-            for r in Reason::ALL {
-                let v = self.rejected(f, r);
-                if v > 0 {
-                    let _ = writeln!(
-                        out,
-                        "precond_rejected_total{{precondition=\"{}\",reason=\"{}\"}} {v}",
-                        f.header_name(),
-                        r.code()
-                    );
+        self.lock_wait
+            .with_label_values(&[lock])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a round trip to the shared store (`op` is a fixed word of precond's).
+    pub fn shared_store_round_trip(&self, op: &str, took: Duration) {
+        self.shared_store
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a configuration reload (`result`: `ok` or `invalid`).
+    pub fn reloaded(&self, result: &str) {
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Configuration reloads counted with `result`.
+    pub fn reloads(&self, result: &str) -> u64 {
+        self.reloads
+            .get_metric_with_label_values(&[result])
+            .map_or(0, |c| c.get())
+    }
+
+    /// A write forwarded: counted in flight until the returned guard is dropped.
+    pub fn write_in_flight(&self) -> InFlight {
+        self.writes_in_flight.inc();
+        InFlight(self.writes_in_flight.clone())
+    }
+
+    /// The name of every metric precond registers (labelled ones included, even before their
+    /// first series).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The Prometheus text exposition of every metric, with the store's and the upstreams'
+    /// values as of now.
+    pub fn render(&self, store: StoreGauges, upstreams: &[UpstreamGauge<'_>]) -> String {
+        let s = &self.scraped;
+        {
+            let _scrape = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.store_entries.set(clamp(store.entries));
+            s.store_bytes.set(clamp(store.bytes));
+            s.census_bytes.set(clamp(store.census_bytes));
+            for (cause, now) in [
+                ("size", store.evicted_size),
+                ("expired", store.evicted_expired),
+            ] {
+                let c = s.evictions.with_label_values(&[cause]);
+                c.inc_by(now.saturating_sub(c.get()));
+            }
+            for g in upstreams {
+                let unhealthy = g.servers.saturating_sub(g.healthy);
+                for (state, n) in [("healthy", g.healthy), ("unhealthy", unhealthy)] {
+                    s.upstream_servers
+                        .with_label_values(&[g.name, state])
+                        .set(clamp(n as u64));
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP precond_store_entries Resources in the validator store.\n# TYPE precond_store_entries gauge\nprecond_store_entries {}",
-            store.entries
-        );
-        let _ = writeln!(
-            out,
-            "# HELP precond_store_bytes Bytes of learned state, as store.max_bytes counts them.\n# TYPE precond_store_bytes gauge\nprecond_store_bytes {}",
-            store.bytes
-        );
-        let _ = writeln!(
-            out,
-            "# HELP precond_store_evictions_total Resources the store dropped: size (a bound was reached), expired (store.ttl).\n# TYPE precond_store_evictions_total counter\nprecond_store_evictions_total{{cause=\"size\"}} {}\nprecond_store_evictions_total{{cause=\"expired\"}} {}",
-            store.evicted_size, store.evicted_expired
-        );
-        self.observe.render(&mut out, store.census_bytes);
-        out
+        let mut out = Vec::new();
+        // Encoding into memory fails only on an invalid metric, which registration refused.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// A count as a gauge value.
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -360,17 +469,14 @@ mod tests {
     #[test]
     fn every_field_and_reason_pair_has_its_own_counter() {
         let m = Metrics::default();
-        let mut n = 0;
         for f in Field::ALL {
             for r in Reason::ALL {
                 assert_eq!(m.rejected(f, r), 0, "{f:?} {r:?} counted before its turn");
                 m.reject(f, r);
-                n += 1;
                 assert_eq!(m.rejected(f, r), 1, "{f:?} {r:?}");
             }
         }
-        assert_eq!(n, m.rejected.len(), "one slot per pair, none unused");
-        let text = m.render(StoreGauges::default());
+        let text = m.render(StoreGauges::default(), &[]);
         for f in Field::ALL {
             for r in Reason::ALL {
                 let line = format!(
@@ -384,12 +490,80 @@ mod tests {
     }
 
     #[test]
-    fn indexes_follow_the_order_of_all() {
-        for (i, f) in Field::ALL.iter().enumerate() {
-            assert_eq!(f.index(), i);
+    fn only_series_that_occurred_are_exposed() {
+        let m = Metrics::default();
+        m.not_modified(Field::IfNoneMatch);
+        let text = m.render(StoreGauges::default(), &[]);
+        assert!(text.contains("precond_not_modified_total{precondition=\"If-None-Match\"} 1"));
+        assert!(!text.contains("precond_not_modified_total{precondition=\"If-Match\"}"));
+        assert!(!text.contains("precond_rejected_total{"), "{text}");
+        // Outcomes that can all occur are there from the start.
+        assert!(text.contains("precond_shared_guard_decisions_total{outcome=\"overruled\"} 0"));
+    }
+
+    #[test]
+    fn scraped_counters_carry_the_increase_only() {
+        let m = Metrics::default();
+        let gauges = |size| StoreGauges {
+            evicted_size: size,
+            entries: 7,
+            ..StoreGauges::default()
+        };
+        m.render(gauges(3), &[]);
+        let text = m.render(gauges(5), &[]);
+        assert!(
+            text.contains("precond_store_evictions_total{cause=\"size\"} 5"),
+            "{text}"
+        );
+        assert!(text.contains("precond_store_entries 7"), "{text}");
+        let up = [UpstreamGauge {
+            name: "api",
+            healthy: 1,
+            servers: 3,
+        }];
+        let text = m.render(gauges(5), &up);
+        assert!(
+            text.contains("precond_store_evictions_total{cause=\"size\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("precond_upstream_servers{state=\"unhealthy\",upstream=\"api\"} 2"),
+            "{text}"
+        );
+    }
+
+    /// The shipped dashboard asks only for metrics precond has.
+    #[test]
+    fn the_dashboard_names_only_registered_metrics() {
+        let m = Metrics::default();
+        let dashboard = include_str!("../../deploy/grafana-dashboard.json");
+        let mut used = 0;
+        for (i, _) in dashboard.match_indices("precond_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                m.names().iter().any(|n| n == base || n == &name),
+                "the dashboard uses {name}, which precond does not register"
+            );
+            used += 1;
         }
-        for (i, r) in Reason::ALL.iter().enumerate() {
-            assert_eq!(r.index(), i);
-        }
+        assert!(used >= 10, "{used}");
+    }
+
+    #[test]
+    fn in_flight_writes_are_counted_until_dropped() {
+        let m = Metrics::default();
+        let a = m.write_in_flight();
+        let b = m.write_in_flight();
+        assert_eq!(m.writes_in_flight.get(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(m.writes_in_flight.get(), 0);
     }
 }

@@ -1,4 +1,4 @@
-//! What the proxy reports to: counters today (and, with the operations work, the decision log).
+//! What the proxy reports to: metrics (on the `prometheus` crate), log budgets and redaction.
 //!
 //! Owns: [`Metrics`], [`RateLimit`] for warnings a client or an origin can cause, and
 //! [`redact`] for client values repeated in logs and problem bodies. Imports neither the proxy nor the store: the proxy calls in with pure
@@ -9,7 +9,8 @@ pub mod metrics;
 pub mod observe;
 pub mod ratelimit;
 pub mod redact;
+mod registry;
 pub mod report;
 
-pub use metrics::{render_upstreams, Metrics, SharedGuard, StoreGauges, UpstreamGauge};
+pub use metrics::{InFlight, Metrics, SharedGuard, StoreGauges, UpstreamGauge, Wait};
 pub use ratelimit::{Budget, RateLimit};

@@ -37,6 +37,7 @@ use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence, Met
 use crate::store::redis::{Resource, Snapshot};
 use crate::store::{Entry, Tag, META_HEADERS};
 use crate::telemetry::redact::Shown;
+use crate::telemetry::Wait;
 
 use super::answer;
 use super::ctx::Ctx;
@@ -286,7 +287,10 @@ async fn write(
             return Ok(true);
         }
     }
-    let Some(lock) = s.locks.lock(&key, settings.write_wait).await else {
+    let waiting = std::time::Instant::now();
+    let lock = s.locks.lock(&key, settings.write_wait).await;
+    s.metrics.waited(Wait::WriteLock, waiting.elapsed());
+    let Some(lock) = lock else {
         warn!(path = %s.shown_target(session.req_header()), "write lock not obtained in time");
         answer::write_busy(s, session, settings.write_wait).await?;
         return Ok(true);
@@ -297,8 +301,11 @@ async fn write(
     // on this instance's own store.
     let mut shared_view: Option<Entry> = None;
     if let (Some(redis), Some(res)) = (&s.redis, shared_res) {
-        let deadline = std::time::Instant::now() + settings.write_wait;
-        match redis.acquire(res, deadline).await {
+        let waiting = std::time::Instant::now();
+        let deadline = waiting + settings.write_wait;
+        let acquired = redis.acquire(res, deadline).await;
+        s.metrics.waited(Wait::Lease, waiting.elapsed());
+        match acquired {
             Ok(Some(lease)) => {
                 // The chain is broken: a write an earlier holder forwarded (it died, or gave up on
                 // the origin) may still be in flight there. Nothing is forwarded beside it.
@@ -441,7 +448,7 @@ async fn write(
     // Shared store: the write's bound in flight is recorded before it is sent, so that a holder
     // after it whose chain is broken waits it out.
     if let Some(lease) = &ctx.lease {
-        let hold = s.config.enforce_write_bound(route);
+        let hold = s.config().enforce_write_bound(route);
         match lease.mark_forwarding(hold).await {
             Ok(true) => {}
             Ok(false) => {

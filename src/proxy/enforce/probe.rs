@@ -278,9 +278,7 @@ pub(super) async fn fetch_and_learn(
     } else {
         started
     };
-    s.metrics
-        .forwarded
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.metrics.forwarded.inc();
     let v = validators_of(&fetched, !head, &s.keys.tag);
     let h = &fetched.header;
     let meta = META_HEADERS.map(|n| header_bytes(h, n));

@@ -19,8 +19,6 @@
 pub(crate) mod fence;
 pub(crate) mod shared;
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use tracing::{info, warn};
@@ -30,6 +28,7 @@ use crate::identity::OwnedKey;
 use crate::precondition::{Decision, Failure};
 use crate::store::guard_decision;
 use crate::telemetry::redact::Shown;
+use crate::telemetry::Wait;
 
 use super::answer;
 use super::ctx::Ctx;
@@ -93,7 +92,7 @@ pub(crate) async fn request(
         if let Some(failure) = refused {
             return refuse(s, session, ctx, &key, failure).await;
         }
-        s.metrics.forwarded_conditional_writes.fetch_add(1, Relaxed);
+        s.metrics.forwarded_conditional_writes.inc();
         info!(
             decision = "forward",
             method = %Shown(req.method.as_str()),
@@ -120,19 +119,21 @@ async fn pass(
         Gate::Uncertain => route.fence.uncertain_wait,
     };
     let on_wait = || {
-        s.metrics.fence_waits.fetch_add(1, Relaxed);
+        s.metrics.fence_waits.inc();
     };
-    match s
+    let waiting = std::time::Instant::now();
+    let entered = s
         .fences
         .enter(key, ctx.principal, gate, wait, route.fence.waiters, on_wait)
-        .await
-    {
+        .await;
+    s.metrics.waited(Wait::Fence, waiting.elapsed());
+    match entered {
         Ok((mut hold, last, waited)) => match decide() {
             // Decided again once in: the write it waited for (or one learned between the first
             // decision and now) may have changed what the store proves.
             Decision::PreconditionFailed(failure) => {
                 if waited && last == Last::Replaced {
-                    s.metrics.fence_refused.fetch_add(1, Relaxed);
+                    s.metrics.fence_refused.inc();
                 }
                 Some(failure)
             }
@@ -150,10 +151,10 @@ async fn pass(
                 NotTaken::TimedOut => (&s.metrics.fence_timeouts, "the wait elapsed"),
                 NotTaken::Full => (&s.metrics.fence_full, "fence_waiters reached"),
             };
-            counter.fetch_add(1, Relaxed);
+            counter.inc();
             // Counted every time; logged at most once a second per route (a client can cause
             // these).
-            if s.fence_warned[ctx.route.unwrap_or_default()].ready(FENCE_WARNING_PERIOD) {
+            if ctx.live.fence_warned[ctx.route.unwrap_or_default()].ready(FENCE_WARNING_PERIOD) {
                 let gate = match gate {
                     Gate::Tag(..) => "fence_wait",
                     Gate::Uncertain => "uncertain_wait",

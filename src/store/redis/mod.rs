@@ -31,8 +31,8 @@ mod scripts;
 pub mod snapshot;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -97,7 +97,12 @@ pub struct Redis {
     errors: AtomicU64,
     /// When a failure was last logged (seconds since the epoch): at most one line a second.
     warned: AtomicU64,
+    /// Told the duration of every script call (the app wires it to the metrics).
+    timed: OnceLock<RoundTrips>,
 }
+
+/// What is told of each round trip: the call's name (a fixed word) and its duration.
+pub type RoundTrips = Box<dyn Fn(&'static str, Duration) + Send + Sync>;
 
 impl Redis {
     /// A client for `settings` (the URL is parsed now; nothing is connected yet).
@@ -121,7 +126,13 @@ impl Redis {
             },
             errors: AtomicU64::new(0),
             warned: AtomicU64::new(0),
+            timed: OnceLock::new(),
         }))
+    }
+
+    /// Tells `f` the duration of every script call from now on (once; later calls are ignored).
+    pub fn time_round_trips(&self, f: RoundTrips) {
+        let _ = self.timed.set(f);
     }
 
     /// Calls that failed or timed out so far.
@@ -182,7 +193,23 @@ impl Redis {
     /// Runs `script` with `keys` and `args`, bounded by the timeout.
     async fn run<T: redis::FromRedisValue>(
         &self,
-        what: &str,
+        what: &'static str,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, SharedError> {
+        let started = Instant::now();
+        let result = self.call(what, script, keys, args).await;
+        if let Some(timed) = self.timed.get() {
+            timed(what, started.elapsed());
+        }
+        result
+    }
+
+    /// [`Redis::run`] untimed.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
         script: &redis::Script,
         keys: &[&str],
         args: &[&[u8]],
