@@ -117,6 +117,17 @@ fn init_logging(log: &config::LogSettings) {
     }
 }
 
+/// SIGHUP reloads the configuration once the server runs (`app::reload`); until its handler is
+/// installed the signal is ignored rather than left to its default action, which would end the
+/// process (a configuration manager may signal right after starting it).
+fn ignore_hangup_until_ready() {
+    // SAFETY: sets one signal's disposition to "ignore" at start, before any thread is spawned;
+    // no handler function is involved.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 fn run(config: config::Config, path: Option<PathBuf>, upgrade: bool) -> ExitCode {
     if config.server.metrics_listen.is_some() {
         tracing::warn!("{METRICS_LISTEN_DEPRECATED}");
@@ -162,16 +173,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, upgrade } => match config::load(&config) {
-            Ok(c) => {
-                init_logging(&c.log);
-                run(c, Some(config), upgrade)
+        Command::Run { config, upgrade } => {
+            ignore_hangup_until_ready();
+            match config::load(&config) {
+                Ok(c) => {
+                    init_logging(&c.log);
+                    run(c, Some(config), upgrade)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Report {
             metrics,
             token_file,

@@ -346,6 +346,17 @@ fn json_log_lines_and_the_report() {
     assert_eq!(refusals[0]["reason"], "superseded");
     assert_eq!(refusals[0]["precondition"], "If-Match");
     assert_eq!(refusals[0]["sent"], g.as_str());
+    assert_eq!(refusals[0]["sent_count"], 1);
+    assert_eq!(
+        (
+            refusals[0]["route"].as_str(),
+            refusals[0]["upstream"].as_str()
+        ),
+        (Some("/g"), Some("origin"))
+    );
+    assert!(refusals[0]["duration_ms"]
+        .as_f64()
+        .is_some_and(|d| d >= 0.0));
     // access_log: one line per request on the data port (10), the edge's answers by their
     // decision, the others as forwarded.
     assert_eq!(access.len(), 10, "{access:?}");

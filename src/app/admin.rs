@@ -114,10 +114,17 @@ impl AdminApp {
             })
             .collect();
         let ready = self.upstreams.ready();
+        let status = self.reloader.status();
         let body = serde_json::json!({
             "ready": ready,
             "upstreams": upstreams,
-            "config": self.reloader.status(),
+            // The reload's outcome, not its error text (which may repeat values from the file):
+            // this endpoint needs no token; the error is in the log and in POST /reload's answer.
+            "config": {
+                "generation": status.generation,
+                "last": status.last,
+                "at": status.at,
+            },
         });
         answer(
             if ready { 200 } else { 503 },

@@ -27,6 +27,7 @@ mod metrics_listener;
 pub mod reload;
 pub mod report;
 pub mod secret;
+pub mod tls;
 
 use crate::config::{Backend, Config};
 use crate::proxy::{Keys, LiveConfig, Precond};
@@ -65,6 +66,9 @@ pub fn preflight(config: &Config) -> std::io::Result<()> {
     if let Some(path) = &config.admin.token_file {
         admin::read_token(path)?;
     }
+    if let Some(t) = &config.server.tls {
+        tls::Certificates::load(t).map_err(std::io::Error::other)?;
+    }
     shared_store(config, &secret::derive(b"preflight: names are not used"))?;
     Upstreams::new(&config.upstreams).map(|_| ())
 }
@@ -88,19 +92,12 @@ fn shared_store(config: &Config, keys: &Keys) -> std::io::Result<Option<Arc<Redi
         )));
     }
     // A resource's state must outlive the longest write bound (a dead holder's `quiet`), or a
-    // holder after it would not wait it out.
-    let longest = config
-        .routes
-        .iter()
-        .filter(|r| r.mode == crate::config::Mode::Enforce)
-        .map(|r| config.enforce_write_bound(r))
-        .max()
-        .unwrap_or_default();
+    // holder after it would not wait it out (a reload may not lengthen it: `Config::reloadable`).
     let settings = RedisSettings {
         url: url.clone(),
         timeout: *timeout,
         lease_ttl: *lease_ttl,
-        state_ttl: config.store.ttl.max(longest + *lease_ttl),
+        state_ttl: config.shared_state_ttl().unwrap_or(config.store.ttl),
     };
     Redis::new(settings, keys.shared)
         .map(Some)
@@ -172,7 +169,20 @@ fn build_from(
         .map(|svc| server.add_boxed_service(svc))
         .collect();
     let live = Arc::new(LiveConfig::new(config.clone()));
-    let reloader = Arc::new(Reloader::new(path.clone(), live.clone(), metrics.clone()));
+    let certs = config
+        .server
+        .tls
+        .as_ref()
+        .map(tls::Certificates::load)
+        .transpose()
+        .map_err(std::io::Error::other)?;
+    let reloader = Arc::new(Reloader::new(
+        path.clone(),
+        live.clone(),
+        metrics.clone(),
+        store.clone(),
+        certs.clone(),
+    ));
     if path.is_some() {
         server.add_service(background_service(
             "precond reload on SIGHUP",
@@ -190,6 +200,11 @@ fn build_from(
     let mut service = http_proxy_service(&server.configuration, proxy);
     for addr in &config.server.listen {
         service.add_tcp(&addr.to_string());
+    }
+    if let (Some(t), Some(certs)) = (&config.server.tls, &certs) {
+        for addr in &t.listen {
+            service.add_tls_with_settings(&addr.to_string(), None, tls::listener_settings(certs)?);
+        }
     }
     let handle = server.add_service(service);
     handle.add_dependencies(pools.iter());

@@ -8,11 +8,16 @@
 //! - All or nothing: a file that does not parse or validate, or that changes what a running
 //!   process cannot change ([`Config::reloadable`]), leaves the running configuration in force;
 //!   the error (`FILE:LINE:COL` for the file's own mistakes) is logged, counted
-//!   (`precond_config_reloads_total{result="invalid"}`) and shown by `/readyz`.
+//!   (`precond_config_reloads_total{result="invalid"|"refused"}`), answered to `POST /reload`;
+//!   `/readyz` shows the outcome (never the error text: it needs no token).
 //! - A valid file is swapped in atomically (`LiveConfig::swap`): requests that started before
-//!   finish on the old configuration, requests that start after see the new one whole. The
-//!   store, the locks, the fences and open connections are kept.
+//!   finish on the old configuration, requests that start after see the new one whole. Open
+//!   connections, locks and fences are kept; so is the store, unless the new routes key or
+//!   decide requests differently ([`Config::same_resources`]): then it is forgotten before the
+//!   swap, and enforce requests of the new configuration wait for the old one's writes.
 //! - Reloads are serialised: two at once (a signal and a request) cannot interleave.
+//! - The HTTPS certificate files are re-read on every reload ([`Certificates::reload`]); a pair
+//!   that does not load fails the reload (`invalid`) and keeps the one presented.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,6 +30,9 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
 use crate::proxy::LiveConfig;
+use crate::store::Store;
+
+use super::tls::Certificates;
 use crate::telemetry::Metrics;
 
 /// What the last reload did.
@@ -32,7 +40,8 @@ use crate::telemetry::Metrics;
 pub struct Status {
     /// Configurations put in force since the start (0: the one the process started with).
     pub generation: u64,
-    /// `ok` or `invalid`; absent before the first reload.
+    /// `ok`, `invalid` (the file does not parse or validate) or `refused` (it changes what only
+    /// a restart can); absent before the first reload.
     pub last: Option<&'static str>,
     /// When (HTTP-date).
     pub at: Option<String>,
@@ -45,6 +54,12 @@ pub struct Reloader {
     path: Option<PathBuf>,
     live: Arc<LiveConfig>,
     metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    /// The HTTPS listeners' certificate, re-read on every reload.
+    certs: Option<Arc<Certificates>>,
+    /// Held for a whole reload (serialises them).
+    reloading: Mutex<()>,
+    /// Held only to read or write the status (`/readyz` never waits for a reload).
     status: Mutex<Status>,
 }
 
@@ -60,11 +75,20 @@ pub enum Reloaded {
 impl Reloader {
     /// A reloader of `path` (`None`: the process was not started from a file, and reloads are
     /// refused with a message saying so).
-    pub fn new(path: Option<PathBuf>, live: Arc<LiveConfig>, metrics: Arc<Metrics>) -> Reloader {
+    pub fn new(
+        path: Option<PathBuf>,
+        live: Arc<LiveConfig>,
+        metrics: Arc<Metrics>,
+        store: Arc<Store>,
+        certs: Option<Arc<Certificates>>,
+    ) -> Reloader {
         Reloader {
             path,
             live,
             metrics,
+            store,
+            certs,
+            reloading: Mutex::new(()),
             status: Mutex::new(Status::default()),
         }
     }
@@ -80,12 +104,27 @@ impl Reloader {
     /// Reads, validates and (when it differs) puts the file in force. `why` names the trigger
     /// in the log (`SIGHUP`, `POST /reload`).
     pub fn reload(&self, why: &str) -> Result<Reloaded, String> {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.live.config();
-        let checked = self.read().and_then(|new| {
-            current.reloadable(&new)?;
-            Ok(new)
-        });
+        // `invalid`: the file does not parse or validate; `refused`: it changes what only a
+        // restart can.
+        let checked = self
+            .read()
+            .map_err(|e| ("invalid", e))
+            .and_then(|new| {
+                current.reloadable(&new).map_err(|e| ("refused", e))?;
+                Ok(new)
+            })
+            .and_then(|new| {
+                // Last, so that a refused file changes nothing: the certificate files are re-read
+                // whether or not the configuration changed (a renewed certificate keeps its
+                // paths); a pair that does not load keeps the one presented.
+                if let Some(certs) = &self.certs {
+                    certs.reload().map_err(|e| ("invalid", e))?;
+                }
+                Ok(new)
+            });
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.at = Some(httpdate::fmt_http_date(SystemTime::now()));
         match checked {
             Ok(new) => {
@@ -93,12 +132,19 @@ impl Reloader {
                     Reloaded::Unchanged
                 } else {
                     let routes = new.routes.len();
-                    self.live.swap(Arc::new(new));
+                    let same = current.same_resources(&new);
+                    if !same {
+                        // Before the swap: no request of the new configuration may decide on
+                        // what the old routes learned.
+                        self.store.forget_all();
+                    }
+                    self.live.swap(Arc::new(new), same);
                     status.generation += 1;
                     info!(
                         trigger = why,
                         generation = status.generation,
                         routes,
+                        store_forgotten = !same,
                         "configuration reloaded: new requests use it"
                     );
                     Reloaded::Swapped
@@ -111,10 +157,10 @@ impl Reloader {
                 status.error = None;
                 Ok(outcome)
             }
-            Err(e) => {
+            Err((result, e)) => {
                 error!(trigger = why, error = %e, "configuration reload refused: the running configuration stays in force");
-                self.metrics.reloaded("invalid");
-                status.last = Some("invalid");
+                self.metrics.reloaded(result);
+                status.last = Some(result);
                 status.error = Some(e.clone());
                 Err(e)
             }

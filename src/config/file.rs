@@ -47,6 +47,11 @@ pub(super) struct RawServer {
     pub(super) metrics_listen: Option<Spanned<String>>,
     #[serde(default = "default_upgrade_sock")]
     pub(super) upgrade_sock: Spanned<String>,
+    /// HTTPS listeners (with `tls_cert` and `tls_key`).
+    #[serde(default)]
+    pub(super) tls_listen: Vec<Spanned<String>>,
+    pub(super) tls_cert: Option<Spanned<String>>,
+    pub(super) tls_key: Option<Spanned<String>>,
 }
 
 impl Default for RawServer {
@@ -58,6 +63,9 @@ impl Default for RawServer {
             graceful_shutdown_timeout: default_graceful_shutdown_timeout(),
             metrics_listen: None,
             upgrade_sock: default_upgrade_sock(),
+            tls_listen: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -78,7 +86,7 @@ pub(super) fn default_graceful_shutdown_timeout() -> Spanned<String> {
     unspanned("10s".into())
 }
 pub(super) fn default_upgrade_sock() -> Spanned<String> {
-    unspanned("/tmp/precond-upgrade.sock".into())
+    unspanned("/run/precond/upgrade.sock".into())
 }
 
 #[derive(Deserialize)]
@@ -260,6 +268,17 @@ pub(super) struct RawUpstream {
     pub(super) health_check_fall: Spanned<i64>,
     #[serde(default = "default_resolve_interval")]
     pub(super) resolve_interval: Spanned<String>,
+    /// Connect to the servers over TLS (verified).
+    #[serde(default = "default_false")]
+    pub(super) tls: Spanned<bool>,
+    /// TLS only: the name sent (SNI) and verified; default: the first server's host name.
+    pub(super) sni: Option<Spanned<String>>,
+    /// TLS only: PEM file of the CAs the servers' certificates are verified against; default:
+    /// the system's roots.
+    pub(super) ca_file: Option<Spanned<String>>,
+}
+pub(super) fn default_false() -> Spanned<bool> {
+    unspanned(false)
 }
 pub(super) fn default_selection() -> Spanned<String> {
     unspanned("round_robin".into())

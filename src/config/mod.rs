@@ -4,13 +4,14 @@
 //! `settings.rs`, the typed settings the rest of precond reads; `file.rs`, the file's schema and
 //! the one copy of every default (`config/defaults.toml` lists them and a test keeps both equal);
 //! `validate.rs`, raw file → typed settings with `FILE:LINE:COL` errors; `reload.rs`, which
-//! changes a running process can take. Nothing here holds runtime state.
+//! changes a running process can take; `tls.rs`, the HTTPS keys. Nothing here holds runtime state.
 //!
 //! Invariant: unknown keys are errors, not silently ignored.
 
 mod file;
 mod reload;
 mod settings;
+mod tls;
 mod upstream;
 mod validate;
 
@@ -19,7 +20,7 @@ use std::path::Path;
 pub use settings::{
     AdminSettings, Backend, Config, EdgeSettings, EnforceSettings, FenceSettings, HealthCheck,
     HealthProbe, LogFormat, LogSettings, Mode, Policy, Probe, Route, Scope, SecretSource,
-    Selection, Server, ServerSettings, StoreSettings, Upstream,
+    Selection, Server, ServerSettings, StoreSettings, TlsListen, Upstream, UpstreamTls,
 };
 pub use validate::ConfigError;
 

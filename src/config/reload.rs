@@ -3,17 +3,46 @@
 //! Owns: [`Config::reloadable`]. Pure: two validated configurations in, the sections that differ
 //! and need a restart (or a graceful upgrade) out.
 //!
-//! Invariant: a reload swaps routes (modes, policies, prefixes, hosts, principals, fences,
-//! enforce settings), the edge's answers (`[edge]`) and what logs repeat (`log.log_query`,
-//! `log.access_log`), and nothing else: listeners, the store and its backend, the deployment
-//! secret, the admin listener, log format and level, and upstreams (whose health checks run as
-//! services started once) keep what the process started with. Routes may name upstreams only
-//! by the names the running process has, so a route's upstream index means the same pool in
-//! both.
+//! Invariants:
+//! - A reload swaps routes (modes, policies, prefixes, hosts, principals, fences, enforce
+//!   settings) and `log.access_log`, and nothing else: listeners, the store and its backend, the
+//!   deployment secret, the admin listener, `[edge]`, the rest of `[log]`, and upstreams (whose
+//!   health checks run as services started once) keep what the process started with. So the
+//!   settings a request reads outside its route are the same in every configuration a process
+//!   runs, and a route's upstream index means the same pool in all of them.
+//! - With the shared store, a reload may not lengthen the longest enforce write bound past the
+//!   state lifetime the process started with (a dead holder's `quiet` must outlive the state
+//!   that records it: [`Config::shared_state_ttl`]).
 
-use super::Config;
+use super::{Config, Route};
 
 impl Config {
+    /// Whether `new` gives every request the same route identity, resource key and mode as
+    /// `self` (same routes in the same order, differing at most in policies, fences, enforce
+    /// settings and upstream choice). When it does not, what was learned under `self` may be
+    /// stale or another key's under `new`: a reload then forgets the store, and enforce waits
+    /// for the writes started before.
+    pub fn same_resources(&self, new: &Config) -> bool {
+        let shape = |r: &Route| {
+            (
+                r.id,
+                r.host.clone(),
+                r.path_prefix.clone(),
+                r.mode,
+                r.strict_targets,
+                r.trust_forwarded,
+                r.principal.clone(),
+                r.scope,
+            )
+        };
+        self.routes.len() == new.routes.len()
+            && self
+                .routes
+                .iter()
+                .zip(&new.routes)
+                .all(|(a, b)| shape(a) == shape(b))
+    }
+
     /// `Ok` when `new` can replace `self` in a running process; otherwise what differs, in the
     /// words of the file (each needs a restart or a graceful upgrade).
     pub fn reloadable(&self, new: &Config) -> Result<(), String> {
@@ -30,22 +59,36 @@ impl Config {
         if self.admin != new.admin {
             fixed.push("[admin]");
         }
-        if self.log.format != new.log.format || self.log.level != new.log.level {
-            fixed.push("log.format or log.level");
+        if self.edge != new.edge {
+            fixed.push("[edge]");
+        }
+        if self.log.format != new.log.format
+            || self.log.level != new.log.level
+            || self.log.log_query != new.log.log_query
+        {
+            fixed.push("log.format, log.level or log.log_query");
         }
         if self.upstreams != new.upstreams {
             fixed.push("[[upstream]]");
         }
-        if fixed.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} changed: a reload swaps routes, [edge] and log.log_query / log.access_log \
-                 only; the rest needs a restart or a graceful upgrade (precond run --upgrade). \
-                 The running configuration stays in force",
+        if !fixed.is_empty() {
+            return Err(format!(
+                "{} changed: a reload swaps routes and log.access_log only; the rest needs a \
+                 restart or a graceful upgrade (scripts/upgrade)",
                 fixed.join(", ")
-            ))
+            ));
         }
+        if let (Some(running), Some(wanted)) = (self.shared_state_ttl(), new.shared_state_ttl()) {
+            if wanted > running {
+                return Err(format!(
+                    "the new routes' longest enforce write bound needs the shared store to keep \
+                     a resource's state {wanted:?}, longer than the {running:?} this process \
+                     started with: raise store.ttl to at least {wanted:?} and restart, or \
+                     shorten the enforce timeouts"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -68,13 +111,24 @@ mode = "guard"
 "#;
 
     #[test]
-    fn routes_edge_and_log_query_may_change() {
+    fn routes_and_the_access_log_may_change() {
         let a = parse(BASE).unwrap();
-        let text = BASE.replace("mode = \"guard\"", "mode = \"enforce\"")
-            + "\n[edge]\ndisclose_validators = false\n\n[log]\nlog_query = true\naccess_log = true\n";
+        let text =
+            BASE.replace("mode = \"guard\"", "mode = \"enforce\"") + "\n[log]\naccess_log = true\n";
         let b = parse(&text).unwrap();
         assert_ne!(a, b);
         assert_eq!(a.reloadable(&b), Ok(()));
+    }
+
+    #[test]
+    fn a_mode_or_a_prefix_change_changes_the_resources_a_policy_change_does_not() {
+        let a = parse(BASE).unwrap();
+        let policy = parse(&(BASE.to_string() + "policy = \"mismatch\"\n")).unwrap();
+        assert!(a.same_resources(&policy));
+        let mode = parse(&BASE.replace("mode = \"guard\"", "mode = \"enforce\"")).unwrap();
+        assert!(!a.same_resources(&mode));
+        let prefix = parse(&BASE.replace("path_prefix = \"/\"", "path_prefix = \"/a\"")).unwrap();
+        assert!(!a.same_resources(&prefix));
     }
 
     #[test]
@@ -95,11 +149,34 @@ mode = "guard"
                 BASE.to_string() + "\n[admin]\nlisten = \"127.0.0.1:9901\"\n",
                 "[admin]",
             ),
+            (
+                BASE.to_string() + "\n[edge]\ndisclose_validators = false\n",
+                "[edge]",
+            ),
+            (
+                BASE.to_string() + "\n[log]\nlog_query = true\n",
+                "log.log_query",
+            ),
         ] {
             let b = parse(&change).unwrap();
             let e = a.reloadable(&b).unwrap_err();
             assert!(e.contains(named), "{named}: {e}");
             assert!(e.contains("restart"), "{e}");
         }
+    }
+
+    #[test]
+    fn with_redis_a_reload_may_not_outgrow_the_state_lifetime() {
+        let redis = BASE.to_string()
+            + "\n[store]\nttl = \"30s\"\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n";
+        let a = parse(&redis).unwrap();
+        // An enforce route's bound (timeouts of its upstream) is longer than 30 s.
+        let b = parse(&redis.replace("mode = \"guard\"", "mode = \"enforce\"")).unwrap();
+        let e = a.reloadable(&b).unwrap_err();
+        assert!(e.contains("store.ttl"), "{e}");
+        // Without Redis the same change is fine.
+        let a = parse(BASE).unwrap();
+        let b = parse(&BASE.replace("mode = \"guard\"", "mode = \"enforce\"")).unwrap();
+        assert_eq!(a.reloadable(&b), Ok(()));
     }
 }

@@ -61,6 +61,8 @@ pub struct ServerSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// The Unix socket a graceful upgrade hands the listeners over (`precond run --upgrade`).
     pub upgrade_sock: std::path::PathBuf,
+    /// HTTPS listeners: addresses, certificate chain and key files (PEM).
+    pub tls: Option<TlsListen>,
 }
 
 /// Validator store bounds.
@@ -184,6 +186,28 @@ pub struct Upstream {
     /// Idle pooled connections are closed after this long (keep it below the origin's keep-alive
     /// timeout so that no write lands on a connection the origin already closed).
     pub idle_timeout: Duration,
+    /// TLS to the servers, when on.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// The HTTPS listeners of `[server]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsListen {
+    /// Addresses (`tls_listen`).
+    pub listen: Vec<SocketAddr>,
+    /// Certificate chain, leaf first (`tls_cert`, PEM).
+    pub cert: std::path::PathBuf,
+    /// Private key (`tls_key`, PEM).
+    pub key: std::path::PathBuf,
+}
+
+/// TLS to an upstream's servers (`tls = true`): certificates are always verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent in SNI and verified against the certificate.
+    pub sni: String,
+    /// CAs to verify against (PEM); `None`: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// One server of an upstream: `host:port`, where the host is an IP literal or a DNS name.
@@ -373,6 +397,23 @@ impl Route {
 }
 
 impl Config {
+    /// How long the shared store (`store.backend = "redis"`) keeps a resource's state: at least
+    /// `store.ttl`, and longer than the longest enforce write bound plus the lease (a dead
+    /// holder's `quiet` must outlive the state that records it). `None` without Redis.
+    pub fn shared_state_ttl(&self) -> Option<Duration> {
+        let Backend::Redis { lease_ttl, .. } = &self.store.backend else {
+            return None;
+        };
+        let longest = self
+            .routes
+            .iter()
+            .filter(|r| r.mode == Mode::Enforce)
+            .map(|r| self.enforce_write_bound(r))
+            .max()
+            .unwrap_or_default();
+        Some(self.store.ttl.max(longest + *lease_ttl))
+    }
+
     /// How long an enforce write on `route` may be in flight at the origin once precond forwards
     /// it, by precond's own timeouts: its body upload (`write_body_timeout`), a connection
     /// attempt to each server of the upstream, one write and one read timeout. (A read timeout

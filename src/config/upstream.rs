@@ -8,7 +8,7 @@
 use toml::Spanned;
 
 use super::file::RawUpstream;
-use super::settings::{HealthCheck, HealthProbe, Selection, Server, Upstream};
+use super::settings::{HealthCheck, HealthProbe, Selection, Server, Upstream, UpstreamTls};
 use super::validate::{ConfigError, Validator};
 
 /// Largest weight of one server (Ketama places `weight` times as many points on its ring).
@@ -110,7 +110,35 @@ impl Validator<'_> {
                 "upstream.resolve_interval must be at least 1s",
             ));
         }
+        let tls = match (*u.tls.get_ref(), &u.sni, &u.ca_file) {
+            (true, sni, ca) => {
+                let sni = match sni {
+                    Some(s) => {
+                        let s = s.get_ref().trim();
+                        if s.is_empty() || s.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                            return Err(self.err(
+                                u.sni.as_ref().map_or(span.clone(), |s| s.span()),
+                                "upstream.sni must be a host name",
+                            ));
+                        }
+                        s.to_ascii_lowercase()
+                    }
+                    // The first server's host as written (an IP literal is verified as such).
+                    None => servers[0].host.to_ascii_lowercase(),
+                };
+                let ca_file = ca.as_ref().map(|c| std::path::PathBuf::from(c.get_ref()));
+                Some(UpstreamTls { sni, ca_file })
+            }
+            (false, Some(s), _) => {
+                return Err(self.err(s.span(), "upstream.sni applies to tls = true only"))
+            }
+            (false, None, Some(c)) => {
+                return Err(self.err(c.span(), "upstream.ca_file applies to tls = true only"))
+            }
+            (false, None, None) => None,
+        };
         Ok(Upstream {
+            tls,
             servers,
             selection,
             health: HealthCheck {

@@ -134,7 +134,7 @@ impl Validator<'_> {
         Ok(n as u64)
     }
 
-    fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
+    pub(super) fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
         let s = v.get_ref().trim();
         let mut addrs = s.to_socket_addrs().map_err(|e| {
             self.err(
@@ -359,6 +359,7 @@ impl Validator<'_> {
                 }
                 p
             },
+            tls: self.tls_listen(s)?,
         };
         let ttl = self.duration(&raw.store.ttl, "store.ttl")?;
         if ttl.is_zero() {

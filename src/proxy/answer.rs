@@ -12,6 +12,7 @@
 //!   chunked or `Expect: 100-continue` bodies are not read (Pingora then closes the connection).
 //! - An edge 412 discloses the current validators only when `edge.disclose_validators` is on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,9 +28,44 @@ use crate::precondition::{Failure, Field};
 use crate::store::{Entry, Meta, META_HEADERS};
 use crate::telemetry::redact::{self, Shown};
 
+use super::ctx::Ctx;
 use super::problem::{self, PreconditionFailed};
 use super::select;
-use super::shared::Shared;
+use super::shared::{Routes, Shared};
+
+/// Where an edge answer is given, for its decision line: the request's route and upstream (as
+/// the metrics name them, from the configuration it started under) and when it started.
+pub(crate) struct Where {
+    live: Arc<Routes>,
+    route: Option<usize>,
+    started: std::time::Instant,
+}
+
+impl Where {
+    /// The request of `ctx`.
+    pub(crate) fn of(ctx: &Ctx) -> Where {
+        Where {
+            live: ctx.live.clone(),
+            route: ctx.route,
+            started: ctx.started,
+        }
+    }
+
+    fn route(&self) -> &str {
+        self.route.map_or("", |i| self.live.labels[i].as_str())
+    }
+
+    fn upstream(&self) -> &str {
+        self.route.map_or("", |i| {
+            let c = &self.live.config;
+            c.upstreams[c.routes[i].upstream].name.as_str()
+        })
+    }
+
+    fn duration_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
+}
 
 /// Header on every answer precond makes itself, saying what it decided.
 pub const DECISION_HEADER: &str = "Precond-Decision";
@@ -51,7 +87,8 @@ const DECISIONS: [&str; 11] = [
 ];
 
 /// The decision of a finished request, as a metric label: the first word of the edge's
-/// [`DECISION_HEADER`], else `forwarded` when the request reached an upstream, else `none`
+/// [`DECISION_HEADER`], else `forwarded` when the request reached an upstream (an `enforce`
+/// read precond fetched and relayed included), else `none`
 /// (the client left before an answer, or Pingora answered itself).
 pub(crate) fn decision_label(header: Option<&[u8]>, forwarded: bool) -> &'static str {
     match header {
@@ -224,6 +261,7 @@ pub(crate) async fn reject(
     session: &mut Session,
     failure: Failure,
     entry: Option<&Entry>,
+    at: &Where,
 ) -> Result<()> {
     let req = session.req_header();
     let name = match failure.field {
@@ -274,12 +312,16 @@ pub(crate) async fn reject(
     let code = failure.reason.code();
     info!(
         decision = "412",
+        route = at.route(),
         method = %method,
         path = %path,
         precondition = failure.field.header_name(),
         reason = code,
         sent = %sent.join(", "),
+        sent_count = sent.len(),
         current = %current_etags.as_deref().map(|c| c.join(", ")).unwrap_or_default(),
+        upstream = at.upstream(),
+        duration_ms = at.duration_ms(),
         "write refused at the edge"
     );
     s.metrics.reject(failure.field, failure.reason);
@@ -317,11 +359,19 @@ pub(crate) async fn key_too_long(s: &Shared, session: &mut Session) -> Result<()
 }
 
 /// 428: the route requires a usable precondition on this method and the request has none.
-pub(crate) async fn require(s: &Shared, session: &mut Session) -> Result<()> {
+pub(crate) async fn require(s: &Shared, session: &mut Session, at: &Where) -> Result<()> {
     let req = session.req_header();
     let method = Shown(req.method.as_str()).to_string();
     let path = s.shown_target(req);
-    info!(decision = "428", method = %method, path = %path, "write without a usable precondition");
+    info!(
+        decision = "428",
+        route = at.route(),
+        method = %method,
+        path = %path,
+        upstream = at.upstream(),
+        duration_ms = at.duration_ms(),
+        "write without a usable precondition"
+    );
     s.metrics.required.inc();
     let body = problem::precondition_required(&method, &path);
     respond(s, session, 428, "required", body, &[]).await
@@ -404,8 +454,21 @@ pub(crate) async fn not_modified(
     etag: Option<Vec<u8>>,
     last_modified: Option<crate::precondition::Timestamp>,
     meta: &Meta,
+    at: &Where,
 ) -> Result<()> {
     s.metrics.not_modified(failure.field);
+    let req = session.req_header();
+    info!(
+        decision = "304",
+        route = at.route(),
+        method = %Shown(req.method.as_str()),
+        path = %s.shown_target(req),
+        precondition = failure.field.header_name(),
+        current = %etag.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
+        upstream = at.upstream(),
+        duration_ms = at.duration_ms(),
+        "read answered 304 at the edge"
+    );
     let mut resp = ResponseHeader::build(304, Some(8))?;
     resp.insert_header(
         header::DATE,

@@ -13,12 +13,14 @@ use crate::store::Ticket;
 
 use super::guard::fence::Hold;
 use super::locks::KeyGuard;
-use super::shared::Routes;
+use super::shared::{GenerationWrite, Routes};
 
 /// Per-request state.
 pub struct Ctx {
     /// The configuration the request started under (kept to its end: `route` indexes it).
     pub(crate) live: Arc<Routes>,
+    /// A write, counted in `live`'s generation until the request ends.
+    pub(crate) generation_write: Option<GenerationWrite>,
     /// Index of the matched route in the configuration.
     pub(crate) route: Option<usize>,
     pub(crate) method: Method,
@@ -30,6 +32,8 @@ pub struct Ctx {
     /// Whose partition the request reads and teaches.
     pub(crate) principal: Principal,
     pub(crate) forwarded: bool,
+    /// `enforce`: a read precond fetched from the origin itself and relayed.
+    pub(crate) relayed: bool,
     pub(crate) learned: bool,
     /// `enforce`: the per-resource write lock, held until the origin's answer is learned.
     pub(crate) write_lock: Option<KeyGuard<OwnedKey>>,
@@ -69,6 +73,7 @@ impl Ctx {
     pub(crate) fn new(live: Arc<Routes>) -> Ctx {
         Ctx {
             live,
+            generation_write: None,
             route: None,
             method: Method::Other,
             key: None,
@@ -76,6 +81,7 @@ impl Ctx {
             shared_ticket: None,
             principal: Principal::SHARED,
             forwarded: false,
+            relayed: false,
             learned: false,
             write_lock: None,
             lease: None,

@@ -95,9 +95,9 @@ impl Precond {
             .and_then(|r| r.headers.get(DECISION_HEADER))
             .map(HeaderValue::as_bytes);
         self.s.metrics.request(
-            route.map_or("", |r| r.path_prefix.as_str()),
+            ctx.route.map_or("", |i| ctx.live.labels[i].as_str()),
             route.map_or("none", |r| r.mode.name()),
-            answer::decision_label(header, ctx.forwarded),
+            answer::decision_label(header, ctx.forwarded || ctx.relayed),
             ctx.started.elapsed(),
         );
     }
@@ -183,6 +183,9 @@ impl ProxyHttp for Precond {
         };
         ctx.route = Some(idx);
         ctx.method = Method::from_bytes(req.method.as_str().as_bytes());
+        if ctx.method.changes_state() {
+            ctx.generation_write = Some(live.write_started());
+        }
         if route.mode == Mode::Pass {
             return Ok(false);
         }

@@ -90,6 +90,11 @@ impl Record {
         self.learned_at.elapsed()
     }
 
+    /// When the state was learned.
+    pub(super) fn learned_at(&self) -> Instant {
+        self.learned_at
+    }
+
     /// The ticket of the latest read that confirmed a partition in place.
     pub(super) fn read_since(&self) -> u64 {
         self.read_since.load(Ordering::Acquire)

@@ -36,7 +36,7 @@ pub mod summary;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
 
@@ -72,6 +72,11 @@ pub struct Store {
     seq: AtomicU64,
     /// Records removed by the bounds: `[size, expired]`.
     evicted: Arc<[AtomicU64; 2]>,
+    /// When the store was made: the origin of `forgotten`.
+    born: Instant,
+    /// Nanoseconds after `born` of the last [`Store::forget_all`]: records learned until then
+    /// are treated as expired.
+    forgotten: AtomicU64,
     /// The lost-update census of `observe` routes.
     census: census::Census,
 }
@@ -138,6 +143,8 @@ impl Store {
             ttl,
             seq: AtomicU64::new(1),
             evicted,
+            born: Instant::now(),
+            forgotten: AtomicU64::new(0),
             census: census::Census::new(DEFAULT_CENSUS_BYTES, ttl, rand_seed(3)),
         }
     }
@@ -173,9 +180,24 @@ impl Store {
         Ticket(self.seq.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
-    /// Whether a record is younger than the store's TTL.
+    /// Whether a record is younger than the store's TTL, and was learned after the last
+    /// [`Store::forget_all`].
     pub fn is_fresh(&self, record: &Record) -> bool {
-        record.age() < self.ttl
+        record.age() < self.ttl && {
+            let forgotten = self.forgotten.load(Ordering::Acquire);
+            forgotten == 0
+                || nanos(record.learned_at().saturating_duration_since(self.born)) > forgotten
+        }
+    }
+
+    /// Forgets everything learned until now (a reload changed which route, key or mode a
+    /// request gets: what was learned under the old routes may be stale under the new ones).
+    /// Records are treated as expired from now on (never used to decide, and a read that
+    /// started before a record's last write cannot re-create it), and leave the store as
+    /// expired records do.
+    pub fn forget_all(&self) {
+        self.forgotten
+            .fetch_max(nanos(self.born.elapsed()).max(1), Ordering::AcqRel);
     }
 
     /// The fast path: calls `f` with the index slot of `who`'s partition of `key`, without
@@ -360,6 +382,11 @@ const DEFAULT_CENSUS_BYTES: u64 = 16 << 20;
 
 /// A per-process random seed, so that key hashes cannot be precomputed by clients; `n` tells
 /// the store's independent hash functions apart.
+/// A duration in nanoseconds, saturated.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn rand_seed(n: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -412,6 +439,28 @@ mod tests {
         let e = s.get(&k("/a"), P0).unwrap();
         assert!(e.was_replaced(&tag("\"v1\"")));
         assert!(e.is_current_strong(&tag("\"v2\"")));
+    }
+
+    #[test]
+    fn forget_all_distrusts_what_was_learned_and_lets_later_exchanges_teach() {
+        let s = store();
+        let before = s.ticket();
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v1\"")));
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Put, 204, Some("\"v2\"")));
+        assert!(s.get(&k("/a"), P0).is_some());
+        s.forget_all();
+        assert!(
+            s.get(&k("/a"), P0).is_none(),
+            "nothing learned before is used"
+        );
+        // A read that started before the forgotten write cannot bring its state back...
+        s.learn(&k("/a"), before, &obs(Method::Get, 200, Some("\"v1\"")));
+        assert!(s.get(&k("/a"), P0).is_none());
+        // ...one that starts now teaches from scratch (v1 is not remembered as replaced).
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v3\"")));
+        let e = s.get(&k("/a"), P0).unwrap();
+        assert!(e.is_current_strong(&tag("\"v3\"")));
+        assert!(!e.was_replaced(&tag("\"v1\"")));
     }
 
     #[test]

@@ -32,11 +32,13 @@ impl HealthObserve for Observer {
 }
 
 /// The health check `settings` describe (`None` for `health_check = "none"`).
-/// `host` is the `Host` header of an `http` check (the first server as written).
+/// `host` is the `Host` header of an `http` check (the first server as written); `tls` (SNI
+/// name and CAs) makes an `http` check speak TLS, verified as requests are.
 pub(super) fn checker(
     upstream: &str,
     host: &str,
     settings: &Settings,
+    tls: Option<(&str, Option<super::tls::Cas>)>,
 ) -> Option<Box<dyn HealthCheck + Send + Sync + 'static>> {
     let observer = || {
         Some(Box::new(Observer {
@@ -55,7 +57,11 @@ pub(super) fn checker(
             Some(c)
         }
         HealthProbe::Http { path } => {
-            let mut c = HttpHealthCheck::new(host, false);
+            let mut c = HttpHealthCheck::new(host, tls.is_some());
+            if let Some((sni, cas)) = tls {
+                c.peer_template.sni = sni.to_string();
+                c.peer_template.options.ca = cas;
+            }
             let mut req = RequestHeader::build("GET", path.as_bytes(), None).ok()?;
             req.insert_header("Host", host).ok()?;
             req.insert_header("User-Agent", "precond-health-check")

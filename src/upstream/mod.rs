@@ -3,7 +3,7 @@
 //! Selection (`round_robin`, `consistent` by canonical resource, `random`, with weights), active
 //! health checks and periodic re-resolution of host names all come from `pingora-load-balancing`;
 //! this module maps the configuration onto it (`pool`), resolves servers (`discovery`) and
-//! builds the checks (`health`). The proxy asks a [`Pool`] for a server and decides retries
+//! builds the checks (`health`) and the CAs of upstream TLS (`tls`). The proxy asks a [`Pool`] for a server and decides retries
 //! itself (a request is retried on another server only when no connection could be made).
 //!
 //! Invariants: a pool never returns an unhealthy server, nor one the request already failed to
@@ -13,6 +13,7 @@
 mod discovery;
 mod health;
 mod pool;
+mod tls;
 
 pub use pool::Pool;
 

@@ -4,7 +4,9 @@
 //!
 //! Owns: [`Pool`]. Invariants: [`Pool::select`] returns only a server that is healthy (or not
 //! checked) and that the request has not already failed to connect to; every peer carries the
-//! upstream's connect, read, write and idle timeouts.
+//! upstream's connect, read, write and idle timeouts, and, with `tls = true`, its SNI name and
+//! CAs; certificates are always verified (chain and host name: Pingora's defaults, never
+//! turned off here).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use crate::config::{HealthProbe, Selection, Upstream};
 
 use super::discovery::Resolver;
 use super::health;
+use super::tls::{read_cas, Cas};
 
 /// Candidates examined per selection (Ketama walks its ring past unhealthy or tried servers).
 const MAX_ITERATIONS: usize = 256;
@@ -35,13 +38,19 @@ enum Balancer {
 /// One upstream's servers and how requests are spread over them.
 pub struct Pool {
     settings: Upstream,
+    /// `tls = true` with a `ca_file`: its CAs.
+    cas: Option<Cas>,
     balancer: Balancer,
     /// Whether a background service must run (health checks, or host names to resolve again).
     background: bool,
 }
 
 /// Builds the balancer of one selection kind.
-fn balancer<S>(u: &Upstream, resolver: Resolver) -> std::io::Result<LoadBalancer<S>>
+fn balancer<S>(
+    u: &Upstream,
+    resolver: Resolver,
+    cas: Option<&Cas>,
+) -> std::io::Result<LoadBalancer<S>>
 where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
@@ -54,7 +63,8 @@ where
         .ok_or_else(|| std::io::Error::other("initial discovery did not complete"))?
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let host = u.servers.first().map(|s| s.to_string()).unwrap_or_default();
-    if let Some(check) = health::checker(&u.name, &host, &u.health) {
+    let tls = u.tls.as_ref().map(|t| (t.sni.as_str(), cas.cloned()));
+    if let Some(check) = health::checker(&u.name, &host, &u.health, tls) {
         lb.set_health_check(check);
         lb.health_check_frequency = Some(u.health.interval);
         lb.parallel_health_check = true;
@@ -96,14 +106,22 @@ where
 impl Pool {
     /// The pool of upstream `u`: resolves its host names now (an error names the server).
     pub fn new(u: &Upstream) -> std::io::Result<Pool> {
+        let cas = u
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca_file.as_deref())
+            .map(read_cas)
+            .transpose()?;
         let resolver = Resolver::new(&u.name, &u.servers)?;
         let background = resolver.has_names() || u.health.probe != HealthProbe::None;
+        let c = cas.as_ref();
         let balancer = match u.selection {
-            Selection::RoundRobin => Balancer::RoundRobin(Arc::new(balancer(u, resolver)?)),
-            Selection::Consistent => Balancer::Consistent(Arc::new(balancer(u, resolver)?)),
-            Selection::Random => Balancer::Random(Arc::new(balancer(u, resolver)?)),
+            Selection::RoundRobin => Balancer::RoundRobin(Arc::new(balancer(u, resolver, c)?)),
+            Selection::Consistent => Balancer::Consistent(Arc::new(balancer(u, resolver, c)?)),
+            Selection::Random => Balancer::Random(Arc::new(balancer(u, resolver, c)?)),
         };
         Ok(Pool {
+            cas,
             settings: u.clone(),
             balancer,
             background,
@@ -150,10 +168,19 @@ impl Pool {
             .max(1) as u64
     }
 
-    /// The peer for `addr`, with the upstream's timeouts.
+    /// The peer for `addr`, with the upstream's timeouts (and TLS: SNI, CAs, verification).
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let u = &self.settings;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &u.tls {
+            Some(t) => {
+                let mut p = HttpPeer::new(addr, true, t.sni.clone());
+                p.options.verify_cert = true;
+                p.options.verify_hostname = true;
+                p.options.ca = self.cas.clone();
+                p
+            }
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(u.connect_timeout);
         peer.options.read_timeout = Some(u.read_timeout);
         peer.options.write_timeout = Some(u.write_timeout);

@@ -39,7 +39,7 @@ use crate::store::{Entry, Tag, META_HEADERS};
 use crate::telemetry::redact::Shown;
 use crate::telemetry::Wait;
 
-use super::answer;
+use super::answer::{self, Where};
 use super::ctx::Ctx;
 use super::headers::{conditional, has_date_precondition, header_bytes};
 use super::select;
@@ -106,6 +106,7 @@ async fn refused_on_peek(
     judged: Method,
     required: bool,
     res: &Resource,
+    at: &Where,
 ) -> Result<bool> {
     let Some(redis) = &s.redis else {
         return Ok(false);
@@ -125,7 +126,7 @@ async fn refused_on_peek(
     let cond = conditional(&session.req_header().headers, judged);
     match evaluate(&cond, &current_of(&entry), required) {
         Decision::PreconditionFailed(f) => {
-            answer::reject(s, session, f, Some(&entry)).await?;
+            answer::reject(s, session, f, Some(&entry), at).await?;
             Ok(true)
         }
         _ => Ok(false),
@@ -159,6 +160,19 @@ pub(crate) async fn request(
     route: &Route,
     key: OwnedKey,
 ) -> Result<bool> {
+    // A reload changed which route, key or mode requests get: writes started under the earlier
+    // configuration are not serialised by this one's locks, and the state they leave was
+    // never learned. They finish first (bounded by `write_wait`).
+    let wait = route.enforce.write_wait;
+    if !ctx
+        .live
+        .earlier_writes_done(std::time::Instant::now() + wait)
+        .await
+    {
+        warn!(path = %s.shown_target(session.req_header()), "a write started under the previous configuration is still in flight");
+        answer::write_busy(s, session, wait).await?;
+        return Ok(true);
+    }
     // Reads, ranged or not: `Range` is ignored on enforce routes (a full 200), because the
     // origin cannot evaluate `If-Range` against tags precond synthesised (RFC 9110 §14.2 lets
     // a server ignore Range).
@@ -197,11 +211,20 @@ async fn read(
                 Decision::NotModified(f) => {
                     let meta = entry.meta.as_deref().cloned().unwrap_or_default();
                     let tag = current_of(&entry).etag.map(|t| t.to_wire());
-                    answer::not_modified(s, session, f, tag, entry.current_lm, &meta).await?;
+                    answer::not_modified(
+                        s,
+                        session,
+                        f,
+                        tag,
+                        entry.current_lm,
+                        &meta,
+                        &Where::of(ctx),
+                    )
+                    .await?;
                     return Ok(true);
                 }
                 Decision::PreconditionFailed(f) => {
-                    answer::reject(s, session, f, Some(&entry)).await?;
+                    answer::reject(s, session, f, Some(&entry), &Where::of(ctx)).await?;
                     return Ok(true);
                 }
                 _ => {}
@@ -234,13 +257,13 @@ async fn read(
             Decision::NotModified(f) => {
                 let meta =
                     META_HEADERS.map(|n| header_bytes(&fetched.header, n).map(Box::<[u8]>::from));
-                answer::not_modified(s, session, f, tag, lm, &meta).await?;
+                answer::not_modified(s, session, f, tag, lm, &meta, &Where::of(ctx)).await?;
                 fetched.finish(&s.connector, &peer).await;
                 return Ok(true);
             }
             Decision::PreconditionFailed(f) => {
                 let entry = s.store.get(&key.as_key(), ctx.principal);
-                answer::reject(s, session, f, entry.as_deref()).await?;
+                answer::reject(s, session, f, entry.as_deref(), &Where::of(ctx)).await?;
                 fetched.finish(&s.connector, &peer).await;
                 return Ok(true);
             }
@@ -248,6 +271,7 @@ async fn read(
         }
     }
     // 4. Relay the response, with the synthesised tag.
+    ctx.relayed = true;
     relay(s, session, fetched, &peer, tag.filter(|_| synthetic)).await?;
     Ok(true)
 }
@@ -272,7 +296,7 @@ async fn write(
     // A refusal that does not depend on the resource's state is answered without waiting for
     // (or holding) its lock.
     if required && !has_any {
-        answer::require(s, session).await?;
+        answer::require(s, session, &Where::of(ctx)).await?;
         return Ok(true);
     }
     // With a shared store: a write whose precondition the published state already proves false
@@ -283,7 +307,7 @@ async fn write(
         .as_ref()
         .map(|r| r.resource(&key.as_key(), ctx.principal));
     if let (true, Some(res)) = (has_any, &shared_res) {
-        if refused_on_peek(s, session, judged, required, res).await? {
+        if refused_on_peek(s, session, judged, required, res, &Where::of(ctx)).await? {
             return Ok(true);
         }
     }
@@ -412,13 +436,13 @@ async fn write(
                     Decision::PreconditionFailed(f) => {
                         end_unchanged(ctx, probed_snapshot.as_ref()).await;
                         ctx.write_lock = None;
-                        answer::reject(s, session, f, Some(entry)).await?;
+                        answer::reject(s, session, f, Some(entry), &Where::of(ctx)).await?;
                         return Ok(true);
                     }
                     Decision::PreconditionRequired => {
                         end_unchanged(ctx, probed_snapshot.as_ref()).await;
                         ctx.write_lock = None;
-                        answer::require(s, session).await?;
+                        answer::require(s, session, &Where::of(ctx)).await?;
                         return Ok(true);
                     }
                     _ => ctx.strip_tags = entry.synthetic,
@@ -435,7 +459,7 @@ async fn write(
                 {
                     end_unchanged(ctx, probed_snapshot.as_ref()).await;
                     ctx.write_lock = None;
-                    answer::require(s, session).await?;
+                    answer::require(s, session, &Where::of(ctx)).await?;
                     return Ok(true);
                 }
                 info!(
@@ -448,7 +472,7 @@ async fn write(
     // Shared store: the write's bound in flight is recorded before it is sent, so that a holder
     // after it whose chain is broken waits it out.
     if let Some(lease) = &ctx.lease {
-        let hold = s.config().enforce_write_bound(route);
+        let hold = ctx.live.config.enforce_write_bound(route);
         match lease.mark_forwarding(hold).await {
             Ok(true) => {}
             Ok(false) => {

@@ -30,7 +30,7 @@ use crate::store::guard_decision;
 use crate::telemetry::redact::Shown;
 use crate::telemetry::Wait;
 
-use super::answer;
+use super::answer::{self, Where};
 use super::ctx::Ctx;
 use super::headers::conditional;
 use super::locks::NotTaken;
@@ -188,6 +188,6 @@ async fn refuse(
         .is_none()
         .then(|| s.store.get(&key.as_key(), ctx.principal))
         .flatten();
-    answer::reject(s, session, failure, known.as_deref()).await?;
+    answer::reject(s, session, failure, known.as_deref(), &Where::of(ctx)).await?;
     Ok(true)
 }

@@ -1,0 +1,320 @@
+//! TLS on both sides (issue 13), with a CA and certificates generated at run time (`rcgen`):
+//! HTTPS termination with ALPN `h2` and `http/1.1` (guard works over both: curl is the client),
+//! upstream TLS with SNI and verification (a CA file accepts the origin; the system roots and a
+//! wrong name refuse it), and the certificate re-read on reload while the old one keeps serving
+//! when the new files are bad.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use precond::demo::{DemoOrigin, Tags};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+
+/// A CA and a way to issue leaf certificates for `localhost` and 127.0.0.1.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    dir: PathBuf,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let dir = std::env::temp_dir().join(format!("precond-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("precond test CA {name}"));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Ca { cert, key, dir }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Issues a certificate for `localhost` and 127.0.0.1, written to `NAME.pem` and
+    /// `NAME.key`; returns both paths.
+    fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("precond {name}"));
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// `[server]` lines for an HTTPS listener.
+fn tls_server(addr: SocketAddr, cert: &Path, key: &Path) -> String {
+    format!(
+        "tls_listen = [\"{addr}\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// curl against `https://localhost:PORT{path}` trusting `ca`: (`http_version http_code`,
+/// headers, body).
+fn curl(addr: SocketAddr, ca: &Path, args: &[&str], path: &str) -> (String, String, String) {
+    let dir = std::env::temp_dir();
+    let headers = dir.join(format!(
+        "precond-tls-h-{}-{}",
+        std::process::id(),
+        addr.port()
+    ));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("localhost:{}:127.0.0.1", addr.port()))
+        .arg("-D")
+        .arg(&headers)
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .args(args)
+        .arg(format!("https://localhost:{}{path}", addr.port()))
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let h = std::fs::read_to_string(&headers).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (status.to_string(), h, body.to_string())
+}
+
+fn etag_of(headers: &str) -> String {
+    headers
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no ETag in {headers}"))
+}
+
+#[test]
+fn https_downstream_speaks_h2_and_http11_and_guard_decides_over_both() {
+    let ca = Ca::new("down");
+    let (cert, key) = ca.issue("server");
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
+    let https = free_addr();
+    let text = guard_config("superseded").replace(
+        "[server]\n",
+        &format!("[server]\n{}", tls_server(https, &cert, &key)),
+    );
+    let _p = proxy(&text, origin.addr);
+    let ca_file = ca.ca_file();
+    let (status, ..) = curl(https, &ca_file, &["-X", "PUT", "-d", "{}"], "/items/t9");
+    assert_eq!(status, "2 201", "ALPN chose h2");
+    let (status, h, _) = curl(https, &ca_file, &[], "/items/t9");
+    assert_eq!(status, "2 200");
+    let t1 = etag_of(&h);
+    let im = format!("If-Match: {t1}");
+    let (status, ..) = curl(
+        https,
+        &ca_file,
+        &["--http1.1", "-X", "PUT", "-H", &im, "-d", "{}"],
+        "/items/t9",
+    );
+    assert_eq!(status, "1.1 200", "http/1.1 is offered too");
+    // The stale write, over h2: refused at the edge.
+    let (status, h, body) = curl(
+        https,
+        &ca_file,
+        &["-X", "PUT", "-H", &im, "-d", "{}"],
+        "/items/t9",
+    );
+    assert_eq!(status, "2 412", "{body}");
+    assert!(
+        h.to_ascii_lowercase()
+            .contains("precond-decision: rejected"),
+        "{h}"
+    );
+    // A client that does not trust the CA cannot talk to it.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--resolve"])
+        .arg(format!("localhost:{}:127.0.0.1", https.port()))
+        .arg(format!("https://localhost:{}/items/1", https.port()))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate is refused by curl"
+    );
+}
+
+#[test]
+fn upstream_tls_verifies_the_origin_by_its_ca_and_name() {
+    let ca = Ca::new("up");
+    let (cert, key) = ca.issue("origin");
+    let demo = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
+    // The TLS origin: a precond (pass) terminating TLS in front of the demo origin.
+    let origin_tls = free_addr();
+    let origin_text = route_config("mode = \"pass\"").replace(
+        "[server]\n",
+        &format!("[server]\n{}", tls_server(origin_tls, &cert, &key)),
+    );
+    let _origin = proxy(&origin_text, demo.addr);
+    let front = |upstream_tls: &str| {
+        let text = guard_config("superseded").replace("connect_timeout = \"1s\"", upstream_tls);
+        proxy(&text, origin_tls)
+    };
+    let ca_line = format!("ca_file = \"{}\"", ca.ca_file().display());
+    let verified = front(&format!(
+        "connect_timeout = \"1s\"\ntls = true\nsni = \"localhost\"\n{ca_line}"
+    ));
+    assert_eq!(
+        request(verified.addr, "PUT", "/items/t9", &[], "{}").status,
+        201,
+        "through TLS, verified against the CA file"
+    );
+    let r = request(verified.addr, "GET", "/items/t9", &[], "");
+    assert_eq!(r.status, 200);
+    let t1 = r.etag();
+    let t2 = request(
+        verified.addr,
+        "PUT",
+        "/items/t9",
+        &[("If-Match", &t1)],
+        "{}",
+    )
+    .etag();
+    assert_ne!(t1, t2);
+    assert_eq!(
+        request(
+            verified.addr,
+            "PUT",
+            "/items/t9",
+            &[("If-Match", &t1)],
+            "{}"
+        )
+        .status,
+        412
+    );
+    // Verification is on without a CA file too: the system roots do not know this CA.
+    let system_roots = front("connect_timeout = \"1s\"\ntls = true\nsni = \"localhost\"");
+    let r = request(system_roots.addr, "GET", "/items/t9", &[], "");
+    assert_eq!(r.status, 502, "{}", r.body_str());
+    // And the name is verified: the certificate is not for this one.
+    let wrong_name = front(&format!(
+        "connect_timeout = \"1s\"\ntls = true\nsni = \"api.example\"\n{ca_line}"
+    ));
+    assert_eq!(
+        request(wrong_name.addr, "GET", "/items/t9", &[], "").status,
+        502
+    );
+}
+
+/// The process; killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The SHA-256 fingerprint of the certificate served on `addr` (openssl s_client).
+fn served(addr: SocketAddr) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -servername localhost </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn fingerprint(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_certificate_is_read_again_on_reload_and_a_bad_one_keeps_the_old() {
+    let ca = Ca::new("reload");
+    let (first, first_key) = ca.issue("first");
+    let (second, second_key) = ca.issue("second");
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
+    let (listen, https, admin) = (free_addr(), free_addr(), free_addr());
+    let (cert, key) = (ca.dir.join("live.pem"), ca.dir.join("live.key"));
+    std::fs::copy(&first, &cert).unwrap();
+    std::fs::copy(&first_key, &key).unwrap();
+    let file = ca.dir.join("precond.toml");
+    let text = format!(
+        "[server]\nlisten = [\"{listen}\"]\n{}grace_period = \"0s\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [[upstream]]\nname = \"origin\"\nservers = [\"{}\"]\n\n[[route]]\nupstream = \"origin\"\nmode = \"guard\"\n",
+        tls_server(https, &cert, &key),
+        origin.addr
+    );
+    std::fs::write(&file, text).unwrap();
+    let _p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_precond"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(https).is_err()
+        || std::net::TcpStream::connect(admin).is_err()
+    {
+        assert!(Instant::now() < deadline, "precond did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (fp1, fp2) = (fingerprint(&first), fingerprint(&second));
+    assert_ne!(fp1, fp2);
+    assert_eq!(served(https), fp1);
+    // Renewed files at the same paths: read again on reload (the configuration is unchanged).
+    std::fs::copy(&second, &cert).unwrap();
+    std::fs::copy(&second_key, &key).unwrap();
+    assert_eq!(served(https), fp1, "nothing changes before the reload");
+    let r = request(admin, "POST", "/reload", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(served(https), fp2);
+    // A key that is not the certificate's: the reload fails and the served pair stays.
+    std::fs::copy(&first_key, &key).unwrap();
+    let r = request(admin, "POST", "/reload", &[], "");
+    assert_eq!(r.status, 422, "{}", r.body_str());
+    assert!(
+        r.body_str().contains("not the key of the certificate"),
+        "{}",
+        r.body_str()
+    );
+    assert_eq!(served(https), fp2);
+}
