@@ -111,9 +111,14 @@ fn the_kubernetes_sidecar_example_is_consistent() {
         "upgrade_sock's directory is writable"
     );
     assert_eq!(
-        at(spec, &["securityContext", "runAsNonRoot"]).as_bool(),
+        at(precond, &["securityContext", "runAsNonRoot"]).as_bool(),
         Some(true)
     );
+    // The shipped token is a placeholder precond refuses (shorter than 16 bytes).
+    let token = at(kind("Secret"), &["stringData", "token"])
+        .as_str()
+        .unwrap();
+    assert!(token.len() < 16, "the placeholder must not pass as a token");
 }
 
 #[test]

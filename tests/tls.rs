@@ -318,3 +318,42 @@ fn the_certificate_is_read_again_on_reload_and_a_bad_one_keeps_the_old() {
     );
     assert_eq!(served(https), fp2);
 }
+
+/// Enforce over h2: precond's own probe is sent as HTTP/1.1 with a `Host` (an h2 request has
+/// only an authority), so a write on a resource precond never saw is judged, not forwarded
+/// unevaluated; and the origin is told the client came over https.
+#[test]
+fn enforce_judges_h2_writes_with_an_http11_probe() {
+    let ca = Ca::new("enforce");
+    let (cert, key) = ca.issue("server");
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
+    // Created behind precond's back: it knows nothing of this resource.
+    assert_eq!(
+        request(origin.addr, "PUT", "/items/h2", &[], "{}").status,
+        201
+    );
+    let https = free_addr();
+    let text = route_config("mode = \"enforce\"").replace(
+        "[server]\n",
+        &format!("[server]\n{}", tls_server(https, &cert, &key)),
+    );
+    let _p = proxy(&text, origin.addr);
+    let ca_file = ca.ca_file();
+    let (status, _, body) = curl(
+        https,
+        &ca_file,
+        &["-X", "PUT", "-H", "If-Match: \"stale\"", "-d", "{}"],
+        "/items/h2",
+    );
+    assert_eq!(status, "2 412", "judged on the probe's answer: {body}");
+    let (status, h, _) = curl(https, &ca_file, &[], "/items/h2");
+    assert_eq!(status, "2 200", "an enforce read over h2");
+    let tag = etag_of(&h);
+    let (status, ..) = curl(
+        https,
+        &ca_file,
+        &["-X", "PUT", "-H", &format!("If-Match: {tag}"), "-d", "{}"],
+        "/items/h2",
+    );
+    assert_eq!(status, "2 200");
+}

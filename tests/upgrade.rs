@@ -55,6 +55,9 @@ fn a_graceful_upgrade_under_load_fails_no_request() {
     let (listen, admin) = (free_addr(), free_addr());
     let dir = std::env::temp_dir().join(format!("precond-upgrade-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // The upgrade socket's directory must be private (precond refuses --upgrade otherwise).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let file = dir.join("precond.toml");
     let sock = dir.join("upgrade.sock");
     std::fs::write(
@@ -178,4 +181,37 @@ mode = "guard"
     assert_eq!(get(admin, "/healthz"), Ok(200));
     // A learned store starts empty in the new process, and it learns again.
     assert_eq!(get(listen, "/items/u"), Ok(200));
+}
+
+/// `--upgrade` refuses an upgrade socket in a directory other users can reach (they could
+/// connect first and hand it their own sockets), before taking anything over.
+#[test]
+fn an_upgrade_refuses_a_socket_directory_open_to_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("precond-upgrade-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.join("precond.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = [\"{}\"]\nupgrade_sock = \"{}\"\n\n[[upstream]]\nname = \"a\"\n\
+             servers = [\"127.0.0.1:9\"]\n\n[[route]]\nupstream = \"a\"\n",
+            free_addr(),
+            dir.join("upgrade.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_precond"))
+        .args(["run", "--upgrade", "--config"])
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("open to other users") && err.contains("0700"),
+        "{err}"
+    );
 }

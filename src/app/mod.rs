@@ -139,7 +139,7 @@ fn build_from(
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
-    server.bootstrap();
+    upgrade_socket_is_private(&config.server.upgrade_sock, upgrade)?;
 
     let config = Arc::new(config);
     let store = Arc::new(
@@ -240,6 +240,9 @@ fn build_from(
         a.add_tcp(&addr.to_string());
         server.add_service(a);
     }
+    // Last, once everything that can fail has: with `upgrade`, this takes the listeners over
+    // from the running process (which then stops accepting), so nothing may fail after it.
+    server.bootstrap();
     Ok((
         server,
         State {
@@ -252,6 +255,43 @@ fn build_from(
             metrics,
         },
     ))
+}
+
+/// The upgrade socket's directory must not be open to other users: on SIGQUIT the running
+/// process sends its listening sockets to whatever listens there, and the new process accepts
+/// sockets from whoever connects first. With `upgrade` an accessible directory is refused; at
+/// any start one that others can write to is warned about.
+fn upgrade_socket_is_private(sock: &std::path::Path, upgrade: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = sock.parent() else {
+        return Ok(());
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        if upgrade {
+            return Err(std::io::Error::other(format!(
+                "server.upgrade_sock: its directory {} does not exist",
+                dir.display()
+            )));
+        }
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if upgrade && mode & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "server.upgrade_sock: its directory {} is open to other users (mode {mode:o}); \
+             make it 0700, owned by precond's user (systemd: RuntimeDirectoryMode=0700)",
+            dir.display()
+        )));
+    }
+    if mode & 0o022 != 0 {
+        tracing::warn!(
+            directory = %dir.display(),
+            mode = %format_args!("{mode:o}"),
+            "server.upgrade_sock's directory is writable by other users: a graceful upgrade \
+             could hand the listeners to them; use a directory of mode 0700"
+        );
+    }
+    Ok(())
 }
 
 struct NotifyShutdown(Arc<Notify>);

@@ -14,18 +14,19 @@
 //!   state lifetime the process started with (a dead holder's `quiet` must outlive the state
 //!   that records it: [`Config::shared_state_ttl`]).
 
-use super::{Config, Route};
+use super::{Backend, Config, Route};
 
 impl Config {
-    /// Whether `new` gives every request the same route identity, resource key and mode as
-    /// `self` (same routes in the same order, differing at most in policies, fences, enforce
-    /// settings and upstream choice). When it does not, what was learned under `self` may be
+    /// Whether `new` gives every request the same route identity, resource key, mode and
+    /// upstream as `self` (same routes in the same order, differing at most in policies, fences
+    /// and enforce settings). When it does not, what was learned under `self` may be
     /// stale or another key's under `new`: a reload then forgets the store, and enforce waits
     /// for the writes started before.
     pub fn same_resources(&self, new: &Config) -> bool {
         let shape = |r: &Route| {
             (
                 r.id,
+                r.upstream,
                 r.host.clone(),
                 r.path_prefix.clone(),
                 r.mode,
@@ -78,6 +79,16 @@ impl Config {
                 fixed.join(", ")
             ));
         }
+        if matches!(self.store.backend, Backend::Redis { .. }) && !self.same_resources(new) {
+            return Err(
+                "with store.backend = \"redis\", a reload may not change how requests \
+                        are routed, keyed or decided (a route's mode, host, path_prefix, upstream, \
+                        principal, scope, strict_targets or trust_forwarded, or the routes' \
+                        order): the instances share what was learned under these routes. \
+                        Restart the instances one by one instead"
+                    .to_string(),
+            );
+        }
         if let (Some(running), Some(wanted)) = (self.shared_state_ttl(), new.shared_state_ttl()) {
             if wanted > running {
                 return Err(format!(
@@ -129,6 +140,13 @@ mode = "guard"
         assert!(!a.same_resources(&mode));
         let prefix = parse(&BASE.replace("path_prefix = \"/\"", "path_prefix = \"/a\"")).unwrap();
         assert!(!a.same_resources(&prefix));
+        // Another upstream is another origin: what was learned from the first is not the
+        // second's.
+        let two =
+            BASE.to_string() + "\n[[upstream]]\nname = \"b\"\nservers = [\"127.0.0.1:9001\"]\n";
+        let on_a = parse(&two).unwrap();
+        let on_b = parse(&two.replacen("upstream = \"api\"", "upstream = \"b\"", 1)).unwrap();
+        assert!(!on_a.same_resources(&on_b));
     }
 
     #[test]
@@ -173,6 +191,18 @@ mode = "guard"
         // An enforce route's bound (timeouts of its upstream) is longer than 30 s.
         let b = parse(&redis.replace("mode = \"guard\"", "mode = \"enforce\"")).unwrap();
         let e = a.reloadable(&b).unwrap_err();
+        assert!(
+            e.contains("redis"),
+            "a mode change is refused with Redis: {e}"
+        );
+        // A fence change is fine; a longer enforce bound is not.
+        let enforce = parse(&redis.replace("mode = \"guard\"", "mode = \"enforce\"")).unwrap();
+        let longer = parse(&redis.replace(
+            "mode = \"guard\"",
+            "mode = \"enforce\"\nwrite_body_timeout = \"120s\"",
+        ))
+        .unwrap();
+        let e = enforce.reloadable(&longer).unwrap_err();
         assert!(e.contains("store.ttl"), "{e}");
         // Without Redis the same change is fine.
         let a = parse(BASE).unwrap();

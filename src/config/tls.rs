@@ -75,6 +75,15 @@ mod tests {
         let u = &parse(&tls).unwrap().upstreams[0];
         assert_eq!(u.tls.as_ref().unwrap().sni, "api.internal");
         assert_eq!(u.tls.as_ref().unwrap().ca_file, None);
+        let ip = BASE.replace(
+            "servers = [\"127.0.0.1:9000\"]",
+            "servers = [\"127.0.0.1:9000\"]\ntls = true",
+        );
+        let e = parse(&ip).unwrap_err().to_string();
+        assert!(
+            e.contains("upstream.sni"),
+            "an IP address needs a name: {e}"
+        );
         let sni = BASE.replace(
             "servers = [\"127.0.0.1:9000\"]",
             "servers = [\"127.0.0.1:9000\"]\nsni = \"x\"",

@@ -123,7 +123,19 @@ impl Validator<'_> {
                         }
                         s.to_ascii_lowercase()
                     }
-                    // The first server's host as written (an IP literal is verified as such).
+                    // The first server's host name. Certificates are verified by name only (an
+                    // IP SAN never matches), so an IP address needs `sni` set.
+                    None if servers[0].literal().is_some() => {
+                        return Err(self.err(
+                            u.tls.span(),
+                            format!(
+                                "upstream {name:?}: tls = true with server {} needs upstream.sni, \
+                                 the name its certificate is issued for (certificates are \
+                                 verified by name, not by IP address)",
+                                servers[0]
+                            ),
+                        ))
+                    }
                     None => servers[0].host.to_ascii_lowercase(),
                 };
                 let ca_file = ca.as_ref().map(|c| std::path::PathBuf::from(c.get_ref()));

@@ -12,7 +12,6 @@
 //!   chunked or `Expect: 100-continue` bodies are not read (Pingora then closes the connection).
 //! - An edge 412 discloses the current validators only when `edge.disclose_validators` is on.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,82 +27,13 @@ use crate::precondition::{Failure, Field};
 use crate::store::{Entry, Meta, META_HEADERS};
 use crate::telemetry::redact::{self, Shown};
 
-use super::ctx::Ctx;
+use super::edge::Where;
 use super::problem::{self, PreconditionFailed};
 use super::select;
-use super::shared::{Routes, Shared};
-
-/// Where an edge answer is given, for its decision line: the request's route and upstream (as
-/// the metrics name them, from the configuration it started under) and when it started.
-pub(crate) struct Where {
-    live: Arc<Routes>,
-    route: Option<usize>,
-    started: std::time::Instant,
-}
-
-impl Where {
-    /// The request of `ctx`.
-    pub(crate) fn of(ctx: &Ctx) -> Where {
-        Where {
-            live: ctx.live.clone(),
-            route: ctx.route,
-            started: ctx.started,
-        }
-    }
-
-    fn route(&self) -> &str {
-        self.route.map_or("", |i| self.live.labels[i].as_str())
-    }
-
-    fn upstream(&self) -> &str {
-        self.route.map_or("", |i| {
-            let c = &self.live.config;
-            c.upstreams[c.routes[i].upstream].name.as_str()
-        })
-    }
-
-    fn duration_ms(&self) -> f64 {
-        self.started.elapsed().as_secs_f64() * 1000.0
-    }
-}
+use super::shared::Shared;
 
 /// Header on every answer precond makes itself, saying what it decided.
 pub const DECISION_HEADER: &str = "Precond-Decision";
-
-/// The first word of every [`DECISION_HEADER`] value precond writes (the metrics' `decision`
-/// label: a fixed set, so that series stay bounded).
-const DECISIONS: [&str; 11] = [
-    "rejected",
-    "not-modified",
-    "required",
-    "no-route",
-    "ambiguous-target",
-    "key-too-long",
-    "write-busy",
-    "state-unknown",
-    "earlier-write-in-flight",
-    "shared-store-unavailable",
-    "upstream-error",
-];
-
-/// The decision of a finished request, as a metric label: the first word of the edge's
-/// [`DECISION_HEADER`], else `forwarded` when the request reached an upstream (an `enforce`
-/// read precond fetched and relayed included), else `none`
-/// (the client left before an answer, or Pingora answered itself).
-pub(crate) fn decision_label(header: Option<&[u8]>, forwarded: bool) -> &'static str {
-    match header {
-        Some(v) => {
-            let word = v.split(|b| *b == b';').next().unwrap_or_default();
-            DECISIONS
-                .iter()
-                .find(|d| d.as_bytes() == word)
-                .copied()
-                .unwrap_or("other")
-        }
-        None if forwarded => "forwarded",
-        None => "none",
-    }
-}
 
 /// Reads and discards a small declared request body so that the connection can stay open
 /// after an edge answer. `Expect: 100-continue` (the client waits for us before sending),

@@ -21,6 +21,8 @@ pub struct Ctx {
     pub(crate) live: Arc<Routes>,
     /// A write, counted in `live`'s generation until the request ends.
     pub(crate) generation_write: Option<GenerationWrite>,
+    /// The resource's hash for the generations' write counts (canonical host and path).
+    pub(crate) resource: u64,
     /// Index of the matched route in the configuration.
     pub(crate) route: Option<usize>,
     pub(crate) method: Method,
@@ -74,6 +76,7 @@ impl Ctx {
         Ctx {
             live,
             generation_write: None,
+            resource: 0,
             route: None,
             method: Method::Other,
             key: None,

@@ -163,6 +163,7 @@ fn same_field(name: &str, field: &str) -> bool {
 pub(crate) fn set_forwarding(
     req: &mut RequestHeader,
     client: Option<std::net::IpAddr>,
+    tls: bool,
     trust: bool,
 ) {
     if !trust {
@@ -193,13 +194,19 @@ pub(crate) fn set_forwarding(
         let _ = req.insert_header("x-forwarded-for", chain);
     }
     if !(trust && req.headers.contains_key("x-forwarded-proto")) {
-        let _ = req.insert_header("x-forwarded-proto", "http");
+        let _ = req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" });
     }
     if !(trust && req.headers.contains_key("x-forwarded-host")) {
         if let Some(host) = req.headers.get(header::HOST).cloned() {
             let _ = req.insert_header("x-forwarded-host", host);
         }
     }
+}
+
+/// Whether the client's connection is TLS (a `tls_listen` listener): `X-Forwarded-Proto` then
+/// says `https`.
+pub(crate) fn downstream_tls(session: &pingora::proxy::Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// The client's IP address, when the connection is over TCP.

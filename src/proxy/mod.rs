@@ -8,7 +8,8 @@
 //! - `guard/` and `enforce/`: the two deciding roles (`pass` needs no code of its own);
 //! - `observe.rs`: the reporting role (guard's learning, nothing refused);
 //! - `locks.rs`: per-key waiting (enforce's write locks, guard's in-flight fence);
-//! - `answer.rs` and `problem.rs`: the edge's own answers and their problem bodies;
+//! - `answer.rs` and `problem.rs`: the edge's own answers and their problem bodies; `edge.rs`:
+//!   their labels (the metrics' decision word, the decision line's route and upstream);
 //! - `select.rs`: which server a request goes to.
 //!
 //! Invariants:
@@ -23,6 +24,7 @@
 
 pub(crate) mod answer;
 mod ctx;
+mod edge;
 pub(crate) mod enforce;
 mod guard;
 pub(crate) mod headers;
@@ -54,7 +56,9 @@ use crate::upstream::Upstreams;
 pub use answer::DECISION_HEADER;
 pub use ctx::Ctx;
 use guard::fence::single_tag;
-use headers::{client_ip, forwarded_host, request_host, set_forwarding, HeaderLines};
+use headers::{
+    client_ip, downstream_tls, forwarded_host, request_host, set_forwarding, HeaderLines,
+};
 use shared::Shared;
 pub use shared::{Keys, LiveConfig};
 
@@ -97,7 +101,7 @@ impl Precond {
         self.s.metrics.request(
             ctx.route.map_or("", |i| ctx.live.labels[i].as_str()),
             route.map_or("none", |r| r.mode.name()),
-            answer::decision_label(header, ctx.forwarded || ctx.relayed),
+            edge::decision_label(header, ctx.forwarded || ctx.relayed),
             ctx.started.elapsed(),
         );
     }
@@ -123,7 +127,7 @@ impl Precond {
             path = %self.s.shown_target(req),
             status = resp.map_or(0, |r| r.status.as_u16()),
             decision = %decision,
-            route = route.map_or("", |r| r.path_prefix.as_str()),
+            route = ctx.route.map_or("", |i| ctx.live.labels[i].as_str()),
             upstream = route.map_or("", |r| ctx.live.config.upstreams[r.upstream].name.as_str()),
             duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
             "access"
@@ -175,17 +179,19 @@ impl ProxyHttp for Precond {
         if !req.raw_path().starts_with(b"/") && !asterisk {
             ambiguous.get_or_insert(Ambiguous::NotOriginForm);
         }
-        let live = ctx.live.clone();
+        // The configuration this request runs under to its end; a write is counted in it.
+        let method = Method::from_bytes(req.method.as_str().as_bytes());
+        ctx.resource = s.resource_hash(host.as_deref(), &path);
+        let (live, counted) = s.started_under(ctx.resource, method.changes_state());
+        ctx.live = live.clone();
+        ctx.generation_write = counted;
         let Some((idx, route)) = live.config.route_for(host.as_deref(), &path) else {
             s.metrics.no_route.inc();
             answer::no_route(s, session).await?;
             return Ok(true);
         };
         ctx.route = Some(idx);
-        ctx.method = Method::from_bytes(req.method.as_str().as_bytes());
-        if ctx.method.changes_state() {
-            ctx.generation_write = Some(live.write_started());
-        }
+        ctx.method = method;
         if route.mode == Mode::Pass {
             return Ok(false);
         }
@@ -293,7 +299,12 @@ impl ProxyHttp for Precond {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let trust = ctx.route().is_some_and(|r| r.trust_forwarded);
-        set_forwarding(upstream_request, client_ip(session), trust);
+        set_forwarding(
+            upstream_request,
+            client_ip(session),
+            downstream_tls(session),
+            trust,
+        );
         ctx.sent = Some(std::time::Instant::now());
         if ctx.method.changes_state() && ctx.in_flight.is_none() {
             ctx.in_flight = Some(self.s.metrics.write_in_flight());

@@ -17,8 +17,9 @@
 //!
 //! [`RouteId`]: crate::identity::RouteId
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
@@ -35,22 +36,48 @@ use super::guard::fence::Fences;
 use super::headers::path_and_query;
 use super::locks::KeyedLocks;
 
-/// The writes in flight under one configuration (one generation of [`LiveConfig`]).
+/// The writes in flight under one configuration (one generation of [`LiveConfig`]), by
+/// resource (a hash of the canonical host and path, which every spelling and every route of a
+/// resource share).
 #[derive(Debug, Default)]
 pub(crate) struct Generation {
-    writes: AtomicU64,
+    writes: Mutex<HashMap<u64, u32>>,
     drained: Notify,
+}
+
+impl Generation {
+    fn writes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn busy(&self) -> bool {
+        !self.writes().is_empty()
+    }
+
+    fn writing(&self, resource: u64) -> bool {
+        self.writes().contains_key(&resource)
+    }
 }
 
 /// A write counted in its generation until dropped (it lives in the request's context).
 #[derive(Debug)]
-pub(crate) struct GenerationWrite(Arc<Generation>);
+pub(crate) struct GenerationWrite {
+    generation: Arc<Generation>,
+    resource: u64,
+}
 
 impl Drop for GenerationWrite {
     fn drop(&mut self) {
-        if self.0.writes.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.drained.notify_waiters();
+        {
+            let mut writes = self.generation.writes();
+            if let Some(n) = writes.get_mut(&self.resource) {
+                *n -= 1;
+                if *n == 0 {
+                    writes.remove(&self.resource);
+                }
+            }
         }
+        self.generation.drained.notify_waiters();
     }
 }
 
@@ -89,24 +116,32 @@ impl Routes {
         }
     }
 
-    /// Counts a write (any method but GET, HEAD, OPTIONS, on any route) under this
+    /// Counts a write to `resource` (a method that may change state, on any route) under this
     /// configuration until the returned guard is dropped.
-    pub(crate) fn write_started(&self) -> GenerationWrite {
-        self.generation.writes.fetch_add(1, Ordering::AcqRel);
-        GenerationWrite(self.generation.clone())
+    pub(crate) fn write_started(&self, resource: u64) -> GenerationWrite {
+        *self.generation.writes().entry(resource).or_default() += 1;
+        GenerationWrite {
+            generation: self.generation.clone(),
+            resource,
+        }
     }
 
-    /// Waits until every write started under an earlier configuration that keyed or decided
-    /// requests differently has finished, or `until`; `false` when time ran out. An `enforce`
-    /// request waits so before it reads or judges anything: such a write is not serialised by
-    /// this configuration's locks, and the state it leaves was never learned.
-    pub(crate) async fn earlier_writes_done(&self, until: std::time::Instant) -> bool {
+    /// Waits until every write to `resource` started under an earlier configuration that keyed
+    /// or decided requests differently has finished, or `until`; `false` when time ran out. An
+    /// `enforce` request waits so before it reads or judges anything: such a write is not
+    /// serialised by this configuration's locks, and the state it leaves was never learned.
+    /// Only the same resource waits: a slow write elsewhere delays nobody else.
+    pub(crate) async fn earlier_writes_done(
+        &self,
+        resource: u64,
+        until: std::time::Instant,
+    ) -> bool {
         for g in &self.earlier {
             loop {
                 let drained = g.drained.notified();
                 tokio::pin!(drained);
                 drained.as_mut().enable();
-                if g.writes.load(Ordering::Acquire) == 0 {
+                if !g.writing(resource) {
                     break;
                 }
                 if tokio::time::timeout_at(until.into(), drained)
@@ -147,12 +182,14 @@ impl LiveConfig {
     /// flight under the old one (and those it was still waiting for).
     pub fn swap(&self, config: Arc<Config>, same_resources: bool) {
         let old = self.0.load();
-        let busy = |g: &&Arc<Generation>| g.writes.load(Ordering::Acquire) > 0;
+        // The outgoing generation is kept even with no write counted yet: a request that took
+        // its snapshot may count one right after (see `Shared::started_under`); older ones are
+        // kept while they have writes in flight.
         let earlier = old
             .earlier
             .iter()
+            .filter(|g| g.busy())
             .chain((!same_resources).then_some(&old.generation))
-            .filter(busy)
             .cloned()
             .collect();
         self.0.store(Arc::new(Routes::new(config, earlier)));
@@ -176,6 +213,8 @@ pub(crate) struct Shared {
     pub(crate) fences: Fences,
     /// Keys derived from the deployment secret.
     pub(crate) keys: Keys,
+    /// Hashes a resource for the reload generations' write counts (seeded per process).
+    resources: foldhash::fast::RandomState,
 }
 
 /// Keys derived from the deployment secret (by the app, which reads it).
@@ -194,6 +233,30 @@ impl Shared {
     /// replaced by `?…` unless `log.log_query`.
     pub(crate) fn shown_target(&self, req: &pingora::http::RequestHeader) -> String {
         redact::target(path_and_query(req), self.config().log.log_query)
+    }
+
+    /// The resource a request names, for the generations' write counts: its canonical host and
+    /// path (the query aside, so that counting errs towards waiting).
+    pub(crate) fn resource_hash(&self, host: Option<&str>, path: &str) -> u64 {
+        self.resources.hash_one((host, path))
+    }
+
+    /// The configuration a request runs under, and (for a write) its count in that
+    /// configuration's generation: taken so that a reload cannot slip between the two (the
+    /// count is made, then the snapshot is checked to be still the one in force; if a reload
+    /// came in between, the count is dropped and taken again under the new one).
+    pub(crate) fn started_under(
+        &self,
+        resource: u64,
+        write: bool,
+    ) -> (Arc<Routes>, Option<GenerationWrite>) {
+        loop {
+            let live = self.live.routes();
+            let counted = write.then(|| live.write_started(resource));
+            if Arc::ptr_eq(&live, &self.live.routes()) {
+                return (live, counted);
+            }
+        }
     }
 
     /// The configuration in force now, for the settings a reload cannot change (`[edge]`,
@@ -222,6 +285,66 @@ impl Shared {
             locks: Arc::default(),
             fences: Fences::default(),
             keys,
+            resources: foldhash::fast::RandomState::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn config(mode: &str) -> Arc<Config> {
+        let text = format!(
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:9\"]\n\n[[route]]\nupstream = \"a\"\nmode = \"{mode}\"\n"
+        );
+        Arc::new(crate::config::parse(&text).unwrap())
+    }
+
+    #[tokio::test]
+    async fn after_a_reload_only_the_same_resource_waits_for_the_old_writes() {
+        let live = LiveConfig::new(config("pass"));
+        let old = live.routes();
+        let write = old.write_started(1);
+        live.swap(config("enforce"), false);
+        let new = live.routes();
+        let soon = || Instant::now() + Duration::from_millis(50);
+        assert!(
+            new.earlier_writes_done(2, soon()).await,
+            "another resource goes at once"
+        );
+        assert!(
+            !new.earlier_writes_done(1, soon()).await,
+            "the same one waits"
+        );
+        let waiter = tokio::spawn({
+            let new = new.clone();
+            async move {
+                new.earlier_writes_done(1, Instant::now() + Duration::from_secs(5))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(write);
+        assert!(waiter.await.unwrap(), "woken when the old write ends");
+        // A reload that keys and decides alike carries no new wait.
+        let w = new.write_started(3);
+        live.swap(config("enforce"), true);
+        assert!(live.routes().earlier_writes_done(3, soon()).await);
+        drop(w);
+    }
+
+    #[test]
+    fn the_outgoing_generation_is_kept_even_before_its_first_write() {
+        let live = LiveConfig::new(config("pass"));
+        let old = live.routes();
+        live.swap(config("enforce"), false);
+        // A request that took the old snapshot counts its write only now.
+        let _w = old.write_started(7);
+        assert!(live.routes().earlier.iter().any(|g| g.writing(7)));
+        // One more reload keeps it while the write is in flight.
+        live.swap(config("guard"), false);
+        assert!(live.routes().earlier.iter().any(|g| g.writing(7)));
     }
 }

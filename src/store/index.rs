@@ -43,6 +43,8 @@ pub const PART_OVERHEAD: usize = 512;
 pub struct Record {
     key: OwnedKey,
     learned_at: Instant,
+    /// The store's forget epoch when this record was made (fresh only in that epoch).
+    epoch: u64,
     /// Ticket of the latest read that confirmed a partition without changing it (it then
     /// stands for that entry's `current_since`). Counted for every partition, which only makes
     /// older reads more cautious, and carried into the record that replaces this one.
@@ -52,10 +54,11 @@ pub struct Record {
 }
 
 impl Record {
-    pub(super) fn new(key: &ResourceKey<'_>, parts: Parts) -> Record {
+    pub(super) fn new(key: &ResourceKey<'_>, parts: Parts, epoch: u64) -> Record {
         Record {
             key: key.to_owned_key(),
             learned_at: Instant::now(),
+            epoch,
             read_since: AtomicU64::new(0),
             parts,
         }
@@ -90,9 +93,9 @@ impl Record {
         self.learned_at.elapsed()
     }
 
-    /// When the state was learned.
-    pub(super) fn learned_at(&self) -> Instant {
-        self.learned_at
+    /// The store's [`forget_all`](super::Store::forget_all) epoch when the record was made.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The ticket of the latest read that confirmed a partition in place.

@@ -36,7 +36,7 @@ pub mod summary;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::ops::compute::Op;
 
@@ -72,10 +72,11 @@ pub struct Store {
     seq: AtomicU64,
     /// Records removed by the bounds: `[size, expired]`.
     evicted: Arc<[AtomicU64; 2]>,
-    /// When the store was made: the origin of `forgotten`.
-    born: Instant,
-    /// Nanoseconds after `born` of the last [`Store::forget_all`]: records learned until then
-    /// are treated as expired.
+    /// Incremented by [`Store::forget_all`]: a record made under an earlier epoch is treated as
+    /// expired.
+    epoch: AtomicU64,
+    /// The ticket [`Store::forget_all`] took: exchanges of requests that started before it
+    /// teach nothing.
     forgotten: AtomicU64,
     /// The lost-update census of `observe` routes.
     census: census::Census,
@@ -143,7 +144,7 @@ impl Store {
             ttl,
             seq: AtomicU64::new(1),
             evicted,
-            born: Instant::now(),
+            epoch: AtomicU64::new(0),
             forgotten: AtomicU64::new(0),
             census: census::Census::new(DEFAULT_CENSUS_BYTES, ttl, rand_seed(3)),
         }
@@ -180,24 +181,23 @@ impl Store {
         Ticket(self.seq.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
-    /// Whether a record is younger than the store's TTL, and was learned after the last
+    /// Whether a record is younger than the store's TTL, and was made after the last
     /// [`Store::forget_all`].
     pub fn is_fresh(&self, record: &Record) -> bool {
-        record.age() < self.ttl && {
-            let forgotten = self.forgotten.load(Ordering::Acquire);
-            forgotten == 0
-                || nanos(record.learned_at().saturating_duration_since(self.born)) > forgotten
-        }
+        record.age() < self.ttl && record.epoch() == self.epoch.load(Ordering::Acquire)
     }
 
     /// Forgets everything learned until now (a reload changed which route, key or mode a
     /// request gets: what was learned under the old routes may be stale under the new ones).
-    /// Records are treated as expired from now on (never used to decide, and a read that
-    /// started before a record's last write cannot re-create it), and leave the store as
-    /// expired records do.
+    /// Records made before are treated as expired from now on (never used to decide) and are
+    /// invalidated; exchanges of requests that started before teach nothing, even when they
+    /// answer later (their state may be the old routes'). A record being made concurrently
+    /// carries the old epoch, or sees the new ticket bound: either way it is not used.
     pub fn forget_all(&self) {
-        self.forgotten
-            .fetch_max(nanos(self.born.elapsed()).max(1), Ordering::AcqRel);
+        let ticket = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.forgotten.fetch_max(ticket, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
     }
 
     /// The fast path: calls `f` with the index slot of `who`'s partition of `key`, without
@@ -237,6 +237,16 @@ impl Store {
     /// Learns from one upstream exchange of a request that took `ticket` when it started.
     pub fn learn(&self, key: &ResourceKey<'_>, ticket: Ticket, obs: &Observation<'_>) {
         let hash = key.hash_with(&self.hash_state);
+        if ticket.0 < self.forgotten.load(Ordering::SeqCst) {
+            // Started before `forget_all` (under other routes, perhaps): teaches nothing. A
+            // write still dates the resource, so that a read that started before it answered
+            // cannot create state from what it replaced.
+            if obs.method.changes_state() {
+                let stamp = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+                self.removed[(hash as usize) % REMOVED_SLOTS].fetch_max(stamp, Ordering::AcqRel);
+            }
+            return;
+        }
         let who = obs.principal;
         let stamp = if obs.method.changes_state() {
             self.seq.fetch_add(1, Ordering::AcqRel) + 1
@@ -269,6 +279,12 @@ impl Store {
             floor.fetch_max(r.last_stamp(), Ordering::AcqRel);
         }
         self.cache.entry(hash).and_compute_with(|old| {
+            // Read before the ticket bound is checked again: a `forget_all` that ran since either
+            // changed the epoch this record will carry (it is then not fresh) or is seen here.
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            if ticket.0 < self.forgotten.load(Ordering::SeqCst) {
+                return Op::Nop;
+            }
             let raw = old.map(|e| e.into_value());
             // A record of another key under the same hash, or past its TTL, is not this one's;
             // but a read older than that record's last write must not re-create it.
@@ -315,7 +331,7 @@ impl Store {
                         parts
                     }
                 };
-            let record = Arc::new(Record::new(key, parts));
+            let record = Arc::new(Record::new(key, parts, epoch));
             // Confirmations counted in the replaced record still order later reads.
             if let Some(o) = old {
                 record.confirm(o.read_since());
@@ -382,11 +398,6 @@ const DEFAULT_CENSUS_BYTES: u64 = 16 << 20;
 
 /// A per-process random seed, so that key hashes cannot be precomputed by clients; `n` tells
 /// the store's independent hash functions apart.
-/// A duration in nanoseconds, saturated.
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 fn rand_seed(n: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -461,6 +472,20 @@ mod tests {
         let e = s.get(&k("/a"), P0).unwrap();
         assert!(e.is_current_strong(&tag("\"v3\"")));
         assert!(!e.was_replaced(&tag("\"v1\"")));
+        // A write that started before another forget teaches nothing, but a read that started
+        // before that write answered cannot create state from what it replaced.
+        let old_write = s.ticket();
+        s.forget_all();
+        let read = s.ticket();
+        s.learn(&k("/a"), old_write, &obs(Method::Put, 204, Some("\"v4\"")));
+        assert!(s.get(&k("/a"), P0).is_none());
+        s.learn(&k("/a"), read, &obs(Method::Get, 200, Some("\"v3\"")));
+        assert!(
+            s.get(&k("/a"), P0).is_none(),
+            "the read may show what the write replaced"
+        );
+        s.learn(&k("/a"), s.ticket(), &obs(Method::Get, 200, Some("\"v4\"")));
+        assert!(s.get(&k("/a"), P0).is_some());
     }
 
     #[test]

@@ -39,8 +39,9 @@ use crate::store::{Entry, Tag, META_HEADERS};
 use crate::telemetry::redact::Shown;
 use crate::telemetry::Wait;
 
-use super::answer::{self, Where};
+use super::answer;
 use super::ctx::Ctx;
+use super::edge::Where;
 use super::headers::{conditional, has_date_precondition, header_bytes};
 use super::select;
 use super::shared::Shared;
@@ -166,7 +167,7 @@ pub(crate) async fn request(
     let wait = route.enforce.write_wait;
     if !ctx
         .live
-        .earlier_writes_done(std::time::Instant::now() + wait)
+        .earlier_writes_done(ctx.resource, std::time::Instant::now() + wait)
         .await
     {
         warn!(path = %s.shown_target(session.req_header()), "a write started under the previous configuration is still in flight");

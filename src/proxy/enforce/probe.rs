@@ -28,7 +28,7 @@ use crate::store::{Observation, Outcome, META_HEADERS};
 
 use crate::proxy::answer::DECISION_HEADER;
 use crate::proxy::ctx::Ctx;
-use crate::proxy::headers::{client_ip, etag_trim, header_bytes, set_forwarding};
+use crate::proxy::headers::{client_ip, downstream_tls, etag_trim, header_bytes, set_forwarding};
 use crate::proxy::principal::marks_private;
 use crate::proxy::select;
 use crate::proxy::shared::Shared;
@@ -221,6 +221,25 @@ fn validators_of(f: &Fetched, was_get: bool, key: &[u8; 32]) -> Validators {
 /// `Accept*`, `Host`) as a GET or HEAD without preconditions, ranges or body framing.
 fn probe_request(session: &Session, head: bool, trust_forwarded: bool) -> Result<RequestHeader> {
     let mut req = session.req_header().clone();
+    // The probe is sent over HTTP/1.1 whatever the client spoke: an h2 request has no `Host`
+    // line (its authority is in the URI), and its version must not be written on an HTTP/1.1
+    // connection (the origin would answer 400, and the write would go unjudged).
+    if req.version != http::Version::HTTP_11 {
+        req.set_version(http::Version::HTTP_11);
+    }
+    if !req.headers.contains_key(header::HOST) {
+        let authority = req
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "a request without Host or authority",
+                )
+            })?;
+        req.insert_header(header::HOST, authority)?;
+    }
     req.set_method(if head {
         http::Method::HEAD
     } else {
@@ -241,7 +260,12 @@ fn probe_request(session: &Session, head: bool, trust_forwarded: bool) -> Result
     ] {
         req.remove_header(&name);
     }
-    set_forwarding(&mut req, client_ip(session), trust_forwarded);
+    set_forwarding(
+        &mut req,
+        client_ip(session),
+        downstream_tls(session),
+        trust_forwarded,
+    );
     Ok(req)
 }
 

@@ -30,8 +30,9 @@ use crate::store::guard_decision;
 use crate::telemetry::redact::Shown;
 use crate::telemetry::Wait;
 
-use super::answer::{self, Where};
+use super::answer;
 use super::ctx::Ctx;
+use super::edge::Where;
 use super::headers::conditional;
 use super::locks::NotTaken;
 use super::shared::Shared;
