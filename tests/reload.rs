@@ -376,3 +376,53 @@ fn an_enforce_write_waits_for_the_writes_of_the_configuration_before() {
         "only the first write was applied"
     );
 }
+
+/// A reload moves an upstream to other servers (new pools, health checks included), keeping
+/// what was learned (same upstream name); a server name that does not resolve refuses the file.
+#[test]
+fn a_reload_moves_an_upstream_to_other_servers() {
+    let a = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
+    let b = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
+    assert_eq!(request(b.addr, "PUT", "/items/on-b", &[], "{}").status, 201);
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = std::env::temp_dir().join(format!("precond-reload-up-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("precond.toml");
+    let with_checks = |origin: &str| {
+        config(listen, admin, origin, "guard").replace(
+            "servers = [",
+            "health_check = \"tcp\"\nhealth_check_interval = \"200ms\"\nservers = [",
+        )
+    };
+    std::fs::write(&file, with_checks(&a.addr.to_string())).unwrap();
+    let _p = start(&file, listen, admin);
+    assert_eq!(
+        request(listen, "GET", "/items/on-b", &[], "").status,
+        404,
+        "on A"
+    );
+    std::fs::write(&file, with_checks(&b.addr.to_string())).unwrap();
+    let r = request(admin, "POST", "/reload", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(
+        request(listen, "GET", "/items/on-b", &[], "").status,
+        200,
+        "on B"
+    );
+    let ready = request(admin, "GET", "/readyz", &[], "").json();
+    assert_eq!(ready["upstreams"][0]["servers"], 1, "{ready}");
+    // B stops: the new pool's health checks take it out (503 for want of a healthy server).
+    drop(b);
+    eventually("the new pool's checks see B down", || {
+        request(admin, "GET", "/readyz", &[], "").status == 503
+    });
+    // A name that does not resolve: refused, the running pools stay.
+    std::fs::write(&file, with_checks("no-such-host.invalid:80")).unwrap();
+    let r = request(admin, "POST", "/reload", &[], "");
+    assert_eq!(r.status, 422, "{}", r.body_str());
+    assert!(
+        r.body_str().contains("no-such-host.invalid"),
+        "{}",
+        r.body_str()
+    );
+}

@@ -22,7 +22,6 @@ use pingora::protocols::http::ServerSession;
 use crate::proxy::LiveConfig;
 use crate::store::Store;
 use crate::telemetry::{Metrics, UpstreamGauge};
-use crate::upstream::Upstreams;
 
 use super::inspect::{describe, resource_of, url_param};
 use super::metrics_listener::store_gauges;
@@ -39,7 +38,6 @@ pub(super) struct AdminApp {
     pub(super) reloader: Arc<Reloader>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) store: Arc<Store>,
-    pub(super) upstreams: Arc<Upstreams>,
     /// The bearer token `/metrics`, `/store` and `/reload` require, when configured.
     pub(super) token: Option<Vec<u8>>,
 }
@@ -100,8 +98,8 @@ fn problem(status: u16, title: &str, detail: &str) -> Response<Vec<u8>> {
 
 impl AdminApp {
     fn readiness(&self) -> Response<Vec<u8>> {
-        let upstreams: Vec<serde_json::Value> = self
-            .upstreams
+        let pools = self.live.upstreams();
+        let upstreams: Vec<serde_json::Value> = pools
             .pools()
             .iter()
             .map(|p| {
@@ -113,7 +111,7 @@ impl AdminApp {
                 })
             })
             .collect();
-        let ready = self.upstreams.ready();
+        let ready = pools.ready();
         let status = self.reloader.status();
         let body = serde_json::json!({
             "ready": ready,
@@ -195,10 +193,9 @@ impl AdminApp {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
-        let health: Vec<(usize, usize)> =
-            self.upstreams.pools().iter().map(|p| p.health()).collect();
-        let upstreams: Vec<UpstreamGauge<'_>> = self
-            .upstreams
+        let pools = self.live.upstreams();
+        let health: Vec<(usize, usize)> = pools.pools().iter().map(|p| p.health()).collect();
+        let upstreams: Vec<UpstreamGauge<'_>> = pools
             .pools()
             .iter()
             .zip(&health)

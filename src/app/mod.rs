@@ -168,7 +168,7 @@ fn build_from(
         .filter_map(|p| p.service())
         .map(|svc| server.add_boxed_service(svc))
         .collect();
-    let live = Arc::new(LiveConfig::new(config.clone()));
+    let live = Arc::new(LiveConfig::new(config.clone(), upstreams.clone()));
     let certs = config
         .server
         .tls
@@ -193,7 +193,6 @@ fn build_from(
         live.clone(),
         store.clone(),
         metrics.clone(),
-        upstreams.clone(),
         redis.clone(),
         keys,
     );
@@ -233,7 +232,6 @@ fn build_from(
                 reloader: reloader.clone(),
                 metrics: metrics.clone(),
                 store: store.clone(),
-                upstreams: upstreams.clone(),
                 token,
             },
         );

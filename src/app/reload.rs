@@ -31,6 +31,7 @@ use tracing::{error, info, warn};
 use crate::config::{self, Config};
 use crate::proxy::LiveConfig;
 use crate::store::Store;
+use crate::upstream::{Background, Upstreams};
 
 use super::tls::Certificates;
 use crate::telemetry::Metrics;
@@ -57,6 +58,8 @@ pub struct Reloader {
     store: Arc<Store>,
     /// The HTTPS listeners' certificate, re-read on every reload.
     certs: Option<Arc<Certificates>>,
+    /// Health checks of the pools the last reload built (stopped when replaced).
+    background: Mutex<Option<Background>>,
     /// Held for a whole reload (serialises them).
     reloading: Mutex<()>,
     /// Held only to read or write the status (`/readyz` never waits for a reload).
@@ -88,6 +91,7 @@ impl Reloader {
             metrics,
             store,
             certs,
+            background: Mutex::new(None),
             reloading: Mutex::new(()),
             status: Mutex::new(Status::default()),
         }
@@ -116,18 +120,27 @@ impl Reloader {
                 Ok(new)
             })
             .and_then(|new| {
+                // Changed upstreams get new pools (their servers resolved now: a name that does
+                // not resolve, or a CA file that does not load, refuses the file).
+                let pools = (new.upstreams != current.upstreams)
+                    .then(|| Upstreams::new(&new.upstreams).map(Arc::new))
+                    .transpose()
+                    .map_err(|e| ("invalid", e.to_string()))?;
+                Ok((new, pools))
+            })
+            .and_then(|checked| {
                 // Last, so that a refused file changes nothing: the certificate files are re-read
                 // whether or not the configuration changed (a renewed certificate keeps its
                 // paths); a pair that does not load keeps the one presented.
                 if let Some(certs) = &self.certs {
                     certs.reload().map_err(|e| ("invalid", e))?;
                 }
-                Ok(new)
+                Ok(checked)
             });
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.at = Some(httpdate::fmt_http_date(SystemTime::now()));
         match checked {
-            Ok(new) => {
+            Ok((new, pools)) => {
                 let outcome = if *current == new {
                     Reloaded::Unchanged
                 } else {
@@ -138,7 +151,19 @@ impl Reloader {
                         // what the old routes learned.
                         self.store.forget_all();
                     }
-                    self.live.swap(Arc::new(new), same);
+                    let upstreams = match &pools {
+                        Some(p) => p.clone(),
+                        None => self.live.upstreams(),
+                    };
+                    self.live.swap(Arc::new(new), upstreams, same);
+                    if let Some(p) = pools {
+                        // The replaced pools' checks stop (those of the pools built at start
+                        // run as services for the process's life, on pools no request uses).
+                        let running = p.run_in_background().map_err(|e| {
+                            error!(error = %e, "cannot run the new upstreams' health checks");
+                        });
+                        *self.background.lock().unwrap_or_else(|e| e.into_inner()) = running.ok();
+                    }
                     status.generation += 1;
                     info!(
                         trigger = why,

@@ -51,7 +51,6 @@ use crate::store::redis::Redis;
 use crate::store::{Observation, Outcome, Store};
 use crate::telemetry::redact::Shown;
 use crate::telemetry::Metrics;
-use crate::upstream::Upstreams;
 
 pub use answer::DECISION_HEADER;
 pub use ctx::Ctx;
@@ -147,12 +146,11 @@ impl Precond {
         live: Arc<LiveConfig>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
-        upstreams: Arc<Upstreams>,
         redis: Option<Arc<Redis>>,
         keys: Keys,
     ) -> Self {
         Precond {
-            s: Shared::new(live, store, metrics, upstreams, redis, keys),
+            s: Shared::new(live, store, metrics, redis, keys),
         }
     }
 }
@@ -448,13 +446,8 @@ impl ProxyHttp for Precond {
             );
         }
         FailToProxy {
-            error_code: answer::proxy_failed(
-                &self.s,
-                session,
-                e,
-                select::retry_after(&self.s, ctx, e),
-            )
-            .await,
+            error_code: answer::proxy_failed(&self.s, session, e, select::retry_after(ctx, e))
+                .await,
             can_reuse_downstream: false,
         }
     }

@@ -19,7 +19,7 @@ use crate::upstream::Pool;
 
 use super::ctx::Ctx;
 use super::headers::request_host;
-use super::shared::Shared;
+use super::shared::{Routes, Shared};
 
 /// The error type of "no server of the upstream is healthy": answered 503 with `Retry-After`.
 pub(crate) const NO_HEALTHY_SERVER: ErrorType = ErrorType::Custom("no healthy server");
@@ -39,9 +39,9 @@ pub(crate) fn selection_key(req: &RequestHeader) -> Vec<u8> {
     key
 }
 
-/// The pool of upstream `index`.
-pub(crate) fn pool(s: &Shared, index: usize) -> Result<&Pool> {
-    s.upstreams
+/// The pool of upstream `index` in the configuration `live` (the request's).
+pub(crate) fn pool(live: &Routes, index: usize) -> Result<&Pool> {
+    live.upstreams
         .pool(index)
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "route names no such upstream"))
 }
@@ -77,7 +77,8 @@ pub(crate) fn peer(
     ctx: &mut Ctx,
     upstream: usize,
 ) -> Result<HttpPeer> {
-    let pool = pool(s, upstream)?;
+    let live = ctx.live.clone();
+    let pool = pool(&live, upstream)?;
     let addr = server(s, pool, req, &mut ctx.select_key, &ctx.tried)?;
     ctx.server = Some(addr);
     Ok(pool.peer(addr))
@@ -86,7 +87,8 @@ pub(crate) fn peer(
 /// After a failed connection (nothing was sent): whether to try another server. The failed
 /// server is remembered so that no attempt of this request goes back to it.
 pub(crate) fn retry_after_connect_failure(s: &Shared, ctx: &mut Ctx, upstream: usize) -> bool {
-    let Ok(pool) = pool(s, upstream) else {
+    let live = ctx.live.clone();
+    let Ok(pool) = pool(&live, upstream) else {
         return false;
     };
     if let Some(addr) = ctx.server.take() {
@@ -101,11 +103,11 @@ pub(crate) fn retry_after_connect_failure(s: &Shared, ctx: &mut Ctx, upstream: u
 }
 
 /// `Retry-After` seconds for an error that says no server of the request's upstream is healthy.
-pub(crate) fn retry_after(s: &Shared, ctx: &Ctx, e: &Error) -> Option<u64> {
+pub(crate) fn retry_after(ctx: &Ctx, e: &Error) -> Option<u64> {
     let unavailable = e.etype() == &NO_HEALTHY_SERVER;
     let route = ctx.route.and_then(|i| ctx.live.config.routes.get(i))?;
     unavailable
-        .then(|| pool(s, route.upstream).ok().map(Pool::retry_after))
+        .then(|| pool(&ctx.live, route.upstream).ok().map(Pool::retry_after))
         .flatten()
 }
 

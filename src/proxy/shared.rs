@@ -85,6 +85,8 @@ impl Drop for GenerationWrite {
 pub struct Routes {
     /// The configuration.
     pub config: Arc<Config>,
+    /// Its upstream pools (indexed like `config.upstreams`).
+    pub upstreams: Arc<Upstreams>,
     /// Per route: when its origin's weak tags under `policy = "mismatch"` were last warned about.
     pub(crate) weak_warned: Vec<RateLimit>,
     /// Per route: when writes forwarded past the fence were last logged.
@@ -100,8 +102,13 @@ pub struct Routes {
 }
 
 impl Routes {
-    fn new(config: Arc<Config>, earlier: Vec<Arc<Generation>>) -> Routes {
+    fn new(
+        config: Arc<Config>,
+        upstreams: Arc<Upstreams>,
+        earlier: Vec<Arc<Generation>>,
+    ) -> Routes {
         Routes {
+            upstreams,
             generation: Arc::default(),
             earlier,
             labels: config
@@ -160,14 +167,23 @@ impl Routes {
 pub struct LiveConfig(ArcSwap<Routes>);
 
 impl LiveConfig {
-    /// `config` in force.
-    pub fn new(config: Arc<Config>) -> LiveConfig {
-        LiveConfig(ArcSwap::from_pointee(Routes::new(config, Vec::new())))
+    /// `config` in force, with the pools of its upstreams.
+    pub fn new(config: Arc<Config>, upstreams: Arc<Upstreams>) -> LiveConfig {
+        LiveConfig(ArcSwap::from_pointee(Routes::new(
+            config,
+            upstreams,
+            Vec::new(),
+        )))
     }
 
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
         self.0.load().config.clone()
+    }
+
+    /// The upstream pools in force now.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.0.load().upstreams.clone()
     }
 
     /// The configuration in force now, with its per-route state (a request keeps it to its end).
@@ -180,7 +196,7 @@ impl LiveConfig {
     /// [`Config::reloadable`]. When the new routes key or decide requests differently
     /// (`!same_resources`), `enforce` requests of the new configuration wait for the writes in
     /// flight under the old one (and those it was still waiting for).
-    pub fn swap(&self, config: Arc<Config>, same_resources: bool) {
+    pub fn swap(&self, config: Arc<Config>, upstreams: Arc<Upstreams>, same_resources: bool) {
         let old = self.0.load();
         // The outgoing generation is kept even with no write counted yet: a request that took
         // its snapshot may count one right after (see `Shared::started_under`); older ones are
@@ -192,7 +208,8 @@ impl LiveConfig {
             .chain((!same_resources).then_some(&old.generation))
             .cloned()
             .collect();
-        self.0.store(Arc::new(Routes::new(config, earlier)));
+        self.0
+            .store(Arc::new(Routes::new(config, upstreams, earlier)));
     }
 }
 
@@ -202,7 +219,6 @@ pub(crate) struct Shared {
     pub(crate) live: Arc<LiveConfig>,
     pub(crate) store: Arc<Store>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) upstreams: Arc<Upstreams>,
     /// The shared store (`store.backend = "redis"`): serialises enforce writes across instances.
     pub(crate) redis: Option<Arc<Redis>>,
     /// Upstream connections for requests precond sends itself (`enforce` probes and reads).
@@ -271,12 +287,10 @@ impl Shared {
         live: Arc<LiveConfig>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
-        upstreams: Arc<Upstreams>,
         redis: Option<Arc<Redis>>,
         keys: Keys,
     ) -> Shared {
         Shared {
-            upstreams,
             redis,
             live,
             store,
@@ -302,12 +316,28 @@ mod tests {
         Arc::new(crate::config::parse(&text).unwrap())
     }
 
+    fn pools(c: &Config) -> Arc<Upstreams> {
+        Arc::new(Upstreams::new(&c.upstreams).unwrap())
+    }
+
+    fn swap(live: &LiveConfig, mode: &str, same: bool) {
+        let c = config(mode);
+        let p = pools(&c);
+        live.swap(c, p, same);
+    }
+
+    fn live(mode: &str) -> LiveConfig {
+        let c = config(mode);
+        let p = pools(&c);
+        LiveConfig::new(c, p)
+    }
+
     #[tokio::test]
     async fn after_a_reload_only_the_same_resource_waits_for_the_old_writes() {
-        let live = LiveConfig::new(config("pass"));
+        let live = live("pass");
         let old = live.routes();
         let write = old.write_started(1);
-        live.swap(config("enforce"), false);
+        swap(&live, "enforce", false);
         let new = live.routes();
         let soon = || Instant::now() + Duration::from_millis(50);
         assert!(
@@ -330,21 +360,21 @@ mod tests {
         assert!(waiter.await.unwrap(), "woken when the old write ends");
         // A reload that keys and decides alike carries no new wait.
         let w = new.write_started(3);
-        live.swap(config("enforce"), true);
+        swap(&live, "enforce", true);
         assert!(live.routes().earlier_writes_done(3, soon()).await);
         drop(w);
     }
 
     #[test]
     fn the_outgoing_generation_is_kept_even_before_its_first_write() {
-        let live = LiveConfig::new(config("pass"));
+        let live = live("pass");
         let old = live.routes();
-        live.swap(config("enforce"), false);
+        swap(&live, "enforce", false);
         // A request that took the old snapshot counts its write only now.
         let _w = old.write_started(7);
         assert!(live.routes().earlier.iter().any(|g| g.writing(7)));
         // One more reload keeps it while the write is in flight.
-        live.swap(config("guard"), false);
+        swap(&live, "guard", false);
         assert!(live.routes().earlier.iter().any(|g| g.writing(7)));
     }
 }

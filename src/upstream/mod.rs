@@ -17,6 +17,20 @@ mod tls;
 
 pub use pool::Pool;
 
+use std::sync::Arc;
+
+/// The background work of pools a reload built; stops it when dropped (the pools it served
+/// were replaced).
+pub struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
 use crate::config::Upstream;
 
 /// The pools of every configured upstream, in file order (routes refer to them by index).
@@ -40,6 +54,28 @@ impl Upstreams {
     /// Every pool, in file order.
     pub fn pools(&self) -> &[Pool] {
         &self.pools
+    }
+
+    /// Runs the health checks and re-resolution of these pools on a thread of their own until
+    /// the returned handle is dropped (pools a reload built).
+    pub fn run_in_background(self: &Arc<Self>) -> std::io::Result<Background> {
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        let pools = self.clone();
+        std::thread::Builder::new()
+            .name("precond-upstreams".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    tracing::error!("cannot start the upstream health checks of a reload");
+                    return;
+                };
+                rt.block_on(futures::future::join_all(
+                    pools.pools.iter().map(|p| p.run_background(watch.clone())),
+                ));
+            })?;
+        Ok(Background { stop })
     }
 
     /// Whether every upstream has at least one healthy server.

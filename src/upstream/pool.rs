@@ -188,6 +188,20 @@ impl Pool {
         peer
     }
 
+    /// Runs health checks and re-resolution until `shutdown` says so (for pools a reload built:
+    /// the pools built at start run them as Pingora services, see [`Pool::service`]).
+    pub async fn run_background(&self, shutdown: pingora::server::ShutdownWatch) {
+        use pingora::services::background::BackgroundService;
+        if !self.background {
+            return;
+        }
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.start(shutdown).await,
+            Balancer::Consistent(lb) => lb.start(shutdown).await,
+            Balancer::Random(lb) => lb.start(shutdown).await,
+        }
+    }
+
     /// The background service that runs health checks and re-resolution, when either is needed.
     pub fn service(&self) -> Option<Box<dyn ServiceWithDependents>> {
         if !self.background {

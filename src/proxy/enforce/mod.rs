@@ -236,7 +236,7 @@ async fn read(
     let (fetched, peer, v) = match fetch_and_learn(s, session, ctx, route, &key, false).await {
         Ok(f) => f,
         Err(e) => {
-            let retry = select::retry_after(s, ctx, &e);
+            let retry = select::retry_after(ctx, &e);
             return answer::upstream_failed(s, session, &e, retry)
                 .await
                 .map(|()| true);
@@ -420,7 +420,7 @@ async fn write(
                     warn!(path = %s.shown_target(session.req_header()), error = %Shown(&e.to_string()), "probe failed");
                     ctx.lease = None;
                     ctx.write_lock = None;
-                    if let Some(retry) = select::retry_after(s, ctx, &e) {
+                    if let Some(retry) = select::retry_after(ctx, &e) {
                         // No server is healthy: nothing was sent, nothing is unknown.
                         return answer::upstream_failed(s, session, &e, Some(retry))
                             .await

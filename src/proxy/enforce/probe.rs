@@ -280,7 +280,8 @@ pub(super) async fn fetch_and_learn(
 ) -> Result<(Fetched, HttpPeer, Validators)> {
     // The server the write itself would reach (one server per resource under consistent
     // selection); a probe is not retried elsewhere.
-    let pool = select::pool(s, route.upstream)?;
+    let live = ctx.live.clone();
+    let pool = select::pool(&live, route.upstream)?;
     let mut select_key = None;
     let peer = pool.peer(select::server(
         s,
