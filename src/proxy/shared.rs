@@ -186,6 +186,11 @@ impl LiveConfig {
         self.0.load().upstreams.clone()
     }
 
+    /// Whether `routes` is the snapshot in force (no reference count taken).
+    pub(crate) fn is_current(&self, routes: &Arc<Routes>) -> bool {
+        Arc::ptr_eq(&self.0.load(), routes)
+    }
+
     /// The configuration in force now, with its per-route state (a request keeps it to its end).
     pub fn routes(&self) -> Arc<Routes> {
         self.0.load_full()
@@ -261,17 +266,23 @@ impl Shared {
     /// configuration's generation: taken so that a reload cannot slip between the two (the
     /// count is made, then the snapshot is checked to be still the one in force; if a reload
     /// came in between, the count is dropped and taken again under the new one).
+    /// `taken` is the snapshot the request's context took: a read keeps it as it is.
     pub(crate) fn started_under(
         &self,
+        taken: Arc<Routes>,
         resource: u64,
         write: bool,
     ) -> (Arc<Routes>, Option<GenerationWrite>) {
+        if !write {
+            return (taken, None);
+        }
+        let mut live = taken;
         loop {
-            let live = self.live.routes();
-            let counted = write.then(|| live.write_started(resource));
-            if Arc::ptr_eq(&live, &self.live.routes()) {
-                return (live, counted);
+            let counted = live.write_started(resource);
+            if self.live.is_current(&live) {
+                return (live, Some(counted));
             }
+            live = self.live.routes();
         }
     }
 
