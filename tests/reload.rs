@@ -7,23 +7,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use precond::demo::{DemoOrigin, Tags};
-
-/// The proxy process; killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn config(
     listen: std::net::SocketAddr,
@@ -80,19 +70,7 @@ fn sighup_and_post_reload_swap_routes_under_load_and_refuse_bad_files() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("precond.toml");
     std::fs::write(&file, config(listen, admin, &origin, "guard")).unwrap();
-    let p = Proc(
-        Command::new(env!("CARGO_BIN_EXE_precond"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    eventually("precond listens", || {
-        std::net::TcpStream::connect(listen).is_ok() && std::net::TcpStream::connect(admin).is_ok()
-    });
+    let p = run_precond(&file, &[listen, admin]);
 
     // A client that keeps reading and writing on one keep-alive connection throughout.
     let stop = Arc::new(AtomicBool::new(false));
@@ -223,28 +201,6 @@ fn sighup_and_post_reload_swap_routes_under_load_and_refuse_bad_files() {
     );
 }
 
-/// Starts `precond run` on `file` and waits for both listeners.
-fn start(
-    file: &std::path::Path,
-    listen: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-) -> Proc {
-    let p = Proc(
-        Command::new(env!("CARGO_BIN_EXE_precond"))
-            .args(["run", "--config"])
-            .arg(file)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    eventually("precond listens", || {
-        std::net::TcpStream::connect(listen).is_ok() && std::net::TcpStream::connect(admin).is_ok()
-    });
-    p
-}
-
 fn two_routes(
     listen: std::net::SocketAddr,
     admin: std::net::SocketAddr,
@@ -286,7 +242,7 @@ fn a_request_in_flight_finishes_on_the_configuration_it_started_under() {
     let old = "[[route]]\npath_prefix = \"/a\"\nupstream = \"origin\"\nmode = \"guard\"\n\n\
                [[route]]\npath_prefix = \"/slow\"\nupstream = \"origin\"\nmode = \"guard\"\n";
     std::fs::write(&file, two_routes(listen, admin, &o, old)).unwrap();
-    let _p = start(&file, listen, admin);
+    let _p = run_precond(&file, &[listen, admin]);
     let slow = std::thread::spawn(move || request(listen, "GET", "/slow/1", &[], ""));
     eventually("the slow request reached the origin", || {
         arrived.load(Ordering::SeqCst)
@@ -351,7 +307,7 @@ fn an_enforce_write_waits_for_the_writes_of_the_configuration_before() {
     let file = dir.join("precond.toml");
     let o = origin.addr.to_string();
     std::fs::write(&file, config(listen, admin, &o, "pass")).unwrap();
-    let _p = start(&file, listen, admin);
+    let _p = run_precond(&file, &[listen, admin]);
     assert_eq!(request(listen, "GET", "/items/1", &[], "").etag(), "\"v1\"");
     // A blind write under pass, held by the origin.
     let first = std::thread::spawn(move || request(listen, "PUT", "/items/1", &[], "{}").status);
@@ -395,7 +351,7 @@ fn a_reload_moves_an_upstream_to_other_servers() {
         )
     };
     std::fs::write(&file, with_checks(&a.addr.to_string())).unwrap();
-    let _p = start(&file, listen, admin);
+    let _p = run_precond(&file, &[listen, admin]);
     assert_eq!(
         request(listen, "GET", "/items/on-b", &[], "").status,
         404,

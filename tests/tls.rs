@@ -8,8 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
 use precond::demo::{DemoOrigin, Tags};
@@ -230,16 +229,6 @@ fn upstream_tls_verifies_the_origin_by_its_ca_and_name() {
     );
 }
 
-/// The process; killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The SHA-256 fingerprint of the certificate served on `addr` (openssl s_client).
 fn served(addr: SocketAddr) -> String {
     let out = Command::new("bash")
@@ -280,23 +269,7 @@ fn the_certificate_is_read_again_on_reload_and_a_bad_one_keeps_the_old() {
         origin.addr
     );
     std::fs::write(&file, text).unwrap();
-    let _p = Proc(
-        Command::new(env!("CARGO_BIN_EXE_precond"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(https).is_err()
-        || std::net::TcpStream::connect(admin).is_err()
-    {
-        assert!(Instant::now() < deadline, "precond did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _p = run_precond(&file, &[https, admin]);
     let (fp1, fp2) = (fingerprint(&first), fingerprint(&second));
     assert_ne!(fp1, fp2);
     assert_eq!(served(https), fp1);

@@ -428,3 +428,33 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// `precond run --config FILE` as a child process; killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the precond binary on `file` and waits until every address in `listening` accepts.
+pub fn run_precond(file: &std::path::Path, listening: &[SocketAddr]) -> Proc {
+    let p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_precond"))
+            .args(["run", "--config"])
+            .arg(file)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listening.iter().any(|a| TcpStream::connect(a).is_err()) {
+        assert!(Instant::now() < deadline, "precond did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    p
+}
