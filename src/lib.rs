@@ -11,16 +11,26 @@
 //! - [`demo`]: the bundled legacy origin of the quick start and the tests.
 //!
 //! The Pingora glue (`proxy`) is private: it is reached through [`app`].
+//!
+//! Everything that does I/O (`app`, `proxy`, `upstream`, `telemetry`, `demo`, and the store's
+//! Redis backend) is behind the default `proxy` feature; without it the library is the pure core
+//! (`precondition`, `identity`, `config`, `store`), which the fuzz targets build.
 #![warn(missing_docs)]
 
+#[cfg(feature = "proxy")]
 pub mod app;
 pub mod config;
+#[cfg(feature = "proxy")]
 pub mod demo;
 pub mod identity;
 pub mod precondition;
+#[cfg(feature = "proxy")]
 mod proxy;
 pub mod store;
+#[cfg(feature = "proxy")]
 pub mod telemetry;
+#[cfg(feature = "proxy")]
 pub mod upstream;
 
+#[cfg(feature = "proxy")]
 pub use proxy::DECISION_HEADER;

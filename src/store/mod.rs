@@ -31,10 +31,11 @@ pub mod fastpath;
 pub mod index;
 pub mod learn;
 pub mod partition;
+#[cfg(feature = "proxy")]
 pub mod redis;
 pub mod summary;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
