@@ -95,7 +95,8 @@ pub fn precond_store_principals(n: usize, users: usize) -> Store {
             learn_get_as(&store, &p, &current_tag(i), None, *w);
         }
     }
-    store.len();
+    // Measure the steady state: no eviction or index resize pending.
+    store.settle();
     store
 }
 
@@ -107,7 +108,8 @@ pub fn precond_store(n: usize) -> Store {
         learn_get(&store, &p, &replaced_tag(i));
         learn_get(&store, &p, &current_tag(i));
     }
-    store.len();
+    // Measure the steady state: no eviction or index resize pending.
+    store.settle();
     store
 }
 

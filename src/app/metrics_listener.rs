@@ -21,8 +21,12 @@ pub(super) struct MetricsApp {
     pub(super) store: Arc<Store>,
 }
 
-/// What the store reports to the metrics, now.
-pub(super) fn store_gauges(store: &Store) -> StoreGauges {
+/// What the store reports to the metrics, now. A scrape is also the store's housekeeping: it
+/// starts a [`Store::settle`] on tokio's blocking pool, and does not wait for it (finishing a
+/// resize of a large index can take long; the listener keeps answering meanwhile).
+pub(super) fn store_gauges(store: &Arc<Store>) -> StoreGauges {
+    let settling = store.clone();
+    tokio::task::spawn_blocking(move || settling.settle());
     let (evicted_size, evicted_expired) = store.evictions();
     StoreGauges {
         entries: store.len(),
