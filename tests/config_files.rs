@@ -1,7 +1,11 @@
 //! Every file in `config/` is valid, and `precond check` reports errors with their line.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+use common::TempDir;
 
 #[test]
 fn every_shipped_config_file_validates() {
@@ -28,8 +32,7 @@ fn version_names_the_commit_and_check_warns_about_metrics_listen() {
         v.starts_with(&format!("precond {} (commit ", env!("CARGO_PKG_VERSION"))),
         "{v}"
     );
-    let dir = std::env::temp_dir().join(format!("precond-deprecated-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("deprecated");
     let file = dir.join("old.toml");
     std::fs::write(
         &file,
@@ -47,7 +50,6 @@ fn version_names_the_commit_and_check_warns_about_metrics_listen() {
         err.contains("metrics_listen is deprecated") && err.contains("[admin] listen"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -67,8 +69,7 @@ fn check_command_accepts_a_good_file() {
 
 #[test]
 fn check_command_rejects_a_bad_file_naming_the_line() {
-    let dir = std::env::temp_dir().join(format!("precond-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("check");
     let file = dir.join("bad.toml");
     std::fs::write(
         &file,
@@ -84,7 +85,6 @@ fn check_command_rejects_a_bad_file_naming_the_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:7:"), "{err}");
     assert!(err.contains("sometimes"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

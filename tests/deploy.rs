@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::free_addr;
+use common::{free_addr, TempDir};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn root() -> PathBuf {
@@ -124,8 +124,7 @@ fn the_kubernetes_sidecar_example_is_consistent() {
 #[test]
 fn the_entrypoint_checks_the_file_before_it_runs() {
     let bin = env!("CARGO_BIN_EXE_precond");
-    let dir = std::env::temp_dir().join(format!("precond-deploy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("deploy");
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
@@ -206,8 +205,7 @@ fn the_systemd_unit_verifies() {
     let unit = std::fs::read_to_string(root().join("deploy/precond.service"))
         .unwrap()
         .replace("/usr/local/bin/precond", env!("CARGO_BIN_EXE_precond"));
-    let dir = std::env::temp_dir().join(format!("precond-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("unit");
     let path = dir.join("precond.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")

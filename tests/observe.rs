@@ -248,8 +248,7 @@ fn the_census_stays_within_its_bytes_under_a_flood_of_callers() {
 fn json_log_lines_and_the_report() {
     let origin = strong_origin();
     let (listen, admin) = (free_addr(), free_addr());
-    let dir = std::env::temp_dir().join(format!("precond-observe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("observe");
     let file = dir.join("precond.toml");
     let text = observe_route(&format!(
         "[admin]\nlisten = \"{admin}\"\n\n[log]\nformat = \"json\"\naccess_log = true\n"

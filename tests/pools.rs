@@ -334,8 +334,7 @@ fn a_refused_connection_is_retried_on_another_server_for_writes_too() {
 fn the_admin_listener_answers_health_and_guards_metrics_with_its_token() {
     let o = demo();
     let admin = free_addr();
-    let dir = std::env::temp_dir().join(format!("precond-admin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("admin");
     let token = dir.join("token");
     std::fs::write(&token, "s3cret-admin-token-0123\n").unwrap();
     let text = pool_config(&[o.addr], "", "guard", Some(admin)).replace(
@@ -375,7 +374,6 @@ fn the_admin_listener_answers_health_and_guards_metrics_with_its_token() {
         "forwarded to the origin, which has no such item"
     );
     assert_eq!(o.stats.requests.load(Ordering::SeqCst), 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -30,7 +30,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_addr, RedisServer, Resp};
+use common::{free_addr, RedisServer, Resp, TempDir};
 use precond::demo::{DemoOrigin, Tags};
 
 const CLIENTS: usize = 8;
@@ -85,31 +85,6 @@ fn swap(text: &str, from: &str, to: &str) -> String {
         "expected `{from}` once in the shipped config, found {n}"
     );
     text.replace(from, to)
-}
-
-/// A temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "precond-tier-{}-{what}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A child process, stopped when dropped; its output goes to `log`.
@@ -527,7 +502,7 @@ fn nginx_text(dir: &TempDir) -> String {
 fn nginx_cmd(dir: &TempDir, file: &Path) -> Command {
     let mut cmd = Command::new(tool("nginx"));
     cmd.arg("-p")
-        .arg(&dir.0)
+        .arg(dir.path())
         .arg("-e")
         .arg(dir.join("error.log"))
         .arg("-c")

@@ -18,13 +18,12 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Ca {
     fn new(name: &str) -> Ca {
-        let dir = std::env::temp_dir().join(format!("precond-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new(&format!("tls-{name}"));
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -77,12 +76,8 @@ fn tls_server(addr: SocketAddr, cert: &Path, key: &Path) -> String {
 /// curl against `https://localhost:PORT{path}` trusting `ca`: (`http_version http_code`,
 /// headers, body).
 fn curl(addr: SocketAddr, ca: &Path, args: &[&str], path: &str) -> (String, String, String) {
-    let dir = std::env::temp_dir();
-    let headers = dir.join(format!(
-        "precond-tls-h-{}-{}",
-        std::process::id(),
-        addr.port()
-    ));
+    let dir = TempDir::new("tls-h");
+    let headers = dir.join("headers");
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "--cacert"])
         .arg(ca)

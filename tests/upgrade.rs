@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::free_addr;
+use common::{free_addr, TempDir};
 use precond::demo::{DemoOrigin, Tags};
 
 /// Kills a pid when dropped (the test's processes never outlive it).
@@ -69,8 +69,7 @@ fn get(addr: SocketAddr, path: &str) -> Result<u16, Failed> {
 fn a_graceful_upgrade_under_load_fails_no_request() {
     let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
     let (listen, admin) = (free_addr(), free_addr());
-    let dir = std::env::temp_dir().join(format!("precond-upgrade-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("upgrade");
     // The upgrade socket's directory must be private (precond refuses --upgrade otherwise).
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -224,8 +223,7 @@ mode = "guard"
 #[test]
 fn an_upgrade_refuses_a_socket_directory_open_to_others() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("precond-upgrade-open-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("upgrade-open");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let file = dir.join("precond.toml");
     std::fs::write(
