@@ -22,8 +22,7 @@ fn enc(url: &str) -> String {
 fn store_shows_what_is_known_of_a_resource_and_forgets_it() {
     let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
     let admin = free_addr();
-    let dir = std::env::temp_dir().join(format!("precond-admin-store-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("admin-store");
     let token = dir.join("token");
     std::fs::write(&token, "s3cret-admin-token-0123\n").unwrap();
     let text = guard_config("superseded").replace(

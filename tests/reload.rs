@@ -66,8 +66,7 @@ fn sighup_and_post_reload_swap_routes_under_load_and_refuse_bad_files() {
     let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
     let origin = origin.addr.to_string();
     let (listen, admin) = (free_addr(), free_addr());
-    let dir = std::env::temp_dir().join(format!("precond-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("reload");
     let file = dir.join("precond.toml");
     std::fs::write(&file, config(listen, admin, &origin, "guard")).unwrap();
     let p = run_precond(&file, &[listen, admin]);
@@ -235,8 +234,7 @@ fn a_request_in_flight_finishes_on_the_configuration_it_started_under() {
         })
     };
     let (listen, admin) = (free_addr(), free_addr());
-    let dir = std::env::temp_dir().join(format!("precond-reload-inflight-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("reload-inflight");
     let file = dir.join("precond.toml");
     let o = origin.addr.to_string();
     let old = "[[route]]\npath_prefix = \"/a\"\nupstream = \"origin\"\nmode = \"guard\"\n\n\
@@ -302,8 +300,7 @@ fn an_enforce_write_waits_for_the_writes_of_the_configuration_before() {
         })
     };
     let (listen, admin) = (free_addr(), free_addr());
-    let dir = std::env::temp_dir().join(format!("precond-reload-enforce-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("reload-enforce");
     let file = dir.join("precond.toml");
     let o = origin.addr.to_string();
     std::fs::write(&file, config(listen, admin, &o, "pass")).unwrap();
@@ -341,8 +338,7 @@ fn a_reload_moves_an_upstream_to_other_servers() {
     let b = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
     assert_eq!(request(b.addr, "PUT", "/items/on-b", &[], "{}").status, 201);
     let (listen, admin) = (free_addr(), free_addr());
-    let dir = std::env::temp_dir().join(format!("precond-reload-up-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("reload-up");
     let file = dir.join("precond.toml");
     let with_checks = |origin: &str| {
         config(listen, admin, origin, "guard").replace(
