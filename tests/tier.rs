@@ -502,7 +502,7 @@ fn nginx_text(dir: &TempDir) -> String {
 fn nginx_cmd(dir: &TempDir, file: &Path) -> Command {
     let mut cmd = Command::new(tool("nginx"));
     cmd.arg("-p")
-        .arg(dir.path())
+        .arg(dir.as_os_str())
         .arg("-e")
         .arg(dir.join("error.log"))
         .arg("-c")

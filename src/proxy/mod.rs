@@ -180,10 +180,8 @@ impl ProxyHttp for Precond {
         // The configuration this request runs under to its end; a write is counted in it.
         let method = Method::from_bytes(req.method.as_str().as_bytes());
         ctx.resource = s.resource_hash(host.as_deref(), &path);
-        let (live, counted) =
-            s.started_under(ctx.live.clone(), ctx.resource, method.changes_state());
-        ctx.live = live.clone();
-        ctx.generation_write = counted;
+        ctx.generation_write = s.started_under(&mut ctx.live, ctx.resource, method.changes_state());
+        let live = ctx.live.clone();
         let Some((idx, route)) = live.config.route_for(host.as_deref(), &path) else {
             s.metrics.no_route.inc();
             answer::no_route(s, session).await?;

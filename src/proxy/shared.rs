@@ -266,23 +266,23 @@ impl Shared {
     /// configuration's generation: taken so that a reload cannot slip between the two (the
     /// count is made, then the snapshot is checked to be still the one in force; if a reload
     /// came in between, the count is dropped and taken again under the new one).
-    /// `taken` is the snapshot the request's context took: a read keeps it as it is.
+    /// `live` is the snapshot the request's context took: a read keeps it as it is, a write's is
+    /// replaced when a reload came in between.
     pub(crate) fn started_under(
         &self,
-        taken: Arc<Routes>,
+        live: &mut Arc<Routes>,
         resource: u64,
         write: bool,
-    ) -> (Arc<Routes>, Option<GenerationWrite>) {
+    ) -> Option<GenerationWrite> {
         if !write {
-            return (taken, None);
+            return None;
         }
-        let mut live = taken;
         loop {
             let counted = live.write_started(resource);
-            if self.live.is_current(&live) {
-                return (live, Some(counted));
+            if self.live.is_current(live) {
+                return Some(counted);
             }
-            live = self.live.routes();
+            *live = self.live.routes();
         }
     }
 

@@ -346,10 +346,6 @@ impl TempDir {
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
 }
 
 impl std::ops::Deref for TempDir {
