@@ -9,6 +9,7 @@
 //! Invariant: unknown keys are errors, not silently ignored.
 
 mod file;
+mod listeners;
 mod reload;
 mod settings;
 mod tls;

@@ -331,6 +331,7 @@ impl Validator<'_> {
         if s.listen.is_empty() {
             return Err(self.err(0..0, "server.listen must name at least one address"));
         }
+        self.distinct_listeners(&raw)?;
         let server = ServerSettings {
             listen: s
                 .listen
