@@ -193,3 +193,44 @@ fn a_live_scrape_passes_promtool_and_counts_decisions() {
     assert!(!scrape.contains("precond_not_modified_total{"), "{scrape}");
     assert!(!scrape.contains("reason=\"weak_only\""), "{scrape}");
 }
+
+/// `/readyz` answers 503 (`"listening": false`) while the data port is not bound yet: Pingora
+/// retries an address in use for about 30 s while the admin listener already answers, and a
+/// balancer must not send traffic to an instance that does not listen. Once the address is
+/// free, precond binds it, `/readyz` turns 200 and the data port is precond's.
+#[test]
+fn readyz_is_not_ready_until_the_data_port_is_bound() {
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
+    let (data, admin) = (free_addr(), free_addr());
+    let squatter = std::net::TcpListener::bind(data).expect("the data port is free");
+    let dir = TempDir::new("readyz");
+    let file = dir.join("precond.toml");
+    let text = guard_config("superseded")
+        .replace("{listen}", &data.to_string())
+        .replace("{origin}", &origin.addr.to_string())
+        .replace(
+            "[[upstream]]",
+            &format!("[admin]\nlisten = \"{admin}\"\n\n[[upstream]]"),
+        );
+    std::fs::write(&file, text).unwrap();
+    let _precond = run_precond(&file, &[admin]);
+    let r = request(admin, "GET", "/readyz", &[], "");
+    assert_eq!(r.status, 503, "{}", r.body_str());
+    assert_eq!(r.json()["listening"], false, "{}", r.body_str());
+    assert_eq!(r.json()["upstreams"][0]["healthy"], 1, "{}", r.body_str());
+
+    drop(squatter);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let ready = loop {
+        let r = request(admin, "GET", "/readyz", &[], "");
+        if r.status != 503 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(ready.status, 200, "{}", ready.body_str());
+    assert_eq!(ready.json()["listening"], true);
+    let r = request(data, "GET", "/items/1", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert!(r.header("ETag").is_some());
+}

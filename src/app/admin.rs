@@ -24,6 +24,7 @@ use crate::store::Store;
 use crate::telemetry::{Metrics, UpstreamGauge};
 
 use super::inspect::{describe, resource_of, url_param};
+use super::listening::Listening;
 use super::metrics_listener::store_gauges;
 use super::reload::{Reloaded, Reloader};
 
@@ -38,6 +39,8 @@ pub(super) struct AdminApp {
     pub(super) reloader: Arc<Reloader>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) store: Arc<Store>,
+    /// Whether the data listeners are bound (not ready before).
+    pub(super) listening: Arc<Listening>,
     /// The bearer token `/metrics`, `/store` and `/reload` require, when configured.
     pub(super) token: Option<Vec<u8>>,
 }
@@ -111,10 +114,12 @@ impl AdminApp {
                 })
             })
             .collect();
-        let ready = pools.ready();
+        let listening = self.listening.is_listening();
+        let ready = listening && pools.ready();
         let status = self.reloader.status();
         let body = serde_json::json!({
             "ready": ready,
+            "listening": listening,
             "upstreams": upstreams,
             // The reload's outcome, not its error text (which may repeat values from the file):
             // this endpoint needs no token; the error is in the log and in POST /reload's answer.

@@ -5,9 +5,10 @@
 //! [`Running`], a proxy started on a background thread that stops when dropped (used by the demo
 //! command and by the integration tests). The only module that knows every other one.
 //!
-//! Invariant: every listener address is bound by the time [`spawn`] returns `Ok`.
+//! Invariant: every data listener address is bound by the time [`spawn`] returns `Ok`
+//! ([`listening`]).
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,6 +24,7 @@ use tokio::sync::Notify;
 
 mod admin;
 mod inspect;
+pub mod listening;
 mod metrics_listener;
 pub mod reload;
 pub mod report;
@@ -35,6 +37,7 @@ use crate::store::redis::{Redis, RedisSettings};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::Upstreams;
+use listening::{Listening, OnBindFailure, ReportListening};
 use metrics_listener::MetricsApp;
 use reload::{Hangup, Reloader};
 
@@ -54,6 +57,8 @@ pub struct State {
     pub store: Arc<Store>,
     /// The counters.
     pub metrics: Arc<Metrics>,
+    /// Whether the data listeners are bound.
+    pub listening: Arc<Listening>,
 }
 
 /// What `precond check` verifies beyond the file itself, as a start would: a configured secret
@@ -106,26 +111,29 @@ fn shared_store(config: &Config, keys: &Keys) -> std::io::Result<Option<Arc<Redi
 
 /// Builds the Pingora server (not started yet) and the state it shares, for a configuration
 /// that was not read from a file (reloads are refused).
+/// A data address that cannot be bound is reported in [`State::listening`].
 pub fn build(config: Config) -> std::io::Result<(Server, State)> {
-    build_from(config, None, false)
+    build_from(config, None, false, OnBindFailure::Report)
 }
 
 /// [`build`] for a configuration read from `path`: `SIGHUP` and `POST /reload` re-read it.
 /// With `upgrade`, the listeners are taken over from the running process that hands them over
 /// on `SIGQUIT` (Pingora's graceful upgrade, over `server.upgrade_sock`). Signals are
-/// process-wide: one server per process should be built this way.
+/// process-wide: one server per process should be built this way. A data address that cannot be
+/// bound (Pingora retries one in use for about 30 s) ends the process with status 1.
 pub fn build_from_file(
     config: Config,
     path: PathBuf,
     upgrade: bool,
 ) -> std::io::Result<(Server, State)> {
-    build_from(config, Some(path), upgrade)
+    build_from(config, Some(path), upgrade, OnBindFailure::Exit)
 }
 
 fn build_from(
     config: Config,
     path: Option<PathBuf>,
     upgrade: bool,
+    on_bind_failure: OnBindFailure,
 ) -> std::io::Result<(Server, State)> {
     let conf = ServerConf {
         threads: config.server.threads,
@@ -205,7 +213,12 @@ fn build_from(
             service.add_tls_with_settings(&addr.to_string(), None, tls::listener_settings(certs)?);
         }
     }
-    let handle = server.add_service(service);
+    let listening = Arc::new(Listening::default());
+    let handle = server.add_service(ReportListening::new(
+        service,
+        listening.clone(),
+        on_bind_failure,
+    ));
     handle.add_dependencies(pools.iter());
     if let Some(addr) = config.server.metrics_listen {
         let mut m = Service::new(
@@ -232,6 +245,7 @@ fn build_from(
                 reloader: reloader.clone(),
                 metrics: metrics.clone(),
                 store: store.clone(),
+                listening: listening.clone(),
                 token,
             },
         );
@@ -251,6 +265,7 @@ fn build_from(
             reloader,
             store,
             metrics,
+            listening,
         },
     ))
 }
@@ -321,7 +336,8 @@ impl Drop for Running {
     }
 }
 
-/// Starts a proxy on a background thread and waits until its first listener accepts connections.
+/// Starts a proxy on a background thread and waits until its data listeners are bound (an error
+/// when they cannot be, e.g. an address in use: Pingora retries that for about 30 s).
 pub fn spawn(config: Config) -> std::io::Result<Running> {
     let addr = *config
         .server
@@ -344,14 +360,18 @@ pub fn spawn(config: Config) -> std::io::Result<Running> {
         stop,
         thread: Some(thread),
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
+    let listening = running.state.listening.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !listening.is_listening() {
+        if let Some(why) = listening.failure() {
+            return Err(std::io::Error::other(why.to_string()));
+        }
+        if Instant::now() > deadline || running.thread.as_ref().is_none_or(|t| t.is_finished()) {
             return Err(std::io::Error::other(format!(
                 "proxy did not start listening on {addr}"
             )));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(running)
 }

@@ -22,10 +22,19 @@ use hyper_util::rt::TokioIo;
 use precond::app::{spawn, Running};
 use precond::config;
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released), never one this process was given before: two
+/// calls in a row may otherwise get the same port from the system (say, an instance's data and
+/// admin addresses), and then one of its listeners could not bind.
 pub fn free_addr() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let l = StdListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        if GIVEN.lock().unwrap().insert(addr.port()) {
+            return addr;
+        }
+    }
 }
 
 /// Starts precond with a config where `{listen}` and `{origin}` are filled in.
