@@ -146,6 +146,17 @@ upstream = "api"
     }
 
     #[test]
+    fn an_upgrade_socket_path_must_fit_a_unix_socket_address() {
+        let at = |path: &str| format!("[server]\nupgrade_sock = \"{path}\"\n{MINIMAL}");
+        let longest = format!("/run/precond/{}", "s".repeat(107 - 13));
+        assert_eq!(longest.len(), 107);
+        assert!(parse(&at(&longest)).is_ok());
+        let e = parse(&at(&format!("{longest}s"))).unwrap_err();
+        assert!(e.message.contains("108 bytes long"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(2), "{e}");
+    }
+
+    #[test]
     fn enforce_settings_are_validated() {
         let text = format!(
             "{MINIMAL}mode = \"enforce\"\nrequire = [\"PUT\", \"DELETE\"]\nprobe = \"head\"\n"

@@ -358,6 +358,17 @@ impl Validator<'_> {
                          the new process agree on)",
                     ));
                 }
+                // sockaddr_un's sun_path holds 108 bytes with the terminating NUL.
+                let len = s.upgrade_sock.get_ref().len();
+                if len > 107 {
+                    return Err(self.err(
+                        s.upgrade_sock.span(),
+                        format!(
+                            "server.upgrade_sock is {len} bytes long: a Unix socket path may have \
+                             at most 107"
+                        ),
+                    ));
+                }
                 p
             },
             tls: self.tls_listen(s)?,
