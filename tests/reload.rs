@@ -330,6 +330,66 @@ fn an_enforce_write_waits_for_the_writes_of_the_configuration_before() {
     );
 }
 
+/// A loopback port that counts the connections made to it (a `tcp` health check's probes).
+fn counting_port() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            c.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    (addr, count)
+}
+
+/// The health checks of the pools built at start stop once a reload replaces those pools (no
+/// request uses them any more), as those of a reload's pools do when the next reload replaces
+/// them: a replaced upstream is no longer probed.
+#[test]
+fn a_reload_stops_probing_the_servers_it_replaced() {
+    let (a, probes_a) = counting_port();
+    let (b, probes_b) = counting_port();
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = TempDir::new("reload-probes");
+    let file = dir.join("precond.toml");
+    let on = |origin: std::net::SocketAddr| {
+        config(listen, admin, &origin.to_string(), "guard").replace(
+            "servers = [",
+            "health_check = \"tcp\"\nhealth_check_interval = \"100ms\"\nservers = [",
+        )
+    };
+    let reload_to = |origin| {
+        std::fs::write(&file, on(origin)).unwrap();
+        let r = request(admin, "POST", "/reload", &[], "");
+        assert_eq!(r.status, 200, "{}", r.body_str());
+    };
+    // Quiet: no probe for several intervals after a settling time for one in flight.
+    let quiet = |probes: &AtomicU64| {
+        std::thread::sleep(Duration::from_millis(300));
+        let n = probes.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(500));
+        probes.load(Ordering::SeqCst) == n
+    };
+    std::fs::write(&file, on(a)).unwrap();
+    let _p = run_precond(&file, &[listen, admin]);
+    eventually("A is probed", || probes_a.load(Ordering::SeqCst) >= 3);
+    reload_to(b);
+    eventually("B is probed", || probes_b.load(Ordering::SeqCst) >= 3);
+    assert!(quiet(&probes_a), "the pools built at start still probe A");
+    reload_to(a);
+    let n = probes_a.load(Ordering::SeqCst);
+    eventually("A is probed again", || {
+        probes_a.load(Ordering::SeqCst) >= n + 3
+    });
+    assert!(
+        quiet(&probes_b),
+        "the pools of the first reload still probe B"
+    );
+}
+
 /// A reload moves an upstream to other servers (new pools, health checks included), keeping
 /// what was learned (same upstream name); a server name that does not resolve refuses the file.
 #[test]

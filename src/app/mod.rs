@@ -168,14 +168,12 @@ fn build_from(
         }));
     }
     let upstreams = Arc::new(Upstreams::new(&config.upstreams)?);
-    // Health checks and re-resolution run as background services; the proxy starts once each
-    // pool has its servers.
-    let pools: Vec<_> = upstreams
-        .pools()
-        .iter()
-        .filter_map(|p| p.service())
-        .map(|svc| server.add_boxed_service(svc))
-        .collect();
+    // Each pool has its servers already (resolved above). Their health checks and re-resolution
+    // run as a background service until a reload replaces these pools (the reloader holds the
+    // handle that retires it) or the process stops.
+    let (checks, start_checks) = upstreams.start_checks();
+    let pools =
+        checks.map(|c| server.add_service(background_service("precond upstream checks", c)));
     let live = Arc::new(LiveConfig::new(config.clone(), upstreams.clone()));
     let certs = config
         .server
@@ -190,6 +188,7 @@ fn build_from(
         metrics.clone(),
         store.clone(),
         certs.clone(),
+        start_checks,
     ));
     if path.is_some() {
         server.add_service(background_service(

@@ -58,7 +58,8 @@ pub struct Reloader {
     store: Arc<Store>,
     /// The HTTPS listeners' certificate, re-read on every reload.
     certs: Option<Arc<Certificates>>,
-    /// Health checks of the pools the last reload built (stopped when replaced).
+    /// Retires the health checks of the pools in use when dropped: those built at start, then
+    /// those the last reload built (replaced pools are no longer checked).
     background: Mutex<Option<Background>>,
     /// Held for a whole reload (serialises them).
     reloading: Mutex<()>,
@@ -77,13 +78,15 @@ pub enum Reloaded {
 
 impl Reloader {
     /// A reloader of `path` (`None`: the process was not started from a file, and reloads are
-    /// refused with a message saying so).
+    /// refused with a message saying so); `start_checks` retires the health checks of the pools
+    /// built at start, once a reload replaces them.
     pub fn new(
         path: Option<PathBuf>,
         live: Arc<LiveConfig>,
         metrics: Arc<Metrics>,
         store: Arc<Store>,
         certs: Option<Arc<Certificates>>,
+        start_checks: Background,
     ) -> Reloader {
         Reloader {
             path,
@@ -91,7 +94,7 @@ impl Reloader {
             metrics,
             store,
             certs,
-            background: Mutex::new(None),
+            background: Mutex::new(Some(start_checks)),
             reloading: Mutex::new(()),
             status: Mutex::new(Status::default()),
         }
@@ -157,8 +160,7 @@ impl Reloader {
                     };
                     self.live.swap(Arc::new(new), upstreams, same);
                     if let Some(p) = pools {
-                        // The replaced pools' checks stop (those of the pools built at start
-                        // run as services for the process's life, on pools no request uses).
+                        // The replaced pools' checks stop (their handle is dropped here).
                         let running = p.run_in_background().map_err(|e| {
                             error!(error = %e, "cannot run the new upstreams' health checks");
                         });

@@ -31,7 +31,35 @@ impl Drop for Background {
     }
 }
 
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
 use crate::config::Upstream;
+
+/// The health checks and re-resolution of the pools built at start (see
+/// [`Upstreams::start_checks`]).
+pub struct StartChecks {
+    upstreams: Arc<Upstreams>,
+    retired: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl BackgroundService for StartChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut retired = self.retired.clone();
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        let either = async move {
+            // A closed channel counts as a signal: the process or the reload that held it is gone.
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = retired.changed() => {}
+            }
+            let _ = stop.send(true);
+        };
+        futures::join!(either, self.upstreams.run_until(watch));
+    }
+}
 
 /// The pools of every configured upstream, in file order (routes refer to them by index).
 pub struct Upstreams {
@@ -56,6 +84,28 @@ impl Upstreams {
         &self.pools
     }
 
+    /// Whether any pool has background work (health checks, or host names to resolve again).
+    fn has_background(&self) -> bool {
+        self.pools.iter().any(Pool::has_background)
+    }
+
+    /// Runs the health checks and re-resolution of every pool until `stop` says so.
+    async fn run_until(&self, stop: ShutdownWatch) {
+        futures::future::join_all(self.pools.iter().map(|p| p.run_background(stop.clone()))).await;
+    }
+
+    /// The background work of the pools built at start, as a Pingora background service (`None`
+    /// when no pool has any), and the handle that retires it: it runs until the process stops or
+    /// the handle is dropped (a reload replaced these pools: no request uses them any more).
+    pub fn start_checks(self: &Arc<Self>) -> (Option<StartChecks>, Background) {
+        let (stop, retired) = tokio::sync::watch::channel(false);
+        let checks = self.has_background().then(|| StartChecks {
+            upstreams: self.clone(),
+            retired,
+        });
+        (checks, Background { stop })
+    }
+
     /// Runs the health checks and re-resolution of these pools on a thread of their own until
     /// the returned handle is dropped (pools a reload built).
     pub fn run_in_background(self: &Arc<Self>) -> std::io::Result<Background> {
@@ -71,9 +121,7 @@ impl Upstreams {
                     tracing::error!("cannot start the upstream health checks of a reload");
                     return;
                 };
-                rt.block_on(futures::future::join_all(
-                    pools.pools.iter().map(|p| p.run_background(watch.clone())),
-                ));
+                rt.block_on(pools.run_until(watch));
             })?;
         Ok(Background { stop })
     }

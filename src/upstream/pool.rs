@@ -16,8 +16,6 @@ use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, 
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::services::background::GenBackgroundService;
-use pingora::services::ServiceWithDependents;
 
 use crate::config::{HealthProbe, Selection, Upstream};
 
@@ -188,8 +186,13 @@ impl Pool {
         peer
     }
 
-    /// Runs health checks and re-resolution until `shutdown` says so (for pools a reload built:
-    /// the pools built at start run them as Pingora services, see [`Pool::service`]).
+    /// Whether this pool has background work: health checks, or host names to resolve again.
+    pub fn has_background(&self) -> bool {
+        self.background
+    }
+
+    /// Runs health checks and re-resolution until `shutdown` says so (nothing without
+    /// background work).
     pub async fn run_background(&self, shutdown: pingora::server::ShutdownWatch) {
         use pingora::services::background::BackgroundService;
         if !self.background {
@@ -200,18 +203,5 @@ impl Pool {
             Balancer::Consistent(lb) => lb.start(shutdown).await,
             Balancer::Random(lb) => lb.start(shutdown).await,
         }
-    }
-
-    /// The background service that runs health checks and re-resolution, when either is needed.
-    pub fn service(&self) -> Option<Box<dyn ServiceWithDependents>> {
-        if !self.background {
-            return None;
-        }
-        let name = format!("precond upstream {}", self.settings.name);
-        Some(match &self.balancer {
-            Balancer::RoundRobin(lb) => Box::new(GenBackgroundService::new(name, lb.clone())),
-            Balancer::Consistent(lb) => Box::new(GenBackgroundService::new(name, lb.clone())),
-            Balancer::Random(lb) => Box::new(GenBackgroundService::new(name, lb.clone())),
-        })
     }
 }
