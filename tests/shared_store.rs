@@ -341,3 +341,64 @@ fn lease_chain_rules_hold_against_a_real_redis() {
         assert!(l.publish(true, None).await.unwrap());
     });
 }
+
+/// `write_wait` bounds a write's whole wait, not each step of it: on instance A, a first write
+/// holds A's lock for the resource while it waits for the lease, which instance B holds (B's
+/// write is held at the origin); a second write to A waits for that lock, then for the lease.
+/// It is answered `503` one `write_wait` after it arrived, not two.
+#[test]
+fn write_wait_bounds_the_wait_for_the_lock_and_the_lease_together() {
+    let redis = RedisServer::start();
+    let puts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = puts.clone();
+    let origin = ScriptedOrigin::start(move |req| {
+        let seen = seen.clone();
+        async move {
+            if req.method == "PUT" {
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(4)).await;
+            }
+            (200, vec![("ETag", "\"v1\"".to_string())], "{}".to_string())
+        }
+    });
+    let wait = Duration::from_millis(1500);
+    let text = route_config("mode = \"enforce\"\nwrite_wait = \"1500ms\"").replace(
+        "[[upstream]]",
+        &format!(
+            "[store]\n{}\n\n[enforce]\ntag_secret_file = \"{}\"\n\n[[upstream]]",
+            redis_store(&redis),
+            shared_secret_file().display()
+        ),
+    );
+    let (a, b) = (proxy(&text, origin.addr), proxy(&text, origin.addr));
+    let (a, b) = (a.addr, b.addr);
+    assert_eq!(request(b, "GET", "/r", &[], "").status, 200);
+    let held = thread::spawn(move || request(b, "PUT", "/r", &[("If-Match", "*")], "{}").status);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while puts.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "B's write never reached the origin"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let first = thread::spawn(move || request(a, "PUT", "/r", &[("If-Match", "*")], "{}").status);
+    // The first write has taken A's lock and waits for the lease.
+    thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    let second = request(a, "PUT", "/r", &[("If-Match", "*")], "{}");
+    let waited = sent.elapsed();
+    assert_eq!(second.status, 503, "{}", second.body_str());
+    assert_eq!(first.join().unwrap(), 503);
+    // One `write_wait` (1.5 s), with room for a loaded machine; two would be 2.7 s or more.
+    assert!(
+        waited >= wait - Duration::from_millis(100) && waited < wait + Duration::from_millis(700),
+        "the second write waited {waited:?} (write_wait {wait:?})"
+    );
+    assert_eq!(held.join().unwrap(), 200);
+    assert_eq!(
+        puts.load(Ordering::SeqCst),
+        1,
+        "only B's write reached the origin"
+    );
+}

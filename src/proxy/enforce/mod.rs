@@ -163,13 +163,11 @@ pub(crate) async fn request(
 ) -> Result<bool> {
     // A reload changed which route, key or mode requests get: writes started under the earlier
     // configuration are not serialised by this one's locks, and the state they leave was
-    // never learned. They finish first (bounded by `write_wait`).
+    // never learned. They finish first (bounded by `write_wait`). A write's whole wait (for
+    // them, its lock, its lease and an earlier holder's write in flight) has one deadline.
     let wait = route.enforce.write_wait;
-    if !ctx
-        .live
-        .earlier_writes_done(ctx.resource, std::time::Instant::now() + wait)
-        .await
-    {
+    let deadline = Instant::now() + wait;
+    if !ctx.live.earlier_writes_done(ctx.resource, deadline).await {
         warn!(path = %s.shown_target(session.req_header()), "a write started under the previous configuration is still in flight");
         answer::write_busy(s, session, wait).await?;
         return Ok(true);
@@ -188,7 +186,7 @@ pub(crate) async fn request(
     // Every other method, exactly as spelled (RFC 9110 §9.1: `put` is not PUT), is a write: an
     // extension method may change the resource, so it is serialised, may be required to be
     // conditional, and invalidates what precond knew (fail closed).
-    write(s, session, ctx, route, key).await
+    write(s, session, ctx, route, key, deadline).await
 }
 
 async fn read(
@@ -283,6 +281,7 @@ async fn write(
     ctx: &mut Ctx,
     route: &Route,
     key: OwnedKey,
+    deadline: Instant,
 ) -> Result<bool> {
     let settings = &route.enforce;
     // Extension methods are judged like POST (a write that cannot create its target) and are
@@ -313,7 +312,10 @@ async fn write(
         }
     }
     let waiting = std::time::Instant::now();
-    let lock = s.locks.lock(&key, settings.write_wait).await;
+    let lock = s
+        .locks
+        .lock(&key, deadline.saturating_duration_since(waiting))
+        .await;
     s.metrics.waited(Wait::WriteLock, waiting.elapsed());
     let Some(lock) = lock else {
         warn!(path = %s.shown_target(session.req_header()), "write lock not obtained in time");
@@ -327,7 +329,6 @@ async fn write(
     let mut shared_view: Option<Entry> = None;
     if let (Some(redis), Some(res)) = (&s.redis, shared_res) {
         let waiting = std::time::Instant::now();
-        let deadline = waiting + settings.write_wait;
         let acquired = redis.acquire(res, deadline).await;
         s.metrics.waited(Wait::Lease, waiting.elapsed());
         match acquired {
