@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use precond::config;
 use precond::demo::{DemoOrigin, Tags};
+use precond::telemetry::noise::ListenerNoise;
 
 /// `precond --version`: the crate's version and the commit it was built from.
 const VERSION: &str = concat!(
@@ -97,9 +98,11 @@ const METRICS_LISTEN_DEPRECATED: &str = "server.metrics_listen is deprecated and
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 /// Logs as `[log]` says: `RUST_LOG` (when set) or `log.level`; JSON lines, or text (with colours
-/// only on a terminal); JSON by default when standard output is not a terminal.
+/// only on a terminal); JSON by default when standard output is not a terminal. Pingora's
+/// per-connection listener errors (a failed TLS handshake) pass at most once a second.
 fn init_logging(log: &config::LogSettings) {
     use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
     let terminal = std::io::stdout().is_terminal();
@@ -107,14 +110,17 @@ fn init_logging(log: &config::LogSettings) {
         Some(f) => f == config::LogFormat::Json,
         None => !terminal,
     };
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(terminal && !json);
-    if json {
-        fmt.json().flatten_event(true).init();
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(terminal && !json);
+    let fmt = if json {
+        fmt.json().flatten_event(true).boxed()
     } else {
-        fmt.init();
-    }
+        fmt.boxed()
+    };
+    // Also installs the `log` bridge (Pingora logs through `log`).
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt.with_filter(ListenerNoise::default()))
+        .init();
 }
 
 /// SIGHUP reloads the configuration once the server runs (`app::reload`); until its handler is

@@ -325,3 +325,77 @@ fn enforce_judges_h2_writes_with_an_http11_probe() {
     );
     assert_eq!(status, "2 200");
 }
+
+/// A client that opens connections to the HTTPS port and speaks no TLS makes Pingora log a
+/// failed handshake at `ERROR`, once per connection: those lines pass at most once a second,
+/// and the rest of the log is untouched.
+#[test]
+fn failed_handshakes_are_logged_at_most_once_a_second() {
+    use std::io::{Read, Write};
+    let ca = Ca::new("noise");
+    let (cert, key) = ca.issue("server");
+    let (listen, https) = (free_addr(), free_addr());
+    let file = ca.dir.join("precond.toml");
+    let text = format!(
+        "[server]\nlisten = [\"{listen}\"]\n{}grace_period = \"0s\"\n\n\
+         [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:9\"]\n\n[[route]]\nupstream = \"origin\"\n",
+        tls_server(https, &cert, &key),
+    );
+    std::fs::write(&file, text).unwrap();
+    let log = ca.dir.join("precond.log");
+    let _p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_precond"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(https).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "precond did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    const CONNECTIONS: usize = 40;
+    let started = std::time::Instant::now();
+    for _ in 0..CONNECTIONS {
+        let mut c = std::net::TcpStream::connect(https).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            .unwrap();
+        let _ = c.read(&mut [0u8; 256]);
+    }
+    // Pingora logs the failure once the handshake is over: the lines arrive shortly after.
+    let lines = |what: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while lines("Downstream handshake error") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no handshake error logged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let logged = lines("Downstream handshake error");
+    // One per second begun since the first (the readiness probe above fails its handshake too).
+    let most = started.elapsed().as_secs() as usize + 2;
+    assert!(
+        (1..=most).contains(&logged),
+        "{logged} handshake error lines for {CONNECTIONS} connections in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        lines("\"level\":\"INFO\"") > 0,
+        "the rest of the log passes"
+    );
+}
