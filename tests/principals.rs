@@ -280,12 +280,9 @@ fn enforce_proxy(api: &Api, secret_file: &std::path::Path) -> Running {
     proxy(&text, api.origin.addr)
 }
 
+/// The deployment secret file `name` (one name, one secret).
 fn secret_file(name: &str, secret: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("precond-principals-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join(name);
-    std::fs::write(&f, secret).unwrap();
-    f
+    scratch_file(&format!("principals-{name}"), secret)
 }
 
 /// An origin whose representations carry no validators (enforce synthesises them): `/pin` is

@@ -376,13 +376,27 @@ impl Drop for TempDir {
     }
 }
 
+/// A file `name` holding `contents` in cargo's scratch directory for integration tests
+/// (`target/tmp`, reused by every run: nothing piles up in /tmp). It is written whole under
+/// another name and renamed, so a precond reading it meanwhile never sees half a file; a name
+/// must always be given the same contents.
+pub fn scratch_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("precond-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    let part = dir.join(format!(
+        "{name}.{}.{:?}.part",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&part, contents).unwrap();
+    std::fs::rename(&part, &file).unwrap();
+    file
+}
+
 /// A secret file every instance of one test binary shares.
 pub fn shared_secret_file() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("precond-shared-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("secret");
-    std::fs::write(&f, "a-secret-every-instance-shares-0123\n").unwrap();
-    f
+    scratch_file("shared-secret", "a-secret-every-instance-shares-0123\n")
 }
 
 /// An instance with one route (`mode`) in front of `origin`, `store` lines as its `[store]`
