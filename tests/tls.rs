@@ -224,6 +224,51 @@ fn upstream_tls_verifies_the_origin_by_its_ca_and_name() {
     );
 }
 
+/// A reload that replaces an upstream's `ca_file` (a CA withdrawn) applies to the next request:
+/// a connection pooled while the origin was verified against the old CA is not reused, so an
+/// origin the new CA does not vouch for gets no more requests (502), until the old CA is back.
+#[test]
+fn a_pooled_upstream_connection_is_not_reused_under_other_cas() {
+    let ca = Ca::new("pooled");
+    let other = Ca::new("pooled-other");
+    let (cert, key) = ca.issue("origin");
+    let demo = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
+    let origin_tls = free_addr();
+    let origin_text = route_config("mode = \"pass\"").replace(
+        "[server]\n",
+        &format!("[server]\n{}", tls_server(origin_tls, &cert, &key)),
+    );
+    let _origin = proxy(&origin_text, demo.addr);
+    let (listen, admin) = (free_addr(), free_addr());
+    let file = ca.dir.join("front.toml");
+    let front = |trusted: &Ca| {
+        format!(
+            "[server]\nlisten = [\"{listen}\"]\ngrace_period = \"0s\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+             [[upstream]]\nname = \"origin\"\nservers = [\"{origin_tls}\"]\ntls = true\nsni = \"localhost\"\n\
+             ca_file = \"{}\"\n\n[[route]]\nupstream = \"origin\"\nmode = \"guard\"\n",
+            trusted.ca_file().display()
+        )
+    };
+    let reload_to = |trusted: &Ca| {
+        std::fs::write(&file, front(trusted)).unwrap();
+        let r = request(admin, "POST", "/reload", &[], "");
+        assert_eq!(r.status, 200, "{}", r.body_str());
+    };
+    std::fs::write(&file, front(&ca)).unwrap();
+    let _p = run_precond(&file, &[listen, admin]);
+    assert_eq!(request(listen, "GET", "/items/p1", &[], "").status, 404);
+    reload_to(&other);
+    let r = request(listen, "GET", "/items/p1", &[], "");
+    assert_eq!(
+        r.status,
+        502,
+        "served over a connection the old CA verified: {}",
+        r.body_str()
+    );
+    reload_to(&ca);
+    assert_eq!(request(listen, "GET", "/items/p1", &[], "").status, 404);
+}
+
 /// The SHA-256 fingerprint of the certificate served on `addr` (openssl s_client).
 fn served(addr: SocketAddr) -> String {
     let out = Command::new("bash")

@@ -21,7 +21,7 @@ use crate::config::{HealthProbe, Selection, Upstream};
 
 use super::discovery::Resolver;
 use super::health;
-use super::tls::{read_cas, Cas};
+use super::tls::{read_cas, trust_key, Cas};
 
 /// Candidates examined per selection (Ketama walks its ring past unhealthy or tried servers).
 const MAX_ITERATIONS: usize = 256;
@@ -38,6 +38,8 @@ pub struct Pool {
     settings: Upstream,
     /// `tls = true` with a `ca_file`: its CAs.
     cas: Option<Cas>,
+    /// The group key of its TLS peers: [`trust_key`] of `cas`.
+    trust: u64,
     balancer: Balancer,
     /// Whether a background service must run (health checks, or host names to resolve again).
     background: bool,
@@ -119,6 +121,7 @@ impl Pool {
             Selection::Random => Balancer::Random(Arc::new(balancer(u, resolver, c)?)),
         };
         Ok(Pool {
+            trust: trust_key(cas.as_ref()),
             cas,
             settings: u.clone(),
             balancer,
@@ -175,6 +178,7 @@ impl Pool {
                 p.options.verify_cert = true;
                 p.options.verify_hostname = true;
                 p.options.ca = self.cas.clone();
+                p.group_key = self.trust;
                 p
             }
             None => HttpPeer::new(addr, false, String::new()),
