@@ -140,7 +140,7 @@ fn run(config: config::Config, path: Option<PathBuf>, upgrade: bool) -> ExitCode
     }
     let built = match path {
         Some(path) => precond::app::build_from_file(config, path, upgrade),
-        None => precond::app::build(config),
+        None => precond::app::build(config, precond::app::OnBindFailure::Exit),
     };
     match built {
         Ok((server, _state)) => server.run_forever(),

@@ -356,13 +356,13 @@ fn write_wait_bounds_the_wait_for_the_lock_and_the_lease_together() {
         async move {
             if req.method == "PUT" {
                 seen.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(4)).await;
+                tokio::time::sleep(Duration::from_millis(4500)).await;
             }
             (200, vec![("ETag", "\"v1\"".to_string())], "{}".to_string())
         }
     });
-    let wait = Duration::from_millis(1500);
-    let text = route_config("mode = \"enforce\"\nwrite_wait = \"1500ms\"").replace(
+    let wait = Duration::from_secs(2);
+    let text = route_config("mode = \"enforce\"\nwrite_wait = \"2s\"").replace(
         "[[upstream]]",
         &format!(
             "[store]\n{}\n\n[enforce]\ntag_secret_file = \"{}\"\n\n[[upstream]]",
@@ -384,13 +384,14 @@ fn write_wait_bounds_the_wait_for_the_lock_and_the_lease_together() {
     }
     let first = thread::spawn(move || request(a, "PUT", "/r", &[("If-Match", "*")], "{}").status);
     // The first write has taken A's lock and waits for the lease.
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(800));
     let sent = Instant::now();
     let second = request(a, "PUT", "/r", &[("If-Match", "*")], "{}");
     let waited = sent.elapsed();
     assert_eq!(second.status, 503, "{}", second.body_str());
     assert_eq!(first.join().unwrap(), 503);
-    // One `write_wait` (1.5 s), with room for a loaded machine; two would be 2.7 s or more.
+    // One `write_wait` (2 s), with room for a loaded machine. Spent per step, it was the rest of
+    // the first write's (1.2 s) for the lock, then a whole one for the lease: 3.2 s.
     assert!(
         waited >= wait - Duration::from_millis(100) && waited < wait + Duration::from_millis(700),
         "the second write waited {waited:?} (write_wait {wait:?})"

@@ -244,7 +244,7 @@ fn a_pooled_upstream_connection_is_not_reused_under_other_cas() {
     let front = |trusted: &Ca| {
         format!(
             "[server]\nlisten = [\"{listen}\"]\ngrace_period = \"0s\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
-             [[upstream]]\nname = \"origin\"\nservers = [\"{origin_tls}\"]\ntls = true\nsni = \"localhost\"\n\
+             [[upstream]]\nname = \"origin\"\nservers = [\"{origin_tls}\"]\nidle_timeout = \"60s\"\ntls = true\nsni = \"localhost\"\n\
              ca_file = \"{}\"\n\n[[route]]\nupstream = \"origin\"\nmode = \"guard\"\n",
             trusted.ca_file().display()
         )

@@ -214,6 +214,8 @@ mode = "guard"
         "at most one per client, at the old process's shutdown: {retried}"
     );
     assert_eq!(get(admin, "/healthz"), Ok(200));
+    // Ready on the listeners it inherited (none of which it bound itself).
+    assert_eq!(get(admin, "/readyz"), Ok(200));
     // A learned store starts empty in the new process, and it learns again.
     assert_eq!(get(listen, "/items/u"), Ok(200));
 }

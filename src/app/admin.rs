@@ -1,7 +1,7 @@
 //! The admin listener (`[admin] listen`), apart from the data port so that nothing precond
 //! answers there can shadow the API: `GET /healthz` (the process is alive), `GET /readyz` (the
-//! configuration is loaded and every upstream has at least one healthy server: what a balancer
-//! in front of several precond instances checks), `GET /metrics` (Prometheus text), and
+//! listeners are bound and serving, the configuration is loaded and every upstream has at least
+//! one healthy server: what a balancer in front of several precond instances checks), `GET /metrics` (Prometheus text), and
 //! `GET`/`DELETE /store?url=…` (what precond knows of one resource, and forgetting it:
 //! [`super::inspect`]), and `POST /reload` (re-read the configuration file: [`super::reload`]).
 //!
@@ -39,7 +39,7 @@ pub(super) struct AdminApp {
     pub(super) reloader: Arc<Reloader>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) store: Arc<Store>,
-    /// Whether the data listeners are bound (not ready before).
+    /// Whether the listeners are bound and their services alive (not ready otherwise).
     pub(super) listening: Arc<Listening>,
     /// The bearer token `/metrics`, `/store` and `/reload` require, when configured.
     pub(super) token: Option<Vec<u8>>,

@@ -1,19 +1,22 @@
-//! Whether the data listeners are bound: what `/readyz` and [`super::spawn`] wait for.
+//! Whether the listeners are bound and their services alive: what `/readyz` and
+//! [`super::spawn`] wait for.
 //!
 //! Pingora binds a service's listeners when the service starts, after the admin listener may
 //! already answer, and retries an address in use for about 30 s before it gives up (with a
-//! panic in the service's task: the process would go on without a data port). So the proxy
-//! service is wrapped in [`ReportListening`]: it watches Pingora's table of listening sockets
-//! (where every bound or inherited listener is recorded) until each data address is in it, and
-//! notices the service failing before that.
+//! panic in the service's task: the process would go on without that port). So each listening
+//! service (the proxy, the admin and the metrics listener) is wrapped in [`ReportListening`]: it
+//! watches Pingora's table of listening sockets (where every bound or inherited listener is
+//! recorded) until each of its addresses is in it, and notices the service failing, before or
+//! after that.
 //!
-//! Owns: [`Listening`] (the state) and [`ReportListening`] (the wrapper).
+//! Owns: [`Listening`] (the state every wrapped service reports to) and [`ReportListening`].
 //!
-//! Invariants: [`Listening::is_listening`] is true only once every data address (plain and TLS)
-//! is bound, and never again false; a service that fails before then is reported as failed (the
-//! binary then exits non-zero: it cannot serve), never as listening.
+//! Invariants: [`Listening::is_listening`] is true only while every wrapped service has all its
+//! addresses bound and none has failed; a failure (a bind that never succeeds, a panic) is
+//! recorded for good, and with [`OnBindFailure::Exit`] ends the process with status 1 unless it is
+//! already stopping: a proxy that cannot serve its ports says so, it does not linger.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -24,45 +27,40 @@ use pingora::services::{Service, ServiceReadyNotifier, ServiceWithDependents};
 /// How often the table of listening sockets is looked at while binding.
 const POLL: Duration = Duration::from_millis(10);
 
-const BINDING: u8 = 0;
-const LISTENING: u8 = 1;
-const FAILED: u8 = 2;
-
-/// The data listeners' state, shared with the admin listener.
+/// The listening services' state, shared with the admin listener.
 #[derive(Debug, Default)]
 pub struct Listening {
-    state: AtomicU8,
+    /// Wrapped services whose addresses are not all bound yet.
+    pending: AtomicUsize,
+    /// The first failure of a wrapped service.
     failure: OnceLock<String>,
 }
 
 impl Listening {
-    /// Every data address is bound.
+    /// Every wrapped service has its addresses bound, and none has failed.
     pub fn is_listening(&self) -> bool {
-        self.state.load(Ordering::Acquire) == LISTENING
+        self.pending.load(Ordering::Acquire) == 0 && self.failure.get().is_none()
     }
 
-    /// Why the data listeners could not be bound, once that is known.
+    /// Why a wrapped service could not listen or stopped serving, once that happened.
     pub fn failure(&self) -> Option<&str> {
-        (self.state.load(Ordering::Acquire) == FAILED)
-            .then(|| self.failure.get().map(String::as_str))
-            .flatten()
+        self.failure.get().map(String::as_str)
     }
 
-    fn listening(&self) {
-        let _ =
-            self.state
-                .compare_exchange(BINDING, LISTENING, Ordering::AcqRel, Ordering::Acquire);
+    fn expect(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn bound(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn failed(&self, why: String) {
         let _ = self.failure.set(why);
-        let _ = self
-            .state
-            .compare_exchange(BINDING, FAILED, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
-/// What to do when the data listeners cannot be bound.
+/// What to do when a wrapped service cannot bind its addresses, or fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnBindFailure {
     /// Exit the process with status 1 (the `run` command: a supervisor restarts it).
@@ -72,8 +70,9 @@ pub enum OnBindFailure {
     Report,
 }
 
-/// A listening service that reports to [`Listening`] when all its addresses are bound, and
-/// signals Pingora's readiness (what services depending on it wait for) only then.
+/// A listening service that reports to [`Listening`] when all its addresses are bound (and
+/// signals Pingora's readiness, what services depending on it wait for, only then), and when it
+/// fails.
 pub struct ReportListening<S> {
     inner: Option<S>,
     name: String,
@@ -83,8 +82,10 @@ pub struct ReportListening<S> {
 }
 
 impl<S: Service + 'static> ReportListening<S> {
-    /// Wraps `inner`, whose listen addresses must all be configured already.
+    /// Wraps `inner`, whose listen addresses must all be configured already: `listening` is not
+    /// listening until they are bound.
     pub fn new(inner: S, listening: Arc<Listening>, on_failure: OnBindFailure) -> Self {
+        listening.expect();
         ReportListening {
             name: inner.name().to_string(),
             addresses: inner.listen_addresses().unwrap_or_default(),
@@ -114,14 +115,17 @@ impl<S: Service + 'static> ServiceWithDependents for ReportListening<S> {
             return;
         };
         let watch = fds.clone();
+        let stopping = shutdown.clone();
         // On its own task, so that a panic (Pingora's answer to a bind that keeps failing) is
         // seen here as an error rather than ending this task silently.
         let mut serving = tokio::spawn(async move {
             Service::start_service(&mut inner, fds, shutdown, listeners_per_fd).await
         });
+        let mut bound = false;
         let outcome = loop {
             if watch.as_ref().is_none_or(|f| all_bound(f, &self.addresses)) {
-                self.listening.listening();
+                bound = true;
+                self.listening.bound();
                 ready.notify_ready();
                 break serving.await;
             }
@@ -130,13 +134,11 @@ impl<S: Service + 'static> ServiceWithDependents for ReportListening<S> {
                 () = tokio::time::sleep(POLL) => {}
             }
         };
-        if self.listening.is_listening() {
-            if let Err(e) = outcome {
-                tracing::error!(service = %self.name, error = %e, "the data service failed");
-            }
-            return;
-        }
+        let stopping = *stopping.borrow();
+        let addresses = self.addresses.join(", ");
         let why = match outcome {
+            Ok(()) if bound || stopping => return,
+            Ok(()) => format!("stopped before listening on {addresses}"),
             Err(e) if e.is_panic() => {
                 let p = e.into_panic();
                 let text = p
@@ -144,16 +146,23 @@ impl<S: Service + 'static> ServiceWithDependents for ReportListening<S> {
                     .cloned()
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "a panic".to_string());
-                format!(
-                    "could not listen on {}: {text} (is another process using it?)",
-                    self.addresses.join(", ")
-                )
+                let hint = if text.contains("in use") {
+                    " (is another process listening there?)"
+                } else {
+                    ""
+                };
+                if bound {
+                    format!("the service on {addresses} failed: {text}")
+                } else {
+                    format!("could not listen on {addresses}: {text}{hint}")
+                }
             }
-            _ => format!("stopped before listening on {}", self.addresses.join(", ")),
+            Err(_) if stopping => return,
+            Err(e) => format!("the service on {addresses} ended: {e}"),
         };
         tracing::error!(service = %self.name, "{why}");
         self.listening.failed(why.clone());
-        if self.on_failure == OnBindFailure::Exit {
+        if self.on_failure == OnBindFailure::Exit && !stopping {
             eprintln!("precond: cannot serve: {why}");
             std::process::exit(1);
         }

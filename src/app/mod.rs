@@ -5,8 +5,8 @@
 //! [`Running`], a proxy started on a background thread that stops when dropped (used by the demo
 //! command and by the integration tests). The only module that knows every other one.
 //!
-//! Invariant: every data listener address is bound by the time [`spawn`] returns `Ok`
-//! ([`listening`]).
+//! Invariant: every listener address (data, admin, metrics) is bound by the time [`spawn`]
+//! returns `Ok` ([`listening`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,7 +37,8 @@ use crate::store::redis::{Redis, RedisSettings};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::Upstreams;
-use listening::{Listening, OnBindFailure, ReportListening};
+pub use listening::OnBindFailure;
+use listening::{Listening, ReportListening};
 use metrics_listener::MetricsApp;
 use reload::{Hangup, Reloader};
 
@@ -57,7 +58,7 @@ pub struct State {
     pub store: Arc<Store>,
     /// The counters.
     pub metrics: Arc<Metrics>,
-    /// Whether the data listeners are bound.
+    /// Whether the listeners (data, admin, metrics) are bound and their services alive.
     pub listening: Arc<Listening>,
 }
 
@@ -111,9 +112,10 @@ fn shared_store(config: &Config, keys: &Keys) -> std::io::Result<Option<Arc<Redi
 
 /// Builds the Pingora server (not started yet) and the state it shares, for a configuration
 /// that was not read from a file (reloads are refused).
-/// A data address that cannot be bound is reported in [`State::listening`].
-pub fn build(config: Config) -> std::io::Result<(Server, State)> {
-    build_from(config, None, false, OnBindFailure::Report)
+/// A listener that cannot be bound (or a listening service that fails) is recorded in
+/// [`State::listening`], and with [`OnBindFailure::Exit`] ends the process.
+pub fn build(config: Config, on_bind_failure: OnBindFailure) -> std::io::Result<(Server, State)> {
+    build_from(config, None, false, on_bind_failure)
 }
 
 /// [`build`] for a configuration read from `path`: `SIGHUP` and `POST /reload` re-read it.
@@ -172,8 +174,10 @@ fn build_from(
     // run as a background service until a reload replaces these pools (the reloader holds the
     // handle that retires it) or the process stops.
     let (checks, start_checks) = upstreams.start_checks();
-    let pools =
-        checks.map(|c| server.add_service(background_service("precond upstream checks", c)));
+    // (Nothing waits for it: it reports ready at once, the servers being known already.)
+    if let Some(c) = checks {
+        server.add_service(background_service("precond upstream checks", c));
+    }
     let live = Arc::new(LiveConfig::new(config.clone(), upstreams.clone()));
     let certs = config
         .server
@@ -213,12 +217,11 @@ fn build_from(
         }
     }
     let listening = Arc::new(Listening::default());
-    let handle = server.add_service(ReportListening::new(
+    server.add_service(ReportListening::new(
         service,
         listening.clone(),
         on_bind_failure,
     ));
-    handle.add_dependencies(pools.iter());
     if let Some(addr) = config.server.metrics_listen {
         let mut m = Service::new(
             "precond metrics".to_string(),
@@ -228,7 +231,7 @@ fn build_from(
             },
         );
         m.add_tcp(&addr.to_string());
-        server.add_service(m);
+        server.add_service(ReportListening::new(m, listening.clone(), on_bind_failure));
     }
     if let Some(addr) = config.admin.listen {
         let token = config
@@ -249,7 +252,7 @@ fn build_from(
             },
         );
         a.add_tcp(&addr.to_string());
-        server.add_service(a);
+        server.add_service(ReportListening::new(a, listening.clone(), on_bind_failure));
     }
     // Last, once everything that can fail has: with `upgrade`, this takes the listeners over
     // from the running process (which then stops accepting), so nothing may fail after it.
@@ -335,15 +338,15 @@ impl Drop for Running {
     }
 }
 
-/// Starts a proxy on a background thread and waits until its data listeners are bound (an error
-/// when they cannot be, e.g. an address in use: Pingora retries that for about 30 s).
+/// Starts a proxy on a background thread and waits until its listeners are bound (an error when
+/// one cannot be, e.g. an address in use: Pingora retries that for about 30 s).
 pub fn spawn(config: Config) -> std::io::Result<Running> {
     let addr = *config
         .server
         .listen
         .first()
         .ok_or_else(|| std::io::Error::other("no listen address"))?;
-    let (server, state) = build(config)?;
+    let (server, state) = build(config, OnBindFailure::Report)?;
     let stop = Arc::new(Notify::new());
     let signal = NotifyShutdown(stop.clone());
     let thread = std::thread::Builder::new()

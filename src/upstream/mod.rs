@@ -19,8 +19,8 @@ pub use pool::Pool;
 
 use std::sync::Arc;
 
-/// The background work of pools a reload built; stops it when dropped (the pools it served
-/// were replaced).
+/// The background work of a set of pools (those built at start, or by a reload); stops it when
+/// dropped (the pools it served were replaced).
 pub struct Background {
     stop: tokio::sync::watch::Sender<bool>,
 }
