@@ -372,18 +372,19 @@ fn enforce_judges_h2_writes_with_an_http11_probe() {
 }
 
 /// A client that opens connections to the HTTPS port and speaks no TLS makes Pingora log a
-/// failed handshake at `ERROR`, once per connection: those lines pass at most once a second,
-/// and the rest of the log is untouched.
+/// failed handshake at `ERROR`, once per connection: those lines pass at most once a second, the
+/// others are counted (`precond_log_lines_dropped_total`), and the rest of the log is untouched.
 #[test]
 fn failed_handshakes_are_logged_at_most_once_a_second() {
     use std::io::{Read, Write};
     let ca = Ca::new("noise");
     let (cert, key) = ca.issue("server");
-    let (listen, https) = (free_addr(), free_addr());
+    let (listen, https, admin) = (free_addr(), free_addr(), free_addr());
     let file = ca.dir.join("precond.toml");
     let text = format!(
-        "[server]\nlisten = [\"{listen}\"]\n{}grace_period = \"0s\"\n\n\
-         [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:9\"]\n\n[[route]]\nupstream = \"origin\"\n",
+        "[server]\nlisten = [\"{listen}\"]\n{}grace_period = \"0s\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:9\"]\nhealth_check = \"none\"\n\n\
+         [[route]]\nupstream = \"origin\"\n",
         tls_server(https, &cert, &key),
     );
     std::fs::write(&file, text).unwrap();
@@ -398,15 +399,18 @@ fn failed_handshakes_are_logged_at_most_once_a_second() {
             .spawn()
             .unwrap(),
     );
+    // Ready: every listener is bound (asked on the admin port: no stray handshake).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(https).is_err() {
+    while std::net::TcpStream::connect(admin).is_err()
+        || request(admin, "GET", "/readyz", &[], "").status != 200
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "precond did not start"
+            "precond did not become ready"
         );
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    const CONNECTIONS: usize = 40;
+    const CONNECTIONS: u64 = 40;
     let started = std::time::Instant::now();
     for _ in 0..CONNECTIONS {
         let mut c = std::net::TcpStream::connect(https).unwrap();
@@ -414,26 +418,35 @@ fn failed_handshakes_are_logged_at_most_once_a_second() {
             .unwrap();
         let _ = c.read(&mut [0u8; 256]);
     }
-    // Pingora logs the failure once the handshake is over: the lines arrive shortly after.
     let lines = |what: &str| {
         std::fs::read_to_string(&log)
             .unwrap()
             .lines()
             .filter(|l| l.contains(what))
-            .count()
+            .count() as u64
     };
+    let dropped = || {
+        let text = request(admin, "GET", "/metrics", &[], "").body_str();
+        text.lines()
+            .find_map(|l| l.strip_prefix("precond_log_lines_dropped_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no precond_log_lines_dropped_total in\n{text}"))
+    };
+    // Every failed handshake is either logged or counted, shortly after the client saw it end.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while lines("Downstream handshake error") == 0 {
+    while lines("Downstream handshake error") + dropped() < CONNECTIONS {
         assert!(
             std::time::Instant::now() < deadline,
-            "no handshake error logged"
+            "{} logged, {} counted",
+            lines("Downstream handshake error"),
+            dropped()
         );
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let logged = lines("Downstream handshake error");
-    // One per second begun since the first (the readiness probe above fails its handshake too).
-    let most = started.elapsed().as_secs() as usize + 2;
+    assert_eq!(logged + dropped(), CONNECTIONS);
+    // One per second begun since the first.
+    let most = started.elapsed().as_secs() + 1;
     assert!(
         (1..=most).contains(&logged),
         "{logged} handshake error lines for {CONNECTIONS} connections in {:?}",

@@ -98,6 +98,8 @@ struct Scraped {
     census_bytes: IntGauge,
     evictions: IntCounterVec,
     upstream_servers: IntGaugeVec,
+    /// Log lines dropped by [`super::noise`], carried over by their increase.
+    log_lines_dropped: IntCounter,
     /// Serialises scrapes: eviction counts are carried over by their increase.
     lock: Mutex<()>,
 }
@@ -193,6 +195,10 @@ impl Default for Metrics {
                 "precond_upstream_servers",
                 "Servers of each upstream, by health.",
                 &["upstream", "state"],
+            ),
+            log_lines_dropped: b.counter(
+                "precond_log_lines_dropped_total",
+                "Log lines not written: Pingora's listener errors past one a second.",
             ),
             lock: Mutex::new(()),
         };
@@ -443,6 +449,8 @@ impl Metrics {
                 let c = s.evictions.with_label_values(&[cause]);
                 c.inc_by(now.saturating_sub(c.get()));
             }
+            let dropped = &s.log_lines_dropped;
+            dropped.inc_by(super::noise::dropped().saturating_sub(dropped.get()));
             for g in upstreams {
                 let unhealthy = g.servers.saturating_sub(g.healthy);
                 for (state, n) in [("healthy", g.healthy), ("unhealthy", unhealthy)] {
