@@ -63,7 +63,8 @@ impl Listening {
 /// What to do when a wrapped service cannot bind its addresses, or fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnBindFailure {
-    /// Exit the process with status 1 (the `run` command: a supervisor restarts it).
+    /// Exit the process with status 1 (`precond run` and `precond demo`: a supervisor restarts
+    /// it).
     Exit,
     /// Record it in [`Listening`] only (an embedding caller, such as [`super::spawn`], reports
     /// it).
