@@ -257,6 +257,7 @@ fn facts_are_ordered_by_stamps_not_by_arrival_against_a_real_redis() {
         let redis = Redis::new(
             RedisSettings {
                 url: server.url(),
+                ca: None,
                 timeout: Duration::from_millis(500),
                 lease_ttl: Duration::from_secs(3),
                 state_ttl: Duration::from_secs(60),

@@ -104,6 +104,85 @@ fn without_the_shared_store_two_instances_lose_updates() {
     );
 }
 
+/// A `redis-server` that speaks only TLS, with a certificate for 127.0.0.1 that `ca` issued;
+/// stopped when dropped.
+fn tls_redis(ca: &Ca) -> (Proc, u16) {
+    let (cert, key) = ca.issue("redis");
+    let port = free_addr().port();
+    let p = Proc(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--tls-port",
+                &port.to_string(),
+            ])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca.ca_file())
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    (p, port)
+}
+
+/// `rediss://`: two instances on a Redis that speaks only TLS, verifying its certificate
+/// against `store.ca_file`, lose no update. An instance that does not trust the server (the
+/// system's roots, which do not know the test CA) fails closed: its enforce writes get 503 and
+/// none reaches the origin.
+#[test]
+fn over_tls_two_instances_lose_no_update_and_an_untrusted_server_fails_closed() {
+    let ca = Ca::new("redis");
+    let (_redis, port) = tls_redis(&ca);
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::None, "").unwrap();
+    let url = format!("backend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\ntimeout = \"500ms\"\nlease_ttl = \"3s\"");
+    let trusted = format!("{url}\nca_file = \"{}\"", ca.ca_file().display());
+    let (a, b) = (
+        instance(origin.addr, &trusted),
+        instance(origin.addr, &trusted),
+    );
+    let lost = probe_across(a.addr, b.addr, "/tls/doc");
+    assert_eq!(
+        lost, 0,
+        "two instances on Redis over TLS lost {lost} of 240 updates"
+    );
+    assert_eq!(a.state.redis.as_ref().unwrap().errors(), 0);
+
+    let untrusted = instance(origin.addr, &url);
+    let tag = request(untrusted.addr, "GET", "/tls/doc", &[], "").etag();
+    let writes = origin.stats.writes.load(Ordering::SeqCst);
+    let r = request(
+        untrusted.addr,
+        "PUT",
+        "/tls/doc",
+        &[("If-Match", &tag)],
+        r#"{"n":0}"#,
+    );
+    assert_eq!(r.status, 503, "{}", r.body_str());
+    assert!(r.body_str().contains("shared store"), "{}", r.body_str());
+    assert_eq!(origin.stats.writes.load(Ordering::SeqCst), writes);
+}
+
 #[test]
 fn a_stale_write_through_the_other_instance_is_refused() {
     let redis = RedisServer::start();
@@ -182,16 +261,24 @@ fn shared_store_config_is_checked() {
     for (store, expected) in [
         ("backend = \"redis\"", "needs store.url"),
         (
-            "backend = \"redis\"\nurl = \"rediss://h:1\"",
-            "not supported",
+            "backend = \"redis\"\nurl = \"rediss://h:1/0#insecure\"",
+            "#insecure",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h:1\"\nca_file = \"/ca.pem\"",
+            "rediss:// (TLS) store.url only",
+        ),
+        (
+            "backend = \"memory\"\nca_file = \"/ca.pem\"",
+            "apply to backend = \"redis\" only",
         ),
         (
             "backend = \"redis\"\nurl = \"http://h:1\"",
-            "not a redis:// URL",
+            "not a redis:// or rediss:// URL",
         ),
         (
             "backend = \"memory\"\nurl = \"redis://h:1\"",
-            "applies to backend = \"redis\" only",
+            "apply to backend = \"redis\" only",
         ),
         ("backend = \"etcd\"", "store.backend"),
         (
@@ -203,6 +290,15 @@ fn shared_store_config_is_checked() {
         assert!(e.position.is_some(), "{store}: {e}");
         assert!(e.message.contains(expected), "{store}: {e}");
     }
+    // `store.ca_file` is read by `precond check` (and at start), a missing file named.
+    let c = precond::config::parse(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:1/0\"\nca_file = \"/nonexistent/ca.pem\"\n\n\
+         [enforce]\ntag_secret_file = \"{}\"\n\n{base}",
+        shared_secret_file().display()
+    ))
+    .unwrap();
+    let e = precond::app::preflight(&c).unwrap_err().to_string();
+    assert!(e.contains("store.ca_file /nonexistent/ca.pem"), "{e}");
     // Several instances must name resources alike: a generated secret is refused.
     let c = precond::config::parse(&format!(
         "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:1/0\"\n\n{base}"
@@ -231,6 +327,7 @@ fn lease_chain_rules_hold_against_a_real_redis() {
         let redis = Redis::new(
             RedisSettings {
                 url: server.url(),
+                ca: None,
                 // Generous: this test is about the chain's rules, not timing (a loaded CI
                 // machine once took more than 500 ms to connect).
                 timeout: Duration::from_secs(2),

@@ -79,11 +79,29 @@ pub fn preflight(config: &Config) -> std::io::Result<()> {
     Upstreams::new(&config.upstreams).map(|_| ())
 }
 
+/// Reads `store.ca_file` (PEM certificates).
+fn read_store_ca(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let pem = std::fs::read(path).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("store.ca_file {}: {e}", path.display()))
+    })?;
+    if !pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(std::io::Error::other(format!(
+            "store.ca_file {}: no PEM certificate in it",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
 /// The shared store of `store.backend = "redis"` (nothing is connected yet: the first call
 /// connects). Several instances must name resources alike, so a secret they share is required.
 fn shared_store(config: &Config, keys: &Keys) -> std::io::Result<Option<Arc<Redis>>> {
     let Backend::Redis {
         url,
+        ca_file,
         timeout,
         lease_ttl,
     } = &config.store.backend
@@ -99,8 +117,10 @@ fn shared_store(config: &Config, keys: &Keys) -> std::io::Result<Option<Arc<Redi
     }
     // A resource's state must outlive the longest write bound (a dead holder's `quiet`), or a
     // holder after it would not wait it out (a reload may not lengthen it: `Config::reloadable`).
+    let ca = ca_file.as_deref().map(read_store_ca).transpose()?;
     let settings = RedisSettings {
         url: url.clone(),
+        ca,
         timeout: *timeout,
         lease_ttl: *lease_ttl,
         state_ttl: config.shared_state_ttl().unwrap_or(config.store.ttl),

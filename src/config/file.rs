@@ -106,6 +106,8 @@ pub(super) struct RawStore {
     pub(super) backend: Spanned<String>,
     /// `redis` only.
     pub(super) url: Option<Spanned<String>>,
+    /// `rediss://` only: the CAs the server's certificate must chain to.
+    pub(super) ca_file: Option<Spanned<String>>,
     #[serde(default = "default_store_timeout")]
     pub(super) timeout: Spanned<String>,
     #[serde(default = "default_lease_ttl")]
@@ -158,6 +160,7 @@ impl Default for RawStore {
             census_max_bytes: default_census_max_bytes(),
             backend: default_backend(),
             url: None,
+            ca_file: None,
             timeout: default_store_timeout(),
             lease_ttl: default_lease_ttl(),
         }

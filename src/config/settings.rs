@@ -91,8 +91,11 @@ pub enum Backend {
     Memory,
     /// Redis: `enforce` writes are serialised across instances by a lease there.
     Redis {
-        /// `redis://host:port/db`.
+        /// `redis://host:port/db`, or `rediss://` (TLS).
         url: String,
+        /// `rediss://` only: PEM file of the CAs the server's certificate must chain to (the
+        /// system's roots without it).
+        ca_file: Option<std::path::PathBuf>,
         /// Longest wait for one call.
         timeout: Duration,
         /// Lease lifetime (renewed every third of it while the write is in flight).

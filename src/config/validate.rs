@@ -276,8 +276,11 @@ impl Validator<'_> {
         let lease_ttl = self.duration(&raw.lease_ttl, "store.lease_ttl")?;
         match raw.backend.get_ref().trim() {
             "memory" => {
-                if let Some(u) = &raw.url {
-                    return Err(self.err(u.span(), "store.url applies to backend = \"redis\" only"));
+                if let Some(u) = raw.url.as_ref().or(raw.ca_file.as_ref()) {
+                    return Err(self.err(
+                        u.span(),
+                        "store.url and store.ca_file apply to backend = \"redis\" only",
+                    ));
                 }
                 Ok(Backend::Memory)
             }
@@ -289,15 +292,33 @@ impl Validator<'_> {
                     ));
                 };
                 let url = u.get_ref().trim().to_string();
-                if url.starts_with("rediss://") {
-                    return Err(self.err(u.span(), "store.url: rediss:// (TLS) is not supported by this build; use redis:// on a trusted network, or a TLS tunnel"));
-                }
-                if !url.starts_with("redis://") {
+                let tls = url.starts_with("rediss://");
+                if !tls && !url.starts_with("redis://") {
                     return Err(self.err(
                         u.span(),
-                        format!("store.url: {url:?} is not a redis:// URL"),
+                        format!("store.url: {url:?} is not a redis:// or rediss:// URL"),
                     ));
                 }
+                if url.contains("#insecure") {
+                    return Err(self.err(
+                        u.span(),
+                        "store.url: #insecure (TLS without verification) is refused; name the \
+                         server's CA in store.ca_file",
+                    ));
+                }
+                let ca_file = match &raw.ca_file {
+                    Some(f) if !tls => {
+                        return Err(self.err(
+                            f.span(),
+                            "store.ca_file applies to a rediss:// (TLS) store.url only",
+                        ))
+                    }
+                    Some(f) if f.get_ref().trim().is_empty() => {
+                        return Err(self.err(f.span(), "store.ca_file is empty: name a PEM file"))
+                    }
+                    Some(f) => Some(std::path::PathBuf::from(f.get_ref().trim())),
+                    None => None,
+                };
                 if timeout.is_zero() || timeout > Duration::from_secs(10) {
                     return Err(self.err(
                         raw.timeout.span(),
@@ -315,6 +336,7 @@ impl Validator<'_> {
                 }
                 Ok(Backend::Redis {
                     url,
+                    ca_file,
                     timeout,
                     lease_ttl,
                 })

@@ -20,6 +20,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use precond::app::{spawn, Running};
+
+mod ca;
+#[allow(unused_imports)] // Used by the binaries that need certificates.
+pub use ca::Ca;
 use precond::config;
 
 /// A free loopback port (bound then released), never one this process was given before: two

@@ -58,8 +58,11 @@ impl std::fmt::Display for SharedError {
 /// How the shared store is reached and how long its leases live.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or `rediss://` (TLS).
     pub url: String,
+    /// `rediss://`: the PEM text of the CAs the server's certificate must chain to (the
+    /// system's roots without it).
+    pub ca: Option<Vec<u8>>,
     /// Longest wait for one Redis call (connecting included).
     pub timeout: Duration,
     /// Lease lifetime; a live holder renews it every third of it.
@@ -107,8 +110,17 @@ pub type RoundTrips = Box<dyn Fn(&'static str, Duration) + Send + Sync>;
 impl Redis {
     /// A client for `settings` (the URL is parsed now; nothing is connected yet).
     pub fn new(settings: RedisSettings, names: [u8; 32]) -> Result<Arc<Redis>, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("store.url {:?}: {e}", settings.url))?;
+        let client = match &settings.ca {
+            Some(pem) => redis::Client::build_with_tls(
+                settings.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(settings.url.as_str()),
+        }
+        .map_err(|e| format!("store.url {:?}: {e}", settings.url))?;
         Ok(Arc::new(Redis {
             client,
             conn: tokio::sync::OnceCell::new(),
