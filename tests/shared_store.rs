@@ -104,13 +104,17 @@ fn without_the_shared_store_two_instances_lose_updates() {
     );
 }
 
-/// A `redis-server` that speaks only TLS, with a certificate for 127.0.0.1 that `ca` issued;
-/// stopped when dropped.
-fn tls_redis(ca: &Ca) -> (Proc, u16) {
-    let (cert, key) = ca.issue("redis");
+/// A `redis-server` that speaks only TLS, with a certificate `ca` issued for `sans`; stopped
+/// when dropped.
+fn tls_redis(ca: &Ca, sans: &[&str]) -> (Proc, u16) {
+    let (cert, key) = ca.issue_for(&format!("redis-{}", sans[0]), sans);
     let port = free_addr().port();
-    let p = Proc(
-        std::process::Command::new("redis-server")
+    let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("redis-server is missing: run scripts/setup (it installs the Debian package)");
+    let mut p = Proc(
+        std::process::Command::new(bin)
             .args([
                 "--port",
                 "0",
@@ -140,23 +144,71 @@ fn tls_redis(ca: &Ca) -> (Proc, u16) {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            panic!("redis-server exited ({status}): is it built with TLS?");
+        }
         assert!(Instant::now() < deadline, "redis-server did not start");
         thread::sleep(Duration::from_millis(20));
     }
     (p, port)
 }
 
+/// `[store]` lines for a `rediss://` store on `port` (generous timeouts: the first call also
+/// connects, TLS handshake included, on a machine that may be loaded).
+fn tls_store(port: u16, ca_file: Option<&std::path::Path>) -> String {
+    let mut s = format!(
+        "backend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\ntimeout = \"2s\"\nlease_ttl = \"12s\""
+    );
+    if let Some(f) = ca_file {
+        s.push_str(&format!("\nca_file = \"{}\"", f.display()));
+    }
+    s
+}
+
+/// Why one call to the `rediss://` store on `port` fails (`None` when it succeeds).
+fn tls_failure(port: u16, ca_file: Option<&std::path::Path>) -> Option<String> {
+    use precond::identity::{Principal, ResourceKey, RouteId};
+    use precond::store::redis::{Redis, RedisSettings};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let redis = Redis::new(
+            RedisSettings {
+                url: format!("rediss://127.0.0.1:{port}/0"),
+                ca: ca_file.map(|f| std::fs::read(f).unwrap()),
+                timeout: Duration::from_secs(2),
+                lease_ttl: Duration::from_secs(12),
+                state_ttl: Duration::from_secs(60),
+            },
+            [7; 32],
+        )
+        .unwrap();
+        let key = ResourceKey {
+            route: RouteId(1),
+            host: "h",
+            path: "/r",
+        };
+        redis
+            .peek(&redis.resource(&key, Principal(1)))
+            .await
+            .err()
+            .map(|e| e.to_string())
+    })
+}
+
 /// `rediss://`: two instances on a Redis that speaks only TLS, verifying its certificate
-/// against `store.ca_file`, lose no update. An instance that does not trust the server (the
-/// system's roots, which do not know the test CA) fails closed: its enforce writes get 503 and
-/// none reaches the origin.
+/// against `store.ca_file`, lose no update. A server the client cannot verify is refused: one
+/// whose CA it does not trust (the system's roots do not know the test CA), and one whose
+/// certificate is for another name; an instance that cannot verify the server fails closed
+/// (its enforce writes get 503, and none reaches the origin).
 #[test]
-fn over_tls_two_instances_lose_no_update_and_an_untrusted_server_fails_closed() {
+fn over_tls_two_instances_lose_no_update_and_an_unverified_server_is_refused() {
     let ca = Ca::new("redis");
-    let (_redis, port) = tls_redis(&ca);
+    let (_redis, port) = tls_redis(&ca, &["localhost", "127.0.0.1"]);
     let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::None, "").unwrap();
-    let url = format!("backend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\ntimeout = \"500ms\"\nlease_ttl = \"3s\"");
-    let trusted = format!("{url}\nca_file = \"{}\"", ca.ca_file().display());
+    let trusted = tls_store(port, Some(&ca.ca_file()));
     let (a, b) = (
         instance(origin.addr, &trusted),
         instance(origin.addr, &trusted),
@@ -167,8 +219,13 @@ fn over_tls_two_instances_lose_no_update_and_an_untrusted_server_fails_closed() 
         "two instances on Redis over TLS lost {lost} of 240 updates"
     );
     assert_eq!(a.state.redis.as_ref().unwrap().errors(), 0);
+    assert_eq!(tls_failure(port, Some(&ca.ca_file())), None);
 
-    let untrusted = instance(origin.addr, &url);
+    // The system's roots do not know the test CA.
+    let why = tls_failure(port, None).expect("an unknown CA is refused");
+    eprintln!("an unknown CA: {why}");
+    assert!(why.contains("UnknownIssuer"), "{why}");
+    let untrusted = instance(origin.addr, &tls_store(port, None));
     let tag = request(untrusted.addr, "GET", "/tls/doc", &[], "").etag();
     let writes = origin.stats.writes.load(Ordering::SeqCst);
     let r = request(
@@ -181,6 +238,12 @@ fn over_tls_two_instances_lose_no_update_and_an_untrusted_server_fails_closed() 
     assert_eq!(r.status, 503, "{}", r.body_str());
     assert!(r.body_str().contains("shared store"), "{}", r.body_str());
     assert_eq!(origin.stats.writes.load(Ordering::SeqCst), writes);
+
+    // A trusted CA, but a certificate for another name than the URL's host.
+    let (_other, other_port) = tls_redis(&ca, &["redis.example"]);
+    let why = tls_failure(other_port, Some(&ca.ca_file())).expect("another name is refused");
+    eprintln!("another name: {why}");
+    assert!(why.contains("not valid for name"), "{why}");
 }
 
 #[test]
@@ -262,7 +325,7 @@ fn shared_store_config_is_checked() {
         ("backend = \"redis\"", "needs store.url"),
         (
             "backend = \"redis\"\nurl = \"rediss://h:1/0#insecure\"",
-            "#insecure",
+            "#fragment is refused",
         ),
         (
             "backend = \"redis\"\nurl = \"redis://h:1\"\nca_file = \"/ca.pem\"",

@@ -79,6 +79,22 @@ pub fn preflight(config: &Config) -> std::io::Result<()> {
     Upstreams::new(&config.upstreams).map(|_| ())
 }
 
+/// `rediss://`: rustls on ring is the provider (whatever another dependency may enable), and the
+/// system's CA store is readable. redis-rs reads it on every TLS connect, `store.ca_file` or not,
+/// and fails the connect on any error in it: better said at start (and by `precond check`) than
+/// as a 503 for every enforce write.
+fn tls_to_redis_is_possible() -> std::io::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let loaded = rustls_native_certs::load_native_certs();
+    match loaded.errors.first() {
+        None => Ok(()),
+        Some(e) => Err(std::io::Error::other(format!(
+            "store.url is rediss://, and the system's CA store cannot be read (the Redis client \
+             reads it on every TLS connect, store.ca_file or not): {e}"
+        ))),
+    }
+}
+
 /// Reads `store.ca_file` (PEM certificates).
 fn read_store_ca(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     let pem = std::fs::read(path).map_err(|e| {
@@ -118,6 +134,9 @@ fn shared_store(config: &Config, keys: &Keys) -> std::io::Result<Option<Arc<Redi
     // A resource's state must outlive the longest write bound (a dead holder's `quiet`), or a
     // holder after it would not wait it out (a reload may not lengthen it: `Config::reloadable`).
     let ca = ca_file.as_deref().map(read_store_ca).transpose()?;
+    if url.starts_with("rediss://") {
+        tls_to_redis_is_possible()?;
+    }
     let settings = RedisSettings {
         url: url.clone(),
         ca,

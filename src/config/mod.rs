@@ -12,6 +12,7 @@ mod file;
 mod listeners;
 mod reload;
 mod settings;
+mod store;
 mod tls;
 mod upstream;
 mod validate;

@@ -43,9 +43,14 @@ impl Ca {
     /// Issues a certificate for `localhost` and 127.0.0.1, written to `NAME.pem` and
     /// `NAME.key`; returns both paths.
     pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.issue_for(name, &["localhost", "127.0.0.1"])
+    }
+
+    /// Issues a certificate for the names (and IP addresses) in `sans`, as [`Ca::issue`] does.
+    pub fn issue_for(&self, name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params
             .distinguished_name
             .push(DnType::CommonName, format!("precond {name}"));

@@ -120,7 +120,8 @@ impl Redis {
             ),
             None => redis::Client::open(settings.url.as_str()),
         }
-        .map_err(|e| format!("store.url {:?}: {e}", settings.url))?;
+        // Not the URL itself: it may hold a password.
+        .map_err(|e| format!("store.url: {e}"))?;
         Ok(Arc::new(Redis {
             client,
             conn: tokio::sync::OnceCell::new(),
