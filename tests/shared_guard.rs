@@ -246,25 +246,16 @@ fn redis_down_forwards_guard_writes_and_it_recovers() {
 fn facts_are_ordered_by_stamps_not_by_arrival_against_a_real_redis() {
     use precond::identity::{Principal, ResourceKey, RouteId};
     use precond::precondition::{EntityTag, Knowledge};
-    use precond::store::redis::{Lesson, Redis, RedisSettings};
+    use precond::store::redis::Lesson;
     use precond::store::Tag;
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let redis = Redis::new(
-            RedisSettings {
-                url: server.url(),
-                ca: None,
-                timeout: Duration::from_millis(500),
-                lease_ttl: Duration::from_secs(3),
-                state_ttl: Duration::from_secs(60),
-            },
-            [7; 32],
-        )
-        .unwrap();
+    block_on(async {
+        let redis = store_client(
+            server.url(),
+            None,
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        );
         let name = |path: &str| {
             redis.guard_key(&ResourceKey {
                 route: RouteId(1),

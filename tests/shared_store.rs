@@ -168,23 +168,13 @@ fn tls_store(port: u16, ca_file: Option<&std::path::Path>) -> String {
 /// Why one call to the `rediss://` store on `port` fails (`None` when it succeeds).
 fn tls_failure(port: u16, ca_file: Option<&std::path::Path>) -> Option<String> {
     use precond::identity::{Principal, ResourceKey, RouteId};
-    use precond::store::redis::{Redis, RedisSettings};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let redis = Redis::new(
-            RedisSettings {
-                url: format!("rediss://127.0.0.1:{port}/0"),
-                ca: ca_file.map(|f| std::fs::read(f).unwrap()),
-                timeout: Duration::from_secs(2),
-                lease_ttl: Duration::from_secs(12),
-                state_ttl: Duration::from_secs(60),
-            },
-            [7; 32],
-        )
-        .unwrap();
+    block_on(async {
+        let redis = store_client(
+            format!("rediss://127.0.0.1:{port}/0"),
+            ca_file.map(|f| std::fs::read(f).unwrap()),
+            Duration::from_secs(12),
+            Duration::from_secs(60),
+        );
         let key = ResourceKey {
             route: RouteId(1),
             host: "h",
@@ -380,26 +370,15 @@ fn shared_store_config_is_checked() {
 #[test]
 fn lease_chain_rules_hold_against_a_real_redis() {
     use precond::identity::{Principal, ResourceKey, RouteId};
-    use precond::store::redis::{Redis, RedisSettings, Snapshot};
+    use precond::store::redis::Snapshot;
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let redis = Redis::new(
-            RedisSettings {
-                url: server.url(),
-                ca: None,
-                // Generous: this test is about the chain's rules, not timing (a loaded CI
-                // machine once took more than 500 ms to connect).
-                timeout: Duration::from_secs(2),
-                lease_ttl: Duration::from_secs(3),
-                state_ttl: Duration::from_millis(1500),
-            },
-            [7; 32],
-        )
-        .unwrap();
+    block_on(async {
+        let redis = store_client(
+            server.url(),
+            None,
+            Duration::from_secs(3),
+            Duration::from_millis(1500),
+        );
         let key = ResourceKey {
             route: RouteId(1),
             host: "h",

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use precond::app::Running;
 use precond::demo::{DemoOrigin, Tags};
 
 /// `[server]` lines for an HTTPS listener.
@@ -20,6 +21,17 @@ fn tls_server(addr: SocketAddr, cert: &Path, key: &Path) -> String {
         cert.display(),
         key.display()
     )
+}
+
+/// Starts precond on `config` (with `{listen}` and `{origin}` placeholders) in front of
+/// `origin`, with an HTTPS listener too, serving `cert`: the proxy and its HTTPS address.
+fn https_proxy(config: &str, cert: &Path, key: &Path, origin: SocketAddr) -> (Running, SocketAddr) {
+    let https = free_addr();
+    let text = config.replace(
+        "[server]\n",
+        &format!("[server]\n{}", tls_server(https, cert, key)),
+    );
+    (proxy(&text, origin), https)
 }
 
 /// curl against `https://localhost:PORT{path}` trusting `ca`: (`http_version http_code`,
@@ -65,12 +77,7 @@ fn https_downstream_speaks_h2_and_http11_and_guard_decides_over_both() {
     let ca = Ca::new("down");
     let (cert, key) = ca.issue("server");
     let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
-    let https = free_addr();
-    let text = guard_config("superseded").replace(
-        "[server]\n",
-        &format!("[server]\n{}", tls_server(https, &cert, &key)),
-    );
-    let _p = proxy(&text, origin.addr);
+    let (_p, https) = https_proxy(&guard_config("superseded"), &cert, &key, origin.addr);
     let ca_file = ca.ca_file();
     let (status, ..) = curl(https, &ca_file, &["-X", "PUT", "-d", "{}"], "/items/t9");
     assert_eq!(status, "2 201", "ALPN chose h2");
@@ -117,12 +124,8 @@ fn upstream_tls_verifies_the_origin_by_its_ca_and_name() {
     let (cert, key) = ca.issue("origin");
     let demo = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
     // The TLS origin: a precond (pass) terminating TLS in front of the demo origin.
-    let origin_tls = free_addr();
-    let origin_text = route_config("mode = \"pass\"").replace(
-        "[server]\n",
-        &format!("[server]\n{}", tls_server(origin_tls, &cert, &key)),
-    );
-    let _origin = proxy(&origin_text, demo.addr);
+    let (_origin, origin_tls) =
+        https_proxy(&route_config("mode = \"pass\""), &cert, &key, demo.addr);
     let front = |upstream_tls: &str| {
         let text = guard_config("superseded").replace("connect_timeout = \"1s\"", upstream_tls);
         proxy(&text, origin_tls)
@@ -182,12 +185,8 @@ fn a_pooled_upstream_connection_is_not_reused_under_other_cas() {
     let other = Ca::new("pooled-other");
     let (cert, key) = ca.issue("origin");
     let demo = DemoOrigin::start("127.0.0.1:0".parse().unwrap(), Tags::Strong, "").unwrap();
-    let origin_tls = free_addr();
-    let origin_text = route_config("mode = \"pass\"").replace(
-        "[server]\n",
-        &format!("[server]\n{}", tls_server(origin_tls, &cert, &key)),
-    );
-    let _origin = proxy(&origin_text, demo.addr);
+    let (_origin, origin_tls) =
+        https_proxy(&route_config("mode = \"pass\""), &cert, &key, demo.addr);
     let (listen, admin) = (free_addr(), free_addr());
     let file = ca.dir.join("front.toml");
     let front = |trusted: &Ca| {
@@ -294,12 +293,12 @@ fn enforce_judges_h2_writes_with_an_http11_probe() {
         request(origin.addr, "PUT", "/items/h2", &[], "{}").status,
         201
     );
-    let https = free_addr();
-    let text = route_config("mode = \"enforce\"").replace(
-        "[server]\n",
-        &format!("[server]\n{}", tls_server(https, &cert, &key)),
+    let (_p, https) = https_proxy(
+        &route_config("mode = \"enforce\""),
+        &cert,
+        &key,
+        origin.addr,
     );
-    let _p = proxy(&text, origin.addr);
     let ca_file = ca.ca_file();
     let (status, _, body) = curl(
         https,

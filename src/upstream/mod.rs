@@ -19,6 +19,12 @@ pub use pool::Pool;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::Upstream;
+
 /// The background work of a set of pools (those built at start, or by a reload); stops it when
 /// dropped (the pools it served were replaced).
 pub struct Background {
@@ -30,12 +36,6 @@ impl Drop for Background {
         let _ = self.stop.send(true);
     }
 }
-
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-
-use crate::config::Upstream;
 
 /// The health checks and re-resolution of the pools built at start (see
 /// [`Upstreams::start_checks`]).

@@ -398,6 +398,35 @@ pub fn scratch_file(name: &str, contents: &str) -> std::path::PathBuf {
     file
 }
 
+/// A shared-store client on `url`, for tests that call it directly (`ca`: the PEM CAs of a
+/// `rediss://` server). Each call waits at most 2 s: these tests are about the store's rules,
+/// not timing (a loaded CI machine once took more than 500 ms to connect). Nothing connects
+/// before the first call.
+pub fn store_client(
+    url: String,
+    ca: Option<Vec<u8>>,
+    lease_ttl: Duration,
+    state_ttl: Duration,
+) -> Arc<precond::store::redis::Redis> {
+    let settings = precond::store::redis::RedisSettings {
+        url,
+        ca,
+        timeout: Duration::from_secs(2),
+        lease_ttl,
+        state_ttl,
+    };
+    precond::store::redis::Redis::new(settings, [7; 32]).unwrap()
+}
+
+/// Runs `f` to its end on a runtime of its own (one thread).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// A secret file every instance of one test binary shares.
 pub fn shared_secret_file() -> std::path::PathBuf {
     scratch_file("shared-secret", "a-secret-every-instance-shares-0123\n")
