@@ -135,6 +135,22 @@ fn a_host_with_any_port_or_a_trailing_dot_is_the_same_resource() {
     stale_write_through_an_alias(("test.local", "/items/9"), ("test.local.:1", "/items/9"));
 }
 
+/// A character RFC 3986 does not allow raw (`|`), which the request line parser lets through,
+/// and its escape: origins decode both to one path.
+#[test]
+fn a_raw_character_and_its_escape_are_the_same_resource() {
+    stale_write_through_an_alias(("test.local", "/items/a|b"), ("test.local", "/items/a%7cb"));
+}
+
+/// RFC 9110 §4.2.3: an escaped unreserved character in the query is the character.
+#[test]
+fn an_escaped_query_is_the_same_resource() {
+    stale_write_through_an_alias(
+        ("test.local", "/items?id=6"),
+        ("test.local", "/items?id=%36"),
+    );
+}
+
 #[test]
 fn dot_segments_name_the_same_resource() {
     stale_write_through_an_alias(
@@ -244,6 +260,41 @@ fn route_bypass_spellings_reach_their_route_or_a_400() {
     assert_eq!(request(p.addr, "GET", "/items/1", &[], "").status, 200);
 }
 
+/// The lenient reading of an ambiguous target may fall on a pass route while the origin's
+/// reading is the enforce route's resource: a servlet container cuts `;` parameters (so
+/// `/static/..;/legacy/…` is `/legacy/…` there), a server that keeps empty segments lets `..`
+/// remove one (`/legacy//../items/1` is `/legacy/items/1`). Such a target is refused, not
+/// forwarded unserialised and without its 428; an ambiguous target no reading of which reaches a
+/// strict route is forwarded as sent.
+#[test]
+fn an_ambiguous_target_cannot_reach_an_enforce_resource_through_a_pass_route() {
+    let origin = legacy();
+    let config = format!(
+        "{}\n[[route]]\npath_prefix = \"/legacy\"\nupstream = \"origin\"\nmode = \"enforce\"\nrequire = [\"PUT\"]\n",
+        route_config("mode = \"pass\"")
+    );
+    let p = proxy(&config, origin.origin.addr);
+    for target in [
+        "/static/..;/legacy/items/1",
+        "/legacy;x/items/1",
+        "/legacy//../items/1",
+        "/static/..%2F..%2Flegacy/items/1",
+        "/static;x/../../legacy/items/1",
+    ] {
+        let r = request(p.addr, "PUT", target, &[], "{}");
+        assert_eq!(r.status, 400, "{target}: {}", r.body_str());
+        assert!(r.body_str().contains("cannot tell which resource"));
+    }
+    assert!(
+        origin.writes.lock().unwrap().is_empty(),
+        "no write reached the origin"
+    );
+    // The pass route's own ambiguous targets are still forwarded as sent.
+    let r = request(p.addr, "PUT", "/static//x;v=1", &[], "{}");
+    assert_eq!(r.status, 204, "{}", r.body_str());
+    assert_eq!(origin.writes.lock().unwrap().len(), 1);
+}
+
 /// With `strict_targets = false` an ambiguous target is forwarded as the client sent it.
 #[test]
 fn strict_targets_off_forwards_ambiguous_targets() {
@@ -268,6 +319,9 @@ fn lower_case_and_extension_methods_are_writes_on_enforce_routes() {
         let r = request(p.addr, method, "/items/1", &[], "{}");
         assert_eq!(r.status, 428, "{method}: {}", r.body_str());
     }
+    // TRACE too: an origin that knows nothing of validators is not trusted to keep it safe.
+    let r = request(p.addr, "TRACE", "/items/1", &[], "");
+    assert_eq!(r.status, 428, "TRACE: {}", r.body_str());
     assert!(origin.writes.lock().unwrap().is_empty());
     // With a precondition that holds, the write goes through (and is judged like POST).
     let tag = request(p.addr, "GET", "/items/1", &[], "")

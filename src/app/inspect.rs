@@ -11,7 +11,7 @@
 //! `url` is bounded by the admin request's own size limits.
 
 use crate::config::{Config, Mode};
-use crate::identity::{canonical_host, canonical_path, OwnedKey};
+use crate::identity::{canonical_host, canonical_path, canonical_query, OwnedKey};
 use crate::precondition::Existence;
 use crate::store::Record;
 
@@ -46,7 +46,8 @@ pub(super) fn resource_of(config: &Config, url: &str) -> Result<(usize, OwnedKey
             "url {url:?} is on a pass route: precond learns nothing there"
         ));
     }
-    Ok((idx, OwnedKey::new(route.id, &host, &path, uri.query())))
+    let query = uri.query().map(canonical_query);
+    Ok((idx, OwnedKey::new(route.id, &host, &path, query.as_deref())))
 }
 
 fn existence(e: Existence) -> &'static str {

@@ -317,6 +317,12 @@ impl Mode {
     pub fn guards(self) -> bool {
         matches!(self, Mode::Guard | Mode::Observe)
     }
+
+    /// Whether its `strict_targets` refuses ambiguous targets (`pass` and `observe` forward them
+    /// untouched).
+    pub fn refuses_ambiguous(self) -> bool {
+        matches!(self, Mode::Guard | Mode::Enforce)
+    }
 }
 
 /// How an `enforce` route asks the origin for a resource's current validators.

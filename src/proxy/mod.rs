@@ -45,7 +45,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::warn;
 
 use crate::config::{Mode, Policy};
-use crate::identity::{canonical_host, canonical_path, Ambiguous, OwnedKey};
+use crate::identity::{
+    canonical_host, canonical_path, canonical_query, path_readings, Ambiguous, OwnedKey,
+};
 use crate::precondition::{EntityTag, Method};
 use crate::store::redis::Redis;
 use crate::store::{Observation, Outcome, Store};
@@ -177,12 +179,33 @@ impl ProxyHttp for Precond {
         if !req.raw_path().starts_with(b"/") && !asterisk {
             ambiguous.get_or_insert(Ambiguous::NotOriginForm);
         }
+        if !req.raw_path_is_utf8() {
+            // Pingora holds a lossy rendering (U+FFFD) of a target that is not UTF-8: in the
+            // path or the query, two targets would share one key.
+            ambiguous.get_or_insert(Ambiguous::NotUtf8);
+        }
         // The configuration this request runs under to its end; a write is counted in it.
         let method = Method::from_bytes(req.method.as_str().as_bytes());
         ctx.resource = s.resource_hash(host.as_deref(), &path);
         ctx.generation_write = s.started_under(&mut ctx.live, ctx.resource, method.changes_state());
         let live = ctx.live.clone();
-        let Some((idx, route)) = live.config.route_for(host.as_deref(), &path) else {
+        let chosen = live.config.route_for(host.as_deref(), &path);
+        if let Some(why) = ambiguous {
+            // Refused when any reading an origin may give the target falls on a route that
+            // refuses ambiguous targets, whichever route the lenient reading chose: `..;` or
+            // `//..` must not carry a write past an enforce route through a pass route.
+            let strict = path_readings(req.uri.path()).iter().any(|p| {
+                live.config
+                    .route_for(host.as_deref(), p)
+                    .is_some_and(|(_, r)| r.strict_targets && r.mode.refuses_ambiguous())
+            });
+            if strict {
+                ctx.route = chosen.map(|(i, _)| i);
+                answer::ambiguous_target(s, session, why).await?;
+                return Ok(true);
+            }
+        }
+        let Some((idx, route)) = chosen else {
             s.metrics.no_route.inc();
             answer::no_route(s, session).await?;
             return Ok(true);
@@ -196,10 +219,6 @@ impl ProxyHttp for Precond {
             // Observed, never answered: forwarded untouched, not learned.
             return Ok(false);
         }
-        if let (Some(why), true) = (ambiguous, route.strict_targets) {
-            answer::ambiguous_target(s, session, why).await?;
-            return Ok(true);
-        }
         // Behind a trusted balancer the origin may answer for the forwarded host: it is part of
         // the resource's identity (`host>forwarded` in the key).
         let trusted = route
@@ -212,7 +231,8 @@ impl ProxyHttp for Precond {
             (Some(h), None) => Cow::Borrowed(h.as_ref()),
             (None, None) => Cow::Borrowed(""),
         };
-        let key = OwnedKey::new(route.id, &key_host, &path, req.uri.query());
+        let query = req.uri.query().map(canonical_query);
+        let key = OwnedKey::new(route.id, &key_host, &path, query.as_deref());
         if key.len() > live.config.store.max_key_bytes {
             // Never learned, so never decided: forwarded untouched, but for an enforce write,
             // which cannot be serialised without a key (fail closed).

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
-use crate::identity::{canonical_host, canonical_path};
+use crate::identity::{canonical_host, canonical_path, canonical_query};
 use crate::upstream::Pool;
 
 use super::ctx::Ctx;
@@ -24,15 +24,16 @@ use super::shared::{Routes, Shared};
 /// The error type of "no server of the upstream is healthy": answered 503 with `Retry-After`.
 pub(crate) const NO_HEALTHY_SERVER: ErrorType = ErrorType::Custom("no healthy server");
 
-/// The key consistent selection hashes: canonical host, canonical path, and the query as sent.
+/// The key consistent selection hashes: canonical host, path and query (as the store keys it).
 pub(crate) fn selection_key(req: &RequestHeader) -> Vec<u8> {
     let host = request_host(req).map(canonical_host).unwrap_or_default();
     let (path, _) = canonical_path(req.uri.path());
-    let query = req.uri.query();
-    let mut key = Vec::with_capacity(host.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    let query = req.uri.query().map(canonical_query);
+    let mut key =
+        Vec::with_capacity(host.len() + path.len() + query.as_ref().map_or(0, |q| q.len() + 1));
     key.extend_from_slice(host.as_bytes());
     key.extend_from_slice(path.as_bytes());
-    if let Some(q) = query {
+    if let Some(q) = &query {
         key.push(b'?');
         key.extend_from_slice(q.as_bytes());
     }
