@@ -21,6 +21,8 @@ const OTHER: &str = "Bearer other-token";
 /// - `/mine/..`: a per-user resource behind one URL (`Cache-Control: private`): each caller has
 ///   their own version counter.
 /// - `/nostore/..`: like `/shared/`, its answers marked `Cache-Control: no-store`.
+/// - `/bare/..`: like `/shared/`, but a HEAD is answered without `ETag` (a HEAD handler that
+///   drops it).
 ///
 /// Writes bump the version and answer 200 with the new tag. Counts the writes it applied.
 struct Api {
@@ -76,7 +78,9 @@ fn api() -> Api {
                     .push((r.method.clone(), r.path.clone()));
             }
             let mut headers = extra;
-            headers.push(("etag", format!("\"{prefix}{n}\"")));
+            if !(r.method == "HEAD" && r.path.starts_with("/bare/")) {
+                headers.push(("etag", format!("\"{prefix}{n}\"")));
+            }
             headers.push(("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT".into()));
             (200, headers, format!("{prefix}{n}"))
         }
@@ -389,4 +393,58 @@ fn a_short_secret_file_is_refused_at_start() {
     .expect("the file itself is valid");
     let e = precond::app::spawn(c).err().expect("start refused");
     assert!(e.to_string().contains("at least 16"), "{e}");
+}
+
+/// The capability that must survive an answer without a validator: the owner read a tag, a HEAD
+/// handler then answered without `ETag` (the owner's current tag became unknown), another user
+/// wrote: the owner's write with the old tag is still refused at the edge. (Another user's write
+/// retired only the tags *known* current, so this one was forwarded: a lost update.)
+#[test]
+fn a_tag_made_unknown_by_an_untagged_answer_is_still_refused_after_another_users_write() {
+    let api = api();
+    let p = guard_proxy(&api, "");
+    let tag = call(&p, OWNER, "GET", "/bare/1", &[]).etag();
+    let r = call(&p, OWNER, "HEAD", "/bare/1", &[]);
+    assert_eq!((r.status, r.header("etag")), (200, None));
+    let r = call(&p, OTHER, "PUT", "/bare/1", &[("If-Match", &tag)]);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let r = call(&p, OWNER, "PUT", "/bare/1", &[("If-Match", &tag)]);
+    assert_eq!(r.status, 412, "{}", r.body_str());
+    assert!(r.body_str().contains("superseded"), "{}", r.body_str());
+    assert_eq!(api.writes(), 1, "the stale write never reached the origin");
+}
+
+/// On the shared store too, an edge 412 is decided only on tags the caller was shown (or named):
+/// an anonymous caller the origin answered with the public view must not learn, from an edge
+/// 412, that a guess was one of the owner's replaced tags; their write goes to the origin (403).
+/// The owner's own stale write, through the other instance, is still refused.
+#[test]
+fn on_the_shared_store_no_edge_412_answers_for_another_users_tags() {
+    let redis = RedisServer::start();
+    let api = api();
+    let store = format!(
+        "backend = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"",
+        redis.url()
+    );
+    let (a, b) = (
+        store_instance(api.origin.addr, "guard", &store),
+        store_instance(api.origin.addr, "guard", &store),
+    );
+    let full0 = call(&a, OWNER, "GET", "/view/1", &[]).etag();
+    let pub0 = call(&b, "", "GET", "/view/1", &[]).etag();
+    assert_ne!(full0, pub0);
+    let r = call(&b, OWNER, "PUT", "/view/1", &[("If-Match", &full0)]);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    for p in [&a, &b] {
+        let r = call(p, "", "DELETE", "/view/1", &[("If-Match", &full0)]);
+        assert_eq!(
+            r.status,
+            403,
+            "the origin's answer, not an edge 412: {}",
+            r.body_str()
+        );
+    }
+    let r = call(&a, OWNER, "PUT", "/view/1", &[("If-Match", &full0)]);
+    assert_eq!(r.status, 412, "{}", r.body_str());
+    assert_eq!(api.writes(), 1);
 }

@@ -301,8 +301,36 @@ fn facts_are_ordered_by_stamps_not_by_arrival_against_a_real_redis() {
         );
         redis.teach(&k, p2, &shown("b"), None).await.unwrap();
         assert!(
-            redis.judge(&k, p2, &[a]).await.unwrap().was_replaced(&a),
-            "p2 admitted"
+            !redis.judge(&k, p2, &[a]).await.unwrap().was_replaced(&a),
+            "p2 admitted, but never shown \"a\": no oracle for another caller's tags"
+        );
+        // A caller shown "a" before the write, then answered without a tag, is refused; so is
+        // the writer, who named it.
+        let k = name("/seen");
+        redis.teach(&k, p1, &shown("a"), None).await.unwrap();
+        redis.teach(&k, p2, &shown("a"), None).await.unwrap();
+        let untagged = Lesson {
+            admit: true,
+            ..Lesson::default()
+        };
+        redis.teach(&k, p2, &untagged, None).await.unwrap();
+        let w = redis.judge(&k, p1, &[a]).await.unwrap();
+        redis
+            .teach(&k, p1, &replaced(&a, "b"), Some(w.ticket))
+            .await
+            .unwrap();
+        assert!(redis.judge(&k, p2, &[a]).await.unwrap().was_replaced(&a));
+        assert!(redis.judge(&k, p1, &[a]).await.unwrap().was_replaced(&a));
+        let k = name("/named");
+        redis.teach(&k, p1, &untagged, None).await.unwrap();
+        let w = redis.judge(&k, p1, &[a]).await.unwrap();
+        redis
+            .teach(&k, p1, &replaced(&a, "b"), Some(w.ticket))
+            .await
+            .unwrap();
+        assert!(
+            redis.judge(&k, p1, &[a]).await.unwrap().was_replaced(&a),
+            "the writer named it"
         );
 
         // Out of order: the write is decided, a later write brings "a" back and is published

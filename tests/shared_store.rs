@@ -481,6 +481,65 @@ fn lease_chain_rules_hold_against_a_real_redis() {
     });
 }
 
+/// Every caller partition gets its own snapshot in the resource's state hash; a caller can invent
+/// credentials (a new cookie per request, each probing and publishing): past the bound, no new
+/// partition's snapshot is stored (its next write probes), so the hash does not grow with them.
+#[test]
+fn per_caller_snapshots_are_bounded_against_a_real_redis() {
+    use precond::identity::{Principal, ResourceKey, RouteId};
+    use precond::store::redis::Snapshot;
+    let server = RedisServer::start();
+    block_on(async {
+        let redis = store_client(
+            server.url(),
+            None,
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        );
+        let key = ResourceKey {
+            route: RouteId(1),
+            host: "h",
+            path: "/flood",
+        };
+        let snap = Snapshot {
+            status: 404,
+            tag: None,
+            synthetic: false,
+            alias: None,
+            last_modified: None,
+        };
+        let deadline = || Instant::now() + Duration::from_secs(2);
+        for i in 0..(3 * precond::store::MAX_PARTS as u64) {
+            let l = redis
+                .acquire(redis.resource(&key, Principal(1000 + i)), deadline())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(l.publish(false, Some(&snap)).await.unwrap());
+        }
+        let state = format!("precond:{{{}}}:state", redis.resource_id(&key));
+        let fields = server.command(&["HKEYS", &state]);
+        let snapshots = fields.lines().filter(|l| l.starts_with("p:")).count();
+        assert_eq!(snapshots, precond::store::MAX_PARTS, "{fields}");
+        // The first callers keep theirs; a caller beyond the bound finds none (it probes).
+        let l = redis
+            .acquire(redis.resource(&key, Principal(1000)), deadline())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.snapshot(), Some(&snap));
+        assert!(l.publish(false, Some(&snap)).await.unwrap());
+        let last = Principal(1000 + 3 * precond::store::MAX_PARTS as u64 - 1);
+        let l = redis
+            .acquire(redis.resource(&key, last), deadline())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.snapshot(), None);
+        assert!(l.publish(true, None).await.unwrap());
+    });
+}
+
 /// `write_wait` bounds a write's whole wait, not each step of it: on instance A, a first write
 /// holds A's lock for the resource while it waits for the lease, which instance B holds (B's
 /// write is held at the origin); a second write to A waits for that lock, then for the lease.

@@ -5,7 +5,7 @@
 //! that change an entry live in [`learn`](super::learn).
 //!
 //! Invariants:
-//! - A tag is never both current and replaced.
+//! - A tag is never both current and replaced, nor both unsure and replaced (or current).
 //! - `replaced` holds at most [`MAX_REPLACED`] tags (oldest dropped first: a dropped tag becomes
 //!   unknown, so requests carrying it are forwarded); `current` at most [`MAX_CURRENT`].
 //! - `last_modified` only moves forward on writes; a read sets it to what it showed.
@@ -59,6 +59,12 @@ pub struct Entry {
     pub existence: Existence,
     /// Current tags; `None` when unknown, empty when known to have no ETag.
     pub current: Option<Vec<Tag>>,
+    /// Tags that were current when the current state became unknown (a 200 without `ETag`, a
+    /// write whose result is unknown, someone else's write): maybe current still, never proven
+    /// replaced. They decide nothing, but a later proof that the resource changed retires them
+    /// like current tags, so that a caller shown a tag does not lose its protection because an
+    /// answer in between carried no validator. At most [`MAX_CURRENT`], newest last.
+    pub(crate) unsure: Vec<Tag>,
     /// Tags seen replaced, oldest first.
     pub replaced: Vec<Tag>,
     /// For each of `replaced`, when it was *proven* replaced (the stamp of a completed write
@@ -105,6 +111,7 @@ impl Entry {
             m.iter().flatten().map(|v| v.len() + 16).sum::<usize>() + std::mem::size_of::<Meta>()
         });
         tags(self.current.as_deref().unwrap_or_default())
+            + tags(&self.unsure)
             + tags(&self.replaced)
             + self.replaced_at.len() * 8
             + self.alias.as_ref().map_or(0, |t| t.opaque.len() + 24)
@@ -116,6 +123,7 @@ impl Entry {
         Entry {
             existence: Existence::Unknown,
             current: None,
+            unsure: Vec::new(),
             replaced: Vec::new(),
             replaced_at: Vec::new(),
             last_modified: None,
@@ -149,6 +157,7 @@ impl Entry {
 
     /// Records `tag` replaced as of the store's clock `at`.
     pub(super) fn push_replaced(&mut self, tag: Tag, at: u64) {
+        self.unsure.retain(|u| *u != tag);
         if let Some(i) = self.replaced.iter().position(|r| *r == tag) {
             // A proof beats an inference.
             self.replaced_at[i] = self.replaced_at[i].min(at);
@@ -162,11 +171,40 @@ impl Entry {
         self.replaced_at.push(at);
     }
 
-    /// Moves every current tag to `replaced`, except `keep`.
+    /// Moves every current (and unsure) tag to `replaced`, except `keep`.
     pub(super) fn supersede_current(&mut self, keep: Option<&Tag>, at: u64) {
-        for t in self.current.take().unwrap_or_default() {
+        let unsure = std::mem::take(&mut self.unsure);
+        for t in self
+            .current
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(unsure)
+        {
             if Some(&t) != keep {
                 self.push_replaced(t, at);
+            }
+        }
+    }
+
+    /// The current tags become unknown: they are kept as [`unsure`](Entry::unsure).
+    pub(super) fn forget_current(&mut self) {
+        for t in self.current.take().unwrap_or_default() {
+            if !self.unsure.contains(&t) {
+                if self.unsure.len() == MAX_CURRENT {
+                    self.unsure.remove(0);
+                }
+                self.unsure.push(t);
+            }
+        }
+    }
+
+    /// A representation tagged `shown` replaced every unsure tag but its encodings (equal under
+    /// weak comparison, which are dropped from `unsure`, neither current nor replaced).
+    pub(super) fn retire_unsure(&mut self, shown: &Tag) {
+        for t in std::mem::take(&mut self.unsure) {
+            if !t.as_ref().weak_eq(&shown.as_ref()) {
+                self.push_replaced(t, INFERRED);
             }
         }
     }

@@ -154,7 +154,7 @@ pub fn apply(
         }
         // A write that broke may or may not have been applied: forget what we believed.
         e.existence = Existence::Unknown;
-        e.current = None;
+        e.forget_current();
         e.lm_stale = true;
         e.changed_at = stamp;
         return Some(e);
@@ -182,6 +182,7 @@ pub fn apply(
                     Some(tag) => {
                         e.unreplace(&tag, ticket.0);
                         if obs.vary {
+                            e.unsure.retain(|u| *u != tag);
                             let cur = e.current.get_or_insert_with(Vec::new);
                             if !cur.contains(&tag) {
                                 if cur.len() == MAX_CURRENT {
@@ -203,6 +204,9 @@ pub fn apply(
                             for t in retired {
                                 e.push_replaced(t, INFERRED);
                             }
+                            // So were the tags that were current before an answer without a
+                            // validator.
+                            e.retire_unsure(&tag);
                             cur.truncate(MAX_CURRENT - 1);
                             cur.push(tag);
                             e.current = Some(cur);
@@ -215,7 +219,7 @@ pub fn apply(
                     }
                     // The field may have been dropped on the way (a HEAD handler, a
                     // compressing middleware, a 206): unknown, and nothing proven replaced.
-                    None => e.current = None,
+                    None => e.forget_current(),
                 }
                 e.vary = obs.vary;
                 e.synthetic = obs.synthetic;
@@ -247,6 +251,7 @@ pub fn apply(
                 e.existence = Existence::Exists;
                 e.current_since = ticket.0;
                 e.unreplace(&tag, ticket.0);
+                e.unsure.retain(|u| *u != tag);
                 let cur = e.current.get_or_insert_with(Vec::new);
                 if !cur.contains(&tag) {
                     if cur.len() == MAX_CURRENT {
@@ -262,6 +267,7 @@ pub fn apply(
                 if !obs.complete
                     && e.existence == Existence::Unknown
                     && e.current.is_none()
+                    && e.unsure.is_empty()
                     && e.replaced.is_empty() =>
             {
                 return None
@@ -284,7 +290,7 @@ pub fn apply(
         200..=299 if !obs.proves_replacement() => {
             e.synthetic = false;
             e.alias = None;
-            e.current = None;
+            e.forget_current();
             e.lm_stale = true;
             if obs.method == Method::Delete {
                 e.existence = Existence::Unknown;
@@ -303,7 +309,7 @@ pub fn apply(
             match (&shown, obs.method) {
                 // Another write finished while this one was in flight: their order at the
                 // origin is unknown, so neither result is trusted as current.
-                _ if concurrent => e.current = None,
+                _ if concurrent => e.forget_current(),
                 (_, Method::Delete) => e.supersede_current(None, stamp),
                 // The answer names the representation the write left: every other current tag
                 // is replaced, but encodings of the same one (equal under weak comparison:
@@ -323,6 +329,7 @@ pub fn apply(
                     for t in retired {
                         e.push_replaced(t, INFERRED);
                     }
+                    e.retire_unsure(shown);
                     e.current = new_tag.clone().map(|t| {
                         cur.truncate(MAX_CURRENT - 1);
                         cur.push(t);
@@ -331,7 +338,7 @@ pub fn apply(
                 }
                 // A 2xx without a tag proves nothing about the tags: a write may leave the
                 // representation as it was (an idempotent retry, a no-op PATCH). Unknown.
-                (None, _) => e.current = None,
+                (None, _) => e.forget_current(),
             }
             // The tag the write named was current until this write was applied (or already
             // gone): once the origin answers with another tag, or the resource is deleted, it
@@ -378,7 +385,7 @@ pub fn apply(
         300..=399 | 412 | 500..=599 => {
             // Invalidate (RFC 9111 §4.4); a 412 carries no representation's validators
             // (RFC 9110 §15.5.13); a 5xx leaves the outcome unknown.
-            e.current = None;
+            e.forget_current();
             e.lm_stale = true;
             if status >= 500 {
                 e.existence = Existence::Unknown;
@@ -416,6 +423,9 @@ pub fn apply_foreign(
                             e.push_replaced(old, INFERRED);
                         }
                     }
+                    // And the tags current before an answer without a validator: a caller
+                    // shown a tag keeps its protection.
+                    e.retire_unsure(&t);
                     e.unreplace(&t, 0);
                 }
                 // A completed DELETE leaves nothing current.
@@ -423,7 +433,7 @@ pub fn apply_foreign(
                 // Without a tag the write proves nothing replaced (it may have been a no-op).
                 None => {}
             }
-            e.current = None;
+            e.forget_current();
             if obs.method == Method::Delete {
                 e.existence = Existence::Absent;
                 e.current = Some(Vec::new());
@@ -435,12 +445,12 @@ pub fn apply_foreign(
         }
         // A 2xx that retires nothing here may still have created or deleted the resource.
         Outcome::Status(200..=299) => {
-            e.current = None;
+            e.forget_current();
             e.existence = Existence::Unknown;
         }
-        Outcome::Status(300..=399 | 412) => e.current = None,
+        Outcome::Status(300..=399 | 412) => e.forget_current(),
         Outcome::Status(500..=599) | Outcome::Broken => {
-            e.current = None;
+            e.forget_current();
             e.existence = Existence::Unknown;
         }
         // Refused by the origin (401, 403, 409, ...): nothing changed.

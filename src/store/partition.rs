@@ -236,6 +236,44 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_made_unknown_is_still_retired_by_another_callers_write() {
+        // What made A's current tag unknown: an answer without a validator (a HEAD handler),
+        // A's own write refused by the origin or failed, another caller's POST.
+        let unknowns = [
+            (A, Method::Head, 200),
+            (A, Method::Put, 412),
+            (A, Method::Put, 503),
+            (B, Method::Post, 200),
+        ];
+        for (who, method, status) in unknowns {
+            let mut s = Sim::new();
+            s.see(obs(A, Method::Get, 200, Some("\"s0\"")));
+            s.see(obs(who, method, status, None));
+            assert!(!s.of(A).unwrap().current_known(), "{method:?} {status}");
+            s.see(obs(B, Method::Put, 200, Some("\"s1\"")));
+            let a = s.of(A).unwrap();
+            assert!(a.was_replaced(&tag("\"s0\"")), "{method:?} {status}");
+            assert!(!a.current_known());
+        }
+        // A read showing another tag retires it too; an encoding of it stays unreplaced.
+        let mut s = Sim::new();
+        s.see(obs(A, Method::Get, 200, Some("\"s0\"")));
+        s.see(obs(A, Method::Head, 200, None));
+        s.see(obs(A, Method::Get, 200, Some("W/\"s0\"")));
+        assert!(!s.of(A).unwrap().was_replaced(&tag("\"s0\"")));
+        s.see(obs(A, Method::Head, 200, None));
+        s.see(obs(A, Method::Get, 200, Some("\"s9\"")));
+        let a = s.of(A).unwrap();
+        assert!(a.was_replaced(&tag("W/\"s0\"")) && a.is_current_strong(&tag("\"s9\"")));
+        // A caller never shown the tag learns nothing of it (no oracle).
+        let mut s = Sim::new();
+        s.see(obs(A, Method::Get, 200, Some("\"s0\"")));
+        s.see(obs(Principal(33), Method::Get, 200, Some("\"p0\"")));
+        s.see(obs(B, Method::Put, 200, Some("\"s1\"")));
+        assert!(!s.of(Principal(33)).unwrap().was_replaced(&tag("\"s0\"")));
+    }
+
+    #[test]
     fn per_caller_resources_keep_writes_in_the_writers_partition() {
         for (private, reach) in [(true, Reach::Resource), (false, Reach::Partition)] {
             let mut s = Sim::new();

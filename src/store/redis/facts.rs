@@ -14,7 +14,8 @@
 //! a lost hash held is unknown), when it outgrows its bound, and by an outcome that may have
 //! brought back any tag (a write whose outcome is unknown, a 5xx, a 2xx without `ETag`);
 //! `a:<principal>`, the origin answered that caller about this resource (`na` counts them);
-//! `private`, an answer was marked per-caller.
+//! `s:<principal>:<opaque>`, that admitted caller was shown that tag current or named it in a
+//! write; `private`, an answer was marked per-caller.
 //!
 //! Coherency (why neither a stale local store nor a stale fact can cause a false 412):
 //! - In this mode a write is refused only on these facts, read from Redis as it is decided: the
@@ -41,6 +42,9 @@
 //! - A caller is refused only when the origin answered them about the resource (`a:`), as a
 //!   partition of the local store exists only then; at most [`MAX_ADMITTED`] callers per resource
 //!   are admitted (the others are never refused on shared facts: no caller can push another out).
+//! - A caller is refused only on a tag they were shown or named themselves (`s:`): an edge 412
+//!   never tells a caller that a tag of someone else's view of the resource was replaced (no
+//!   oracle for guesses of another caller's tags).
 //! - Bounded: at most [`MAX_ASKED`] tags of one `If-Match` are looked up, tags longer than
 //!   [`MAX_TAG_BYTES`] are not published, and a hash past [`MAX_FIELDS`] fields loses its
 //!   replacements and showings before it grows; judging creates no hash and renews no TTL; a
@@ -154,12 +158,13 @@ pub struct Facts {
     admitted: bool,
     private: bool,
     forgot: u64,
-    /// Per tag asked: replaced for every caller, replaced for this one, shown current.
-    tags: Vec<(Tag, [u64; 3])>,
+    /// Per tag asked: replaced for every caller, replaced for this one, shown current, known to
+    /// this caller.
+    tags: Vec<(Tag, [u64; 4])>,
 }
 
 impl Facts {
-    fn stamps(&self, tag: &EntityTag<'_>) -> Option<[u64; 3]> {
+    fn stamps(&self, tag: &EntityTag<'_>) -> Option<[u64; 4]> {
         self.tags
             .iter()
             .find(|(t, _)| t.as_ref() == *tag)
@@ -167,7 +172,7 @@ impl Facts {
     }
 
     /// When `tag` was proven replaced for this caller (0: never).
-    fn replaced_at(&self, s: [u64; 3]) -> u64 {
+    fn replaced_at(&self, s: [u64; 4]) -> u64 {
         if self.private {
             s[1]
         } else {
@@ -198,7 +203,7 @@ impl Knowledge for Facts {
         self.admitted
             && self.stamps(tag).is_some_and(|s| {
                 let r = self.replaced_at(s);
-                r > s[2] && r > self.forgot
+                s[3] > 0 && r > s[2] && r > self.forgot
             })
     }
     /// Dates are not shared: `If-Unmodified-Since` is left to the origin.
@@ -263,8 +268,8 @@ impl Redis {
                 .iter()
                 .enumerate()
                 .map(|(i, t)| {
-                    let b = 4 + 3 * i;
-                    Ok((Tag::from_ref(t), [n(b)?, n(b + 1)?, n(b + 2)?]))
+                    let b = 4 + 4 * i;
+                    Ok((Tag::from_ref(t), [n(b)?, n(b + 1)?, n(b + 2)?, n(b + 3)?]))
                 })
                 .collect::<Result<_, SharedError>>()?,
         })
@@ -296,7 +301,7 @@ impl Redis {
             }
             _ => (Vec::new(), Vec::new()),
         };
-        let args: [Vec<u8>; 10] = [
+        let mut args: Vec<Vec<u8>> = vec![
             ms(self.settings.state_ttl),
             p.clone().into_bytes(),
             flag(lesson.admit),
@@ -312,6 +317,14 @@ impl Redis {
             MAX_FIELDS.to_string().into_bytes(),
             MAX_ADMITTED.to_string().into_bytes(),
         ];
+        // What the caller now knows: the tag shown, and the tag its write named.
+        args.extend(lesson.current.as_deref().map(<[u8]>::to_vec));
+        args.extend(
+            lesson
+                .replaced
+                .as_ref()
+                .map(|(t, _)| t.as_ref().opaque().to_vec()),
+        );
         let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         let _: i64 = self
             .run("teach", &self.scripts.teach, &[guard_key], &argv)
@@ -412,7 +425,7 @@ mod tests {
             admitted,
             private,
             forgot,
-            tags: vec![(tag("\"a\""), a)],
+            tags: vec![(tag("\"a\""), [a[0], a[1], a[2], 1])],
         }
     }
 
@@ -434,6 +447,10 @@ mod tests {
         // Per-caller resource: another caller's write proves nothing for this one.
         assert!(!refused(&facts(true, true, 0, [10, 0, 0])));
         assert!(refused(&facts(true, true, 0, [0, 10, 0])));
+        // A tag this caller was never shown (nor named): no oracle for another caller's tags.
+        let mut unseen = facts(true, false, 0, [10, 0, 5]);
+        unseen.tags[0].1[3] = 0;
+        assert!(!refused(&unseen));
         // A tag that was not asked (or not known): forwarded.
         assert_eq!(
             decide(&facts(true, false, 0, [10, 0, 0]), "\"z\""),

@@ -116,6 +116,7 @@ impl Redis {
                 field.as_bytes(),
                 encoded,
                 &ms(self.settings.state_ttl),
+                crate::store::MAX_PARTS.to_string().as_bytes(),
             ],
         )
         .await

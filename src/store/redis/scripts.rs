@@ -74,11 +74,13 @@ return 0
 /// expired cannot publish over a newer holder's result). `changed` drops every partition's
 /// snapshot (the resource was written, or the holder found the chain broken: what other
 /// partitions were shown before may be stale); the state's `fence` becomes the holder's number,
-/// so the next holder knows the chain is unbroken; a snapshot given is stored for its partition.
-/// Returns 1 when published, 0 when the lease was no longer the holder's.
+/// so the next holder knows the chain is unbroken; a snapshot given is stored for its partition,
+/// unless the state already holds the most partitions' snapshots and not this one's (a caller
+/// beyond them only loses the peek: its next write probes; no caller's credentials can grow the
+/// hash without bound). Returns 1 when published, 0 when the lease was no longer the holder's.
 ///
 /// KEYS: lease, state. ARGV: token, fence, "changed" | "unchanged", snapshot field ("" for
-/// none), snapshot, state TTL (ms).
+/// none), snapshot, state TTL (ms), most partitions' snapshots.
 pub(super) const PUBLISH: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
@@ -93,7 +95,15 @@ if ARGV[3] == 'changed' then
 end
 redis.call('HSET', KEYS[2], 'fence', ARGV[2])
 if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+  local room = redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1
+  if not room then
+    local n = 0
+    for _, k in ipairs(redis.call('HKEYS', KEYS[2])) do
+      if string.sub(k, 1, 2) == 'p:' then n = n + 1 end
+    end
+    room = n < tonumber(ARGV[7])
+  end
+  if room then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) end
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('DEL', KEYS[1])
@@ -133,7 +143,7 @@ return false
 /// Judge (`guard`): takes a write's ticket (a stamp above every stamp issued before, and not
 /// below the server's clock in microseconds) and returns what is known of the tags it names, for
 /// its caller: `{ticket, admitted, private, forgot, then per tag: replaced for every caller,
-/// replaced for this caller, shown current}` (0 for unknown). Creates nothing: a resource without
+/// replaced for this caller, shown current, shown to this caller}` (0 for unknown). Creates nothing: a resource without
 /// facts gets a ticket from the clock alone, and a hash created after it voids that ticket's
 /// replacement (see `TEACH`). Renews nothing either.
 ///
@@ -154,6 +164,7 @@ for i = 2, #ARGV, 2 do
   out[#out + 1] = num('r:*:' .. ARGV[i])
   out[#out + 1] = num('r:' .. p .. ':' .. ARGV[i])
   out[#out + 1] = num(ARGV[i + 1])
+  out[#out + 1] = num('s:' .. p .. ':' .. string.sub(ARGV[i + 1], 3))
 end
 return out
 ";
@@ -161,7 +172,8 @@ return out
 /// Teach (`guard`): publishes what one exchange showed, stamped now (not below any stamp issued
 /// before): admission (at most a bound of callers per resource: not admitting is safe), a
 /// forget (`f`), the per-caller mark, a replacement stamped with the write's ticket (kept when
-/// later than the last forget and than the one recorded), a tag shown current.
+/// later than the last forget and than the one recorded), a tag shown current, and (for an
+/// admitted caller) that the caller knows the tag shown and the tag its write named.
 ///
 /// A hash that does not exist (new, expired, evicted, lost with a restart) is created with `f` at
 /// the stamp: a replacement decided before it (whose showings may have been lost with the old
@@ -170,7 +182,7 @@ return out
 ///
 /// KEYS: the resource's guard facts. ARGV: TTL (ms), caller, admit (0|1), forget (0|1), private
 /// (0|1), ticket (or empty), replaced field (or empty), shown-current field (or empty), field
-/// bound, most callers admitted.
+/// bound, most callers admitted, then the opaque parts the caller knows (zero to two).
 pub(super) const TEACH: &str = r"
 local h = KEYS[1]
 local t = redis.call('TIME')
@@ -182,7 +194,7 @@ if redis.call('EXISTS', h) == 0 then
 elseif redis.call('HLEN', h) > tonumber(ARGV[9]) then
   for _, k in ipairs(redis.call('HKEYS', h)) do
     local kind = string.sub(k, 1, 2)
-    if kind == 'r:' or kind == 'c:' then redis.call('HDEL', h, k) end
+    if kind == 'r:' or kind == 'c:' or kind == 's:' then redis.call('HDEL', h, k) end
   end
   redis.call('HSET', h, 'f', stamp)
 end
@@ -201,6 +213,9 @@ if ARGV[6] ~= '' and ARGV[7] ~= '' then
   end
 end
 if ARGV[8] ~= '' then redis.call('HSET', h, ARGV[8], stamp) end
+if redis.call('HGET', h, 'a:' .. p) then
+  for i = 11, #ARGV do redis.call('HSET', h, 's:' .. p .. ':' .. ARGV[i], '1') end
+end
 redis.call('PEXPIRE', h, ARGV[1])
 return 1
 ";
