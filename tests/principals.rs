@@ -19,7 +19,7 @@ const OTHER: &str = "Bearer other-token";
 ///   (`"pub<n>"`);
 /// - `/shared/..`: any authenticated caller reads (`"s<n>"`) and writes; anonymous gets 401;
 /// - `/mine/..`: a per-user resource behind one URL (`Cache-Control: private`): each caller has
-///   their own version counter.
+///   their own version counter; `/varied/..` the same, marked by `Vary: Authorization` instead.
 /// - `/nostore/..`: like `/shared/`, its answers marked `Cache-Control: no-store`.
 /// - `/bare/..`: like `/shared/`, but a HEAD is answered without `ETag` (a HEAD handler that
 ///   drops it).
@@ -51,11 +51,15 @@ fn api() -> Api {
                     }
                     let p = if auth == OWNER { "full" } else { "pub" };
                     (r.path.clone(), p, vec![])
-                } else if r.path.starts_with("/mine/") {
+                } else if r.path.starts_with("/mine/") || r.path.starts_with("/varied/") {
                     if auth.is_empty() {
                         return (401, vec![], "who are you?".into());
                     }
-                    let private = vec![("cache-control", "private".to_string())];
+                    let private = if r.path.starts_with("/mine/") {
+                        vec![("cache-control", "private".to_string())]
+                    } else {
+                        vec![("vary", "Accept-Encoding, authorization".to_string())]
+                    };
                     (format!("{auth}{}", r.path), "m", private)
                 } else {
                     if auth.is_empty() {
@@ -192,16 +196,19 @@ fn an_unauthenticated_caller_gets_the_origins_answer_and_no_validator() {
 
 #[test]
 fn a_private_resource_keeps_each_callers_writes_to_themselves() {
-    let api = api();
-    let p = guard_proxy(&api, "");
-    assert_eq!(call(&p, OWNER, "GET", "/mine/1", &[]).etag(), "\"m0\"");
-    // OTHER changes *their* resource behind the same URL.
-    let r = call(&p, OTHER, "PUT", "/mine/1", &[("If-Match", "\"m0\"")]);
-    assert_eq!(r.status, 200);
-    // The owner's "m0" is still their current tag: forwarded, not refused.
-    let r = call(&p, OWNER, "PUT", "/mine/1", &[("If-Match", "\"m0\"")]);
-    assert_eq!(r.status, 200, "{}", r.body_str());
-    assert_eq!(api.writes(), 2);
+    // Marked per-caller by `Cache-Control: private`, or by `Vary` naming the credential.
+    for path in ["/mine/1", "/varied/1"] {
+        let api = api();
+        let p = guard_proxy(&api, "");
+        assert_eq!(call(&p, OWNER, "GET", path, &[]).etag(), "\"m0\"");
+        // OTHER changes *their* resource behind the same URL.
+        let r = call(&p, OTHER, "PUT", path, &[("If-Match", "\"m0\"")]);
+        assert_eq!(r.status, 200);
+        // The owner's "m0" is still their current tag: forwarded, not refused.
+        let r = call(&p, OWNER, "PUT", path, &[("If-Match", "\"m0\"")]);
+        assert_eq!(r.status, 200, "{path}: {}", r.body_str());
+        assert_eq!(api.writes(), 2);
+    }
 }
 
 #[test]
