@@ -527,3 +527,57 @@ fn the_origins_own_weak_tag_is_evaluated_as_an_alias() {
     let r = request(p.addr, "PUT", "/doc", &[("If-None-Match", "W/\"o1\"")], "x");
     assert_eq!(r.status, 412, "the representation exists under that tag");
 }
+
+/// With `Vary`, each variant's tag is a tag of the current state: a writer holding the gzip
+/// variant's tag is not stale because another reader fetched the identity variant since (the
+/// stored state evaluated only the latest variant's tag: a false 412). After the write, every
+/// variant's old tag is stale.
+#[test]
+fn a_writer_holding_one_variants_tag_is_not_refused_for_another_variant() {
+    let version = Arc::new(AtomicU64::new(0));
+    let v = version.clone();
+    let origin = ScriptedOrigin::start(move |r: SeenRequest| {
+        let v = v.clone();
+        async move {
+            if r.method == "GET" || r.method == "HEAD" {
+                let gz = r
+                    .headers
+                    .get("accept-encoding")
+                    .is_some_and(|e| e.contains("gzip"));
+                let body = format!(
+                    "{}-v{}",
+                    if gz { "gzip" } else { "identity" },
+                    v.load(Ordering::SeqCst)
+                );
+                return (200, vec![("vary", "Accept-Encoding".into())], body);
+            }
+            v.fetch_add(1, Ordering::SeqCst);
+            (204, vec![], String::new())
+        }
+    });
+    let p = proxy(&enforce_config(""), origin.addr);
+    let gz = request(p.addr, "GET", "/doc", &[("Accept-Encoding", "gzip")], "").etag();
+    let id = request(p.addr, "GET", "/doc", &[], "").etag();
+    assert_ne!(gz, id);
+    let before = origin.requests();
+    let r = request(
+        p.addr,
+        "PUT",
+        "/doc",
+        &[("If-Match", &gz), ("Accept-Encoding", "gzip")],
+        "x",
+    );
+    assert_eq!(r.status, 204, "{}", r.body_str());
+    assert_eq!(origin.requests(), before + 1, "decided on the stored state");
+    for (tag, enc) in [(&id, "identity"), (&gz, "gzip")] {
+        let r = request(
+            p.addr,
+            "PUT",
+            "/doc",
+            &[("If-Match", tag), ("Accept-Encoding", enc)],
+            "y",
+        );
+        assert_eq!(r.status, 412, "{enc}: {}", r.body_str());
+    }
+    assert_eq!(version.load(Ordering::SeqCst), 1);
+}

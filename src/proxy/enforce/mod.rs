@@ -32,8 +32,11 @@ use tracing::{info, warn};
 use crate::config::{Probe, Route};
 use crate::identity::OwnedKey;
 use crate::precondition::date::parse_http_date;
+use crate::precondition::etag::scan_list;
 use crate::precondition::evaluate::has_usable_precondition;
-use crate::precondition::{evaluate, Current, Decision, EntityTag, Existence, Method};
+use crate::precondition::{
+    evaluate, Conditional, Current, Decision, EntityTag, Existence, FieldLines, Method,
+};
 use crate::store::redis::{Resource, Snapshot};
 use crate::store::{Entry, Tag, META_HEADERS};
 use crate::telemetry::redact::Shown;
@@ -125,7 +128,7 @@ async fn refused_on_peek(
         return Ok(false);
     };
     let cond = conditional(&session.req_header().headers, judged);
-    match evaluate(&cond, &current_of(&entry), required) {
+    match evaluate(&cond, &current_of(&entry, &cond), required) {
         Decision::PreconditionFailed(f) => {
             answer::reject(s, session, f, Some(&entry), at).await?;
             Ok(true)
@@ -143,11 +146,22 @@ async fn end_unchanged(ctx: &mut Ctx, snapshot: Option<&Snapshot>) {
     }
 }
 
-/// The state `evaluate` needs. With several current tags (`Vary`), the latest one is used.
-fn current_of(e: &Entry) -> Current<'_> {
+/// The state `evaluate` needs for `cond`. With several current tags (`Vary`: one per variant
+/// seen), the one `If-Match` names if any (each is a representation of the current state: a
+/// writer holding the gzip variant's tag is not stale because another reader fetched the
+/// identity one), else the latest.
+fn current_of<'e, 'a, L: FieldLines<'a>>(e: &'e Entry, cond: &Conditional<L>) -> Current<'e> {
+    let mut named = None;
+    if e.current.as_ref().is_some_and(|c| c.len() > 1) {
+        scan_list(cond.if_match.lines(), |t| {
+            if named.is_none() {
+                named = e.current_tags().find(|c| c.strong_eq(&t));
+            }
+        });
+    }
     Current {
         existence: e.existence,
-        etag: e.current_tags().last(),
+        etag: named.or_else(|| e.current_tags().last()),
         alias: e.alias.as_ref().map(|t| t.as_ref()),
         last_modified: e.current_lm,
     }
@@ -211,10 +225,10 @@ async fn read(
     {
         let cond = conditional(&session.req_header().headers, ctx.method);
         if cond.has_any() {
-            match evaluate(&cond, &current_of(&entry), false) {
+            match evaluate(&cond, &current_of(&entry, &cond), false) {
                 Decision::NotModified(f) => {
                     let meta = entry.meta.as_deref().cloned().unwrap_or_default();
-                    let tag = current_of(&entry).etag.map(|t| t.to_wire());
+                    let tag = current_of(&entry, &cond).etag.map(|t| t.to_wire());
                     answer::not_modified(
                         s,
                         session,
@@ -439,7 +453,7 @@ async fn write(
         match view.as_deref().or(shown.as_ref()) {
             Some(entry) => {
                 let cond = conditional(&session.req_header().headers, judged);
-                match evaluate(&cond, &current_of(entry), required) {
+                match evaluate(&cond, &current_of(entry, &cond), required) {
                     Decision::PreconditionFailed(f) => {
                         end_unchanged(ctx, probed_snapshot.as_ref()).await;
                         ctx.write_lock = None;
