@@ -451,7 +451,7 @@ fn facts_are_ordered_by_stamps_not_by_arrival_against_a_real_redis() {
         assert!(redis.judge(&k, p1, &[a]).await.unwrap().was_replaced(&a));
         for i in 0..precond::store::redis::facts::MAX_FIELDS {
             redis
-                .teach(&k, p1, &shown(&format!("t{i}")), None)
+                .teach(&k, p2, &shown(&format!("t{i}")), None)
                 .await
                 .unwrap();
         }
@@ -471,6 +471,38 @@ fn facts_are_ordered_by_stamps_not_by_arrival_against_a_real_redis() {
                 .ends_with('1'),
             "admission kept"
         );
+        // What p1 knows survives the purge: a later replacement of a tag p1 was shown before it
+        // refuses p1's stale write.
+        let x = EntityTag::parse(b"\"x\"").unwrap();
+        let w = redis.judge(&k, p2, &[x]).await.unwrap();
+        redis
+            .teach(&k, p2, &replaced(&x, "y"), Some(w.ticket))
+            .await
+            .unwrap();
+        assert!(redis.judge(&k, p1, &[x]).await.unwrap().was_replaced(&x));
+
+        // Each caller knows its newest MAX_KNOWN tags: one shown before them is forwarded.
+        let k = name("/known");
+        redis.teach(&k, p1, &shown("a"), None).await.unwrap();
+        for i in 0..precond::store::redis::facts::MAX_KNOWN {
+            redis
+                .teach(&k, p1, &shown(&format!("k{i}")), None)
+                .await
+                .unwrap();
+        }
+        let w = redis.judge(&k, p2, &[a]).await.unwrap();
+        redis
+            .teach(&k, p2, &replaced(&a, "b"), Some(w.ticket))
+            .await
+            .unwrap();
+        assert!(!redis.judge(&k, p1, &[a]).await.unwrap().was_replaced(&a));
+        let k1 = EntityTag::parse(b"\"k1\"").unwrap();
+        let w = redis.judge(&k, p2, &[k1]).await.unwrap();
+        redis
+            .teach(&k, p2, &replaced(&k1, "c"), Some(w.ticket))
+            .await
+            .unwrap();
+        assert!(redis.judge(&k, p1, &[k1]).await.unwrap().was_replaced(&k1));
         assert_eq!(redis.errors(), 0);
     });
 }

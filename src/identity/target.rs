@@ -192,6 +192,17 @@ fn read_path(path: &str, how: Reading) -> (String, Option<Ambiguous>) {
             continue;
         };
         run.push(v);
+        if v == b';' {
+            // An origin that decodes before it cuts path parameters reads `..%3B` as `..;`.
+            ambiguous.get_or_insert(Ambiguous::PathParameter);
+            if how.strip_params {
+                while i < bytes.len() && !matches!(bytes[i], b'/' | b'\\') {
+                    i += 1;
+                }
+                check_run(&mut run, &mut ambiguous);
+                continue;
+            }
+        }
         if is_unreserved(v) {
             text.push(char::from(v));
         } else if (v == b'/' || v == b'\\') && how.split_encoded {
@@ -253,8 +264,8 @@ fn read_path(path: &str, how: Reading) -> (String, Option<Ambiguous>) {
 pub fn canonical_query(query: &str) -> Cow<'_, str> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = query.as_bytes();
-    let plain = |b: u8| b.is_ascii() && b != b'%' && (b == b'?' || !needs_escape(b));
-    if bytes.iter().all(|b| plain(*b)) {
+    let plain = |b: u8| b.is_ascii() && b != b'\\' && b != b'%' && (b == b'?' || !needs_escape(b));
+    if is_canonical_query(bytes, plain) {
         return Cow::Borrowed(query);
     }
     let mut out = String::with_capacity(bytes.len() + 8);
@@ -292,6 +303,41 @@ pub fn canonical_query(query: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Whether a query is already canonical: plain bytes and escapes in upper case of characters
+/// that are not unreserved (the common case: no allocation).
+fn is_canonical_query(bytes: &[u8], plain: impl Fn(u8) -> bool) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let upper = |b: u8| b.is_ascii_digit() || (b'A'..=b'F').contains(&b);
+            match bytes.get(i + 1..i + 3) {
+                Some([h, l]) if upper(*h) && upper(*l) => {
+                    let v = (hex_value(*h) << 4) | hex_value(*l);
+                    if is_unreserved(v) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+            i += 3;
+        } else if plain(bytes[i]) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// The value of an upper-case hexadecimal digit.
+fn hex_value(b: u8) -> u8 {
+    if b.is_ascii_digit() {
+        b - b'0'
+    } else {
+        b - b'A' + 10
+    }
 }
 
 /// Ends a run of percent-escapes: it must have decoded to UTF-8.
@@ -422,13 +468,20 @@ mod tests {
             ("q=caf%c3%a9", "q=caf%C3%A9"),
             ("x=|{}", "x=%7C%7B%7D"),
             ("x=%zz&y=%", "x=%25zz&y=%25"),
+            ("x=a\\b", "x=a%5Cb"),
+            ("x=a%5cb", "x=a%5Cb"),
             ("a/b?c=d", "a/b?c=d"),
             ("", ""),
         ] {
             assert_eq!(canonical_query(raw), want, "{raw}");
             assert_eq!(canonical_query(want), want, "idempotent: {want}");
         }
-        assert!(matches!(canonical_query("a=1&b=2"), Cow::Borrowed(_)));
+        for canonical in ["a=1&b=2", "q=a%20b&r=%C3%A9", "x=%2F%3F"] {
+            assert!(
+                matches!(canonical_query(canonical), Cow::Borrowed(_)),
+                "{canonical}"
+            );
+        }
     }
 
     #[test]
@@ -441,6 +494,12 @@ mod tests {
         // A servlet container cuts path parameters: `..;` is `..`.
         has("/static/..;/legacy/items/1", "/legacy/items/1");
         has("/legacy;x/items/1", "/legacy/items/1");
+        has("/static/..%3B/legacy/items/1", "/legacy/items/1");
+        assert_eq!(
+            canonical_path("/a%3bx").1,
+            Some(Ambiguous::PathParameter),
+            "an encoded ';' too"
+        );
         // A server that keeps empty segments lets `..` remove one of them.
         has("/legacy//../items/1", "/legacy/items/1");
         has("/legacy//../items/1", "/items/1");

@@ -185,9 +185,11 @@ impl ProxyHttp for Precond {
             ambiguous.get_or_insert(Ambiguous::NotUtf8);
         }
         // The configuration this request runs under to its end; a write is counted in it.
-        let method = Method::from_bytes(req.method.as_str().as_bytes());
+        let mut method = Method::from_bytes(req.method.as_str().as_bytes());
+        // TRACE is a write on enforce routes (below): counted as one whatever the route.
+        let counted = method.changes_state() || req.method == http::Method::TRACE;
         ctx.resource = s.resource_hash(host.as_deref(), &path);
-        ctx.generation_write = s.started_under(&mut ctx.live, ctx.resource, method.changes_state());
+        ctx.generation_write = s.started_under(&mut ctx.live, ctx.resource, counted);
         let live = ctx.live.clone();
         let chosen = live.config.route_for(host.as_deref(), &path);
         if let Some(why) = ambiguous {
@@ -211,6 +213,12 @@ impl ProxyHttp for Precond {
             return Ok(true);
         };
         ctx.route = Some(idx);
+        if route.mode == Mode::Enforce && req.method == http::Method::TRACE {
+            // On enforce routes every method but GET, HEAD and OPTIONS is a write (fail closed:
+            // an origin that knows nothing of validators is not trusted to keep TRACE safe): it
+            // is judged, serialised and learned like an extension method.
+            method = Method::Other;
+        }
         ctx.method = method;
         if route.mode == Mode::Pass {
             return Ok(false);

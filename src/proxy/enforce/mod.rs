@@ -199,12 +199,8 @@ pub(crate) async fn request(
     }
     // Every other method, exactly as spelled (RFC 9110 §9.1: `put` is not PUT), is a write: an
     // extension method may change the resource, so it is serialised, may be required to be
-    // conditional, and invalidates what precond knew (fail closed). So is TRACE here (an origin
-    // that knows nothing of validators is not trusted to keep it safe): it is judged like an
-    // extension method.
-    if ctx.method == Method::NoPreconditions {
-        ctx.method = Method::Other;
-    }
+    // conditional, and invalidates what precond knew (fail closed). TRACE arrives here as an
+    // extension method (`request_filter` classified it).
     write(s, session, ctx, route, key, deadline).await
 }
 

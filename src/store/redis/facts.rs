@@ -14,8 +14,10 @@
 //! a lost hash held is unknown), when it outgrows its bound, and by an outcome that may have
 //! brought back any tag (a write whose outcome is unknown, a 5xx, a 2xx without `ETag`);
 //! `a:<principal>`, the origin answered that caller about this resource (`na` counts them);
-//! `s:<principal>:<opaque>`, that admitted caller was shown that tag current or named it in a
-//! write; `private`, an answer was marked per-caller.
+//! `k:<principal>`, the opaque parts of the newest [`MAX_KNOWN`] tags that admitted caller was
+//! shown current or replaced with a write of theirs (each followed by `"`, which no opaque part
+//! holds; one field per caller, kept when replacements and showings are dropped); `private`, an
+//! answer was marked per-caller.
 //!
 //! Coherency (why neither a stale local store nor a stale fact can cause a false 412):
 //! - In this mode a write is refused only on these facts, read from Redis as it is decided: the
@@ -42,7 +44,7 @@
 //! - A caller is refused only when the origin answered them about the resource (`a:`), as a
 //!   partition of the local store exists only then; at most [`MAX_ADMITTED`] callers per resource
 //!   are admitted (the others are never refused on shared facts: no caller can push another out).
-//! - A caller is refused only on a tag they were shown or named themselves (`s:`): an edge 412
+//! - A caller is refused only on a tag they were shown or replaced themselves (`k:`): an edge 412
 //!   never tells a caller that a tag of someone else's view of the resource was replaced (no
 //!   oracle for guesses of another caller's tags).
 //! - Bounded: at most [`MAX_ASKED`] tags of one `If-Match` are looked up, tags longer than
@@ -70,6 +72,8 @@ pub const MAX_TAG_BYTES: usize = 256;
 pub const MAX_FIELDS: usize = 256;
 /// Most callers admitted per resource (as the local store's partitions).
 pub const MAX_ADMITTED: usize = crate::store::MAX_PARTS;
+/// Most tags remembered as known per admitted caller (as the local store's replaced tags).
+pub const MAX_KNOWN: usize = crate::store::MAX_REPLACED;
 
 /// What one upstream exchange of a `guard` route teaches the shared facts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -316,6 +320,7 @@ impl Redis {
                 .unwrap_or_default(),
             MAX_FIELDS.to_string().into_bytes(),
             MAX_ADMITTED.to_string().into_bytes(),
+            MAX_KNOWN.to_string().into_bytes(),
         ];
         // What the caller now knows: the tag shown, and the tag its write named.
         args.extend(lesson.current.as_deref().map(<[u8]>::to_vec));

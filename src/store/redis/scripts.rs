@@ -149,7 +149,7 @@ return false
 ///
 /// KEYS: the resource's guard facts. ARGV: caller, then per tag its exact field suffix and its
 /// shown-current field.
-pub(super) const JUDGE: &str = r"
+pub(super) const JUDGE: &str = r#"
 local h = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -160,14 +160,16 @@ end
 local p = ARGV[1]
 local function num(f) return tonumber(redis.call('HGET', h, f) or '0') or 0 end
 local out = {ticket, num('a:' .. p), num('private'), num('f')}
+local known = '"' .. (redis.call('HGET', h, 'k:' .. p) or '')
 for i = 2, #ARGV, 2 do
   out[#out + 1] = num('r:*:' .. ARGV[i])
   out[#out + 1] = num('r:' .. p .. ':' .. ARGV[i])
   out[#out + 1] = num(ARGV[i + 1])
-  out[#out + 1] = num('s:' .. p .. ':' .. string.sub(ARGV[i + 1], 3))
+  local op = string.sub(ARGV[i + 1], 3)
+  out[#out + 1] = string.find(known, '"' .. op .. '"', 1, true) and 1 or 0
 end
 return out
-";
+"#;
 
 /// Teach (`guard`): publishes what one exchange showed, stamped now (not below any stamp issued
 /// before): admission (at most a bound of callers per resource: not admitting is safe), a
@@ -178,12 +180,13 @@ return out
 /// A hash that does not exist (new, expired, evicted, lost with a restart) is created with `f` at
 /// the stamp: a replacement decided before it (whose showings may have been lost with the old
 /// hash) is void. A hash past the field bound loses its replacements and showings (`f` at the
-/// stamp), never its admissions nor its per-caller mark.
+/// stamp), never its admissions, its per-caller mark nor what each caller knows.
 ///
 /// KEYS: the resource's guard facts. ARGV: TTL (ms), caller, admit (0|1), forget (0|1), private
 /// (0|1), ticket (or empty), replaced field (or empty), shown-current field (or empty), field
-/// bound, most callers admitted, then the opaque parts the caller knows (zero to two).
-pub(super) const TEACH: &str = r"
+/// bound, most callers admitted, most tags known per caller, then the opaque parts the caller
+/// now knows (zero to two).
+pub(super) const TEACH: &str = r#"
 local h = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -194,7 +197,7 @@ if redis.call('EXISTS', h) == 0 then
 elseif redis.call('HLEN', h) > tonumber(ARGV[9]) then
   for _, k in ipairs(redis.call('HKEYS', h)) do
     local kind = string.sub(k, 1, 2)
-    if kind == 'r:' or kind == 'c:' or kind == 's:' then redis.call('HDEL', h, k) end
+    if kind == 'r:' or kind == 'c:' then redis.call('HDEL', h, k) end
   end
   redis.call('HSET', h, 'f', stamp)
 end
@@ -213,9 +216,21 @@ if ARGV[6] ~= '' and ARGV[7] ~= '' then
   end
 end
 if ARGV[8] ~= '' then redis.call('HSET', h, ARGV[8], stamp) end
-if redis.call('HGET', h, 'a:' .. p) then
-  for i = 11, #ARGV do redis.call('HSET', h, 's:' .. p .. ':' .. ARGV[i], '1') end
+if #ARGV >= 12 and redis.call('HGET', h, 'a:' .. p) then
+  -- k:<p>: the newest tags the caller knows, each followed by '"' (never in an opaque part).
+  local f = 'k:' .. p
+  local known = redis.call('HGET', h, f) or ''
+  for i = 12, #ARGV do
+    local items = {}
+    for item in string.gmatch(known, '([^"]*)"') do
+      if item ~= ARGV[i] then items[#items + 1] = item end
+    end
+    items[#items + 1] = ARGV[i]
+    local from = math.max(1, #items - tonumber(ARGV[11]) + 1)
+    known = table.concat(items, '"', from) .. '"'
+  end
+  redis.call('HSET', h, f, known)
 end
 redis.call('PEXPIRE', h, ARGV[1])
 return 1
-";
+"#;
