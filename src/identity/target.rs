@@ -150,10 +150,7 @@ fn read_path(path: &str, how: Reading) -> (String, Option<Ambiguous>) {
             if b == b';' {
                 ambiguous.get_or_insert(Ambiguous::PathParameter);
                 if how.strip_params {
-                    // To the end of the segment (a raw separator).
-                    while i < bytes.len() && !matches!(bytes[i], b'/' | b'\\') {
-                        i += 1;
-                    }
+                    i = segment_end(bytes, i, how.split_encoded);
                     continue;
                 }
             } else if !b.is_ascii() {
@@ -196,9 +193,7 @@ fn read_path(path: &str, how: Reading) -> (String, Option<Ambiguous>) {
             // An origin that decodes before it cuts path parameters reads `..%3B` as `..;`.
             ambiguous.get_or_insert(Ambiguous::PathParameter);
             if how.strip_params {
-                while i < bytes.len() && !matches!(bytes[i], b'/' | b'\\') {
-                    i += 1;
-                }
+                i = segment_end(bytes, i, how.split_encoded);
                 check_run(&mut run, &mut ambiguous);
                 continue;
             }
@@ -303,6 +298,24 @@ pub fn canonical_query(query: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Where the segment holding `bytes[i]` ends: at the next separator, raw, or encoded when
+/// `encoded` (an origin that decodes before it cuts path parameters splits there too).
+fn segment_end(bytes: &[u8], mut i: usize, encoded: bool) -> usize {
+    while i < bytes.len() {
+        let escaped_separator = encoded
+            && bytes[i] == b'%'
+            && matches!(
+                bytes.get(i + 1..i + 3),
+                Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C'])
+            );
+        if matches!(bytes[i], b'/' | b'\\') || escaped_separator {
+            return i;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// Whether a query is already canonical: plain bytes and escapes in upper case of characters
@@ -495,6 +508,8 @@ mod tests {
         has("/static/..;/legacy/items/1", "/legacy/items/1");
         has("/legacy;x/items/1", "/legacy/items/1");
         has("/static/..%3B/legacy/items/1", "/legacy/items/1");
+        has("/static/..%3B%2F..%2Flegacy/items/1", "/legacy/items/1");
+        has("/static/..;%2F..%2Flegacy/items/1", "/legacy/items/1");
         assert_eq!(
             canonical_path("/a%3bx").1,
             Some(Ambiguous::PathParameter),

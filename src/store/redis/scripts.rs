@@ -197,7 +197,8 @@ if redis.call('EXISTS', h) == 0 then
 elseif redis.call('HLEN', h) > tonumber(ARGV[9]) then
   for _, k in ipairs(redis.call('HKEYS', h)) do
     local kind = string.sub(k, 1, 2)
-    if kind == 'r:' or kind == 'c:' then redis.call('HDEL', h, k) end
+    -- (s: fields are an earlier version's per-tag knowledge: dropped with the rest.)
+    if kind == 'r:' or kind == 'c:' or kind == 's:' then redis.call('HDEL', h, k) end
   end
   redis.call('HSET', h, 'f', stamp)
 end
