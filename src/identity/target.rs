@@ -135,7 +135,6 @@ pub fn path_readings(path: &str) -> Vec<String> {
 /// [`canonical_path`]'s work under one reading (the ambiguity reported is what the lenient
 /// reading finds).
 fn read_path(path: &str, how: Reading) -> (String, Option<Ambiguous>) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut ambiguous = None;
     // 1. Percent-encoding (RFC 3986 §6.2.2.1, §6.2.2.2): decode unreserved characters, write the
     //    others in upper case. A run of escapes must decode to UTF-8.
@@ -163,9 +162,7 @@ fn read_path(path: &str, how: Reading) -> (String, Option<Ambiguous>) {
                 // A character RFC 3986 does not allow raw (`|`, `{`, `"`, ...) that the request
                 // line parser let through: origins decode it and its escape alike, so it is
                 // written as its escape (`/a|b` is `/a%7Cb`).
-                text.push('%');
-                text.push(char::from(HEX[usize::from(b >> 4)]));
-                text.push(char::from(HEX[usize::from(b & 15)]));
+                push_escape(&mut text, b);
             } else {
                 // `path` is a `str`: copy whole characters.
                 let ch = path[i..].chars().next().unwrap_or('?');
@@ -176,12 +173,7 @@ fn read_path(path: &str, how: Reading) -> (String, Option<Ambiguous>) {
             i += 1;
             continue;
         }
-        let value = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        let Some(v) = value else {
+        let Some(v) = escaped_byte(bytes, i) else {
             check_run(&mut run, &mut ambiguous);
             ambiguous.get_or_insert(Ambiguous::NotUtf8);
             text.push_str("%25");
@@ -207,9 +199,7 @@ fn read_path(path: &str, how: Reading) -> (String, Option<Ambiguous>) {
             if v == b'/' || v == b'\\' {
                 ambiguous.get_or_insert(Ambiguous::EncodedSeparator);
             }
-            text.push('%');
-            text.push(char::from(HEX[usize::from(v >> 4)]));
-            text.push(char::from(HEX[usize::from(v & 15)]));
+            push_escape(&mut text, v);
         }
         i += 3;
     }
@@ -257,29 +247,18 @@ fn read_path(path: &str, how: Reading) -> (String, Option<Ambiguous>) {
 /// their order, `+` stays `+`, an empty query stays (`?` is not no query). Allocates only when
 /// something changes.
 pub fn canonical_query(query: &str) -> Cow<'_, str> {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = query.as_bytes();
-    let plain = |b: u8| b.is_ascii() && b != b'\\' && b != b'%' && (b == b'?' || !needs_escape(b));
-    if is_canonical_query(bytes, plain) {
+    if is_canonical_query(bytes) {
         return Cow::Borrowed(query);
     }
     let mut out = String::with_capacity(bytes.len() + 8);
-    let escape = |out: &mut String, b: u8| {
-        out.push('%');
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    };
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let value = bytes
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-            match value {
+            match escaped_byte(bytes, i) {
                 Some(v) if is_unreserved(v) => out.push(char::from(v)),
-                Some(v) => escape(&mut out, v),
+                Some(v) => push_escape(&mut out, v),
                 None => {
                     out.push_str("%25");
                     i += 1;
@@ -287,13 +266,13 @@ pub fn canonical_query(query: &str) -> Cow<'_, str> {
                 }
             }
             i += 3;
-        } else if plain(b) {
+        } else if plain_in_query(b) {
             out.push(char::from(b));
             i += 1;
         } else {
             // Not allowed raw, or a byte of a character outside ASCII (IRI to URI, RFC 3987
             // §3.1): its escape.
-            escape(&mut out, b);
+            push_escape(&mut out, b);
             i += 1;
         }
     }
@@ -318,24 +297,17 @@ fn segment_end(bytes: &[u8], mut i: usize, encoded: bool) -> usize {
     i
 }
 
-/// Whether a query is already canonical: plain bytes and escapes in upper case of characters
-/// that are not unreserved (the common case: no allocation).
-fn is_canonical_query(bytes: &[u8], plain: impl Fn(u8) -> bool) -> bool {
+/// Whether a query is already canonical, as [`canonical_query`] would write it: plain bytes, and
+/// escapes in their canonical form (the common case: no allocation).
+fn is_canonical_query(bytes: &[u8]) -> bool {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let upper = |b: u8| b.is_ascii_digit() || (b'A'..=b'F').contains(&b);
-            match bytes.get(i + 1..i + 3) {
-                Some([h, l]) if upper(*h) && upper(*l) => {
-                    let v = (hex_value(*h) << 4) | hex_value(*l);
-                    if is_unreserved(v) {
-                        return false;
-                    }
-                }
+            match escaped_byte(bytes, i) {
+                Some(v) if !is_unreserved(v) && bytes[i..i + 3] == escape_of(v) => i += 3,
                 _ => return false,
             }
-            i += 3;
-        } else if plain(bytes[i]) {
+        } else if plain_in_query(bytes[i]) {
             i += 1;
         } else {
             return false;
@@ -344,13 +316,29 @@ fn is_canonical_query(bytes: &[u8], plain: impl Fn(u8) -> bool) -> bool {
     true
 }
 
-/// The value of an upper-case hexadecimal digit.
-fn hex_value(b: u8) -> u8 {
-    if b.is_ascii_digit() {
-        b - b'0'
-    } else {
-        b - b'A' + 10
+/// A byte a query holds raw in canonical form.
+fn plain_in_query(b: u8) -> bool {
+    b.is_ascii() && b != b'\\' && b != b'%' && (b == b'?' || !needs_escape(b))
+}
+
+/// The byte the escape at `bytes[i]` (a `%`) stands for, if it is a valid one.
+fn escaped_byte(bytes: &[u8], i: usize) -> Option<u8> {
+    let hex = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    match bytes.get(i + 1..i + 3)? {
+        [h, l] => Some((hex(*h)? << 4) | hex(*l)?),
+        _ => None,
     }
+}
+
+/// `b`'s escape as RFC 3986 §6.2.2.1 writes it: `%` and two upper-case digits.
+fn escape_of(b: u8) -> [u8; 3] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]
+}
+
+/// Appends `b`'s escape.
+fn push_escape(out: &mut String, b: u8) {
+    out.extend(escape_of(b).map(char::from));
 }
 
 /// Ends a run of percent-escapes: it must have decoded to UTF-8.

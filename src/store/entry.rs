@@ -171,19 +171,11 @@ impl Entry {
         self.replaced_at.push(at);
     }
 
-    /// Moves every current (and unsure) tag to `replaced`, except `keep`.
-    pub(super) fn supersede_current(&mut self, keep: Option<&Tag>, at: u64) {
+    /// Moves every current (and unsure) tag to `replaced`: nothing is current any more.
+    pub(super) fn supersede_current(&mut self, at: u64) {
         let unsure = std::mem::take(&mut self.unsure);
-        for t in self
-            .current
-            .take()
-            .unwrap_or_default()
-            .into_iter()
-            .chain(unsure)
-        {
-            if Some(&t) != keep {
-                self.push_replaced(t, at);
-            }
+        for t in self.current.take().into_iter().flatten().chain(unsure) {
+            self.push_replaced(t, at);
         }
     }
 
@@ -199,14 +191,25 @@ impl Entry {
         }
     }
 
-    /// A representation tagged `shown` replaced every unsure tag but its encodings (equal under
-    /// weak comparison, which are dropped from `unsure`, neither current nor replaced).
-    pub(super) fn retire_unsure(&mut self, shown: &Tag) {
-        for t in std::mem::take(&mut self.unsure) {
-            if !t.as_ref().weak_eq(&shown.as_ref()) {
-                self.push_replaced(t, INFERRED);
-            }
+    /// A representation tagged `shown` is current: every current and unsure tag but its
+    /// encodings (equal under weak comparison: W/"x" for gzip, "x" for identity) is replaced.
+    /// Returns the current tags that are such encodings (but `shown` itself), which the caller
+    /// may keep current; `current` is left empty (`None`) and `unsure` empty.
+    pub(super) fn supersede_by(&mut self, shown: &Tag) -> Vec<Tag> {
+        let unsure = std::mem::take(&mut self.unsure);
+        let (encodings, retired): (Vec<Tag>, Vec<Tag>) = self
+            .current
+            .take()
+            .into_iter()
+            .flatten()
+            .partition(|t| t.as_ref().weak_eq(&shown.as_ref()));
+        let unsure = unsure
+            .into_iter()
+            .filter(|t| !t.as_ref().weak_eq(&shown.as_ref()));
+        for t in retired.into_iter().chain(unsure) {
+            self.push_replaced(t, INFERRED);
         }
+        encodings.into_iter().filter(|t| t != shown).collect()
     }
 
     pub(super) fn note_last_modified(&mut self, lm: Option<Timestamp>) {

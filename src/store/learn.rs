@@ -191,22 +191,9 @@ pub fn apply(
                                 cur.push(tag);
                             }
                         } else {
-                            // Tags equal under weak comparison are encodings of the same
-                            // representation (W/"x" for gzip, "x" for identity, without Vary):
-                            // they stay current rather than being retired.
-                            let (mut cur, retired): (Vec<Tag>, Vec<Tag>) = e
-                                .current
-                                .take()
-                                .unwrap_or_default()
-                                .into_iter()
-                                .filter(|t| *t != tag)
-                                .partition(|t| t.as_ref().weak_eq(&tag.as_ref()));
-                            for t in retired {
-                                e.push_replaced(t, INFERRED);
-                            }
-                            // So were the tags that were current before an answer without a
-                            // validator.
-                            e.retire_unsure(&tag);
+                            // Encodings of the same representation (without Vary) stay current;
+                            // every other tag current (or unsure) before is replaced.
+                            let mut cur = e.supersede_by(&tag);
                             cur.truncate(MAX_CURRENT - 1);
                             cur.push(tag);
                             e.current = Some(cur);
@@ -214,7 +201,7 @@ pub fn apply(
                     }
                     // precond's own complete fetch: the representation has no tag.
                     None if obs.complete && !obs.vary => {
-                        e.supersede_current(None, INFERRED);
+                        e.supersede_current(INFERRED);
                         e.current = Some(Vec::new());
                     }
                     // The field may have been dropped on the way (a HEAD handler, a
@@ -273,7 +260,7 @@ pub fn apply(
                 return None
             }
             404 | 410 => {
-                e.supersede_current(None, INFERRED);
+                e.supersede_current(INFERRED);
                 e.existence = Existence::Absent;
                 e.current = Some(Vec::new());
                 e.current_since = ticket.0;
@@ -310,7 +297,7 @@ pub fn apply(
                 // Another write finished while this one was in flight: their order at the
                 // origin is unknown, so neither result is trusted as current.
                 _ if concurrent => e.forget_current(),
-                (_, Method::Delete) => e.supersede_current(None, stamp),
+                (_, Method::Delete) => e.supersede_current(stamp),
                 // The answer names the representation the write left: every other current tag
                 // is replaced, but encodings of the same one (equal under weak comparison:
                 // W/"x" from a compressing middleware for "x").
@@ -319,17 +306,7 @@ pub fn apply(
                     // are derived from content (a version counter would have moved), and may
                     // come back.
                     e.recurs |= obs.named.is_some_and(|n| Tag::from_ref(&n) == *shown);
-                    let (mut cur, retired): (Vec<Tag>, Vec<Tag>) = e
-                        .current
-                        .take()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|t| t != shown)
-                        .partition(|t| t.as_ref().weak_eq(&shown.as_ref()));
-                    for t in retired {
-                        e.push_replaced(t, INFERRED);
-                    }
-                    e.retire_unsure(shown);
+                    let mut cur = e.supersede_by(shown);
                     e.current = new_tag.clone().map(|t| {
                         cur.truncate(MAX_CURRENT - 1);
                         cur.push(t);
@@ -415,21 +392,15 @@ pub fn apply_foreign(
         Outcome::Status(_) if obs.proves_replacement() && retire => {
             match obs.etag() {
                 Some(t) => {
-                    // Every current tag is replaced but encodings of the writer's result (equal
-                    // under weak comparison); a revert to a tag this partition saw replaced
-                    // makes it current again.
-                    for old in e.current.take().unwrap_or_default() {
-                        if !old.as_ref().weak_eq(&t.as_ref()) {
-                            e.push_replaced(old, INFERRED);
-                        }
-                    }
-                    // And the tags current before an answer without a validator: a caller
-                    // shown a tag keeps its protection.
-                    e.retire_unsure(&t);
+                    // Every current (or unsure: a caller shown a tag keeps its protection) tag
+                    // is replaced but encodings of the writer's result, which this partition
+                    // only forgets; a revert to a tag this partition saw replaced makes it
+                    // current again.
+                    e.supersede_by(&t);
                     e.unreplace(&t, 0);
                 }
                 // A completed DELETE leaves nothing current.
-                None if obs.method == Method::Delete => e.supersede_current(None, INFERRED),
+                None if obs.method == Method::Delete => e.supersede_current(INFERRED),
                 // Without a tag the write proves nothing replaced (it may have been a no-op).
                 None => {}
             }
