@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Lost-update probe: CLIENTS clients x UPDATES read-modify-write updates of ONE resource.
 
-usage: probe.py --url http://HOST:PORT --path /probe/1 [--clients 8] [--updates 30]
+usage: probe.py --url http://HOST:PORT --path /probe/1 [--clients 8] [--updates 30] [--callers 1]
                 [--stop-on-reason weak_only] [--deadline 30] [--max-refusals 5000]
                 [--metrics http://HOST:PORT/metrics] [--csv FILE [--set KEY=VALUE]...]
 
@@ -11,6 +11,9 @@ released at once, loops until it has UPDATES successful writes: GET the resource
 `Content-Type: application/json`. A 2xx counts as one of its updates; a 412 is retried from a fresh
 GET; a 503 (enforce's write lock busy) too, after a short pause. At the end one more GET reads the
 final n: lost = (updates the clients saw succeed) - n, i.e. 240 - n when every client finished.
+
+--callers N: client i sends `Authorization: Bearer probe-caller-<i mod N>` with its requests, so
+that precond sees N principals (N partitions of the resource); 1 (the default) sends none.
 
 --stop-on-reason R: a client stops after its first 412 whose problem body has reason R (e.g.
 `weak_only` under guard mismatch in front of weak tags, where no write can succeed); the run is
@@ -190,6 +193,9 @@ def run(args):
 
     def client(i):
         c = Client(host, port, timeout)
+        auth = {}
+        if args.callers > 1:
+            auth = {"Authorization": f"Bearer probe-caller-{i % args.callers}"}
         done = refused = origin = 0
         stopped = False
         mine_reasons, mine_other = {}, {}
@@ -202,7 +208,7 @@ def run(args):
                 if refused > args.max_refusals:
                     error(f"client {i}: more than {args.max_refusals} refusals, {done} updates")
                     break
-                status, headers, body = c.request("GET", path, retry=True)
+                status, headers, body = c.request("GET", path, headers=auth, retry=True)
                 if status == 503:
                     mine_other[status] = mine_other.get(status, 0) + 1
                     time.sleep(0.02)
@@ -223,7 +229,7 @@ def run(args):
                     "PUT",
                     path,
                     body=json.dumps({"n": n + 1}).encode(),
-                    headers={"If-Match": etag, "Content-Type": "application/json"},
+                    headers={"If-Match": etag, "Content-Type": "application/json", **auth},
                 )
                 if headers.get(DECISION_HEADER) is None:
                     origin += 1
@@ -297,6 +303,7 @@ def main():
     p.add_argument("--path", required=True, help="the resource, e.g. /probe/1 (created first)")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--updates", type=int, default=30, help="successful writes per client")
+    p.add_argument("--callers", type=int, default=1, help="distinct Authorization values")
     p.add_argument(
         "--stop-on-reason",
         action="append",
@@ -312,8 +319,8 @@ def main():
     p.add_argument("--csv", help="append the result to this CSV file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a CSV column")
     args = p.parse_args()
-    if args.clients < 1 or args.updates < 1:
-        p.error("--clients and --updates must be at least 1")
+    if args.clients < 1 or args.updates < 1 or args.callers < 1:
+        p.error("--clients, --updates and --callers must be at least 1")
     extra = {}
     for kv in args.set:
         k, sep, v = kv.partition("=")

@@ -659,6 +659,17 @@ policy = \"superseded\"
 $OFF"
   probe_row enforce-none "precond enforce" none 'mode = "enforce"'
   probe_gate enforce-none "enforce, no tags," 0
+  # Two callers (principals): the clients alternate two Authorization values, so each reads and
+  # writes in its own partition of the resource; a write by one must still refuse the other's
+  # stale write.
+  probe_row guard-superseded-strong-2 "precond guard (superseded, 2 callers)" strong "$G
+policy = \"superseded\"" --callers 2
+  probe_row guard-mismatch-strong-2 "precond guard (mismatch, 2 callers)" strong "$G
+policy = \"mismatch\"" --callers 2
+  probe_row guard-superseded-weak-2 "precond guard (superseded, 2 callers)" weak "$G
+policy = \"superseded\"" --callers 2
+  probe_row enforce-none-2 "precond enforce (2 callers)" none 'mode = "enforce"' --callers 2
+  probe_gate enforce-none-2 "enforce, no tags, 2 callers," 0
   probe_row direct-strong "no proxy (the origin directly)" strong ""
   probe_wall=$(awk -v a="$probe_t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   log "lost-update probe done in $probe_wall s"
